@@ -1,0 +1,350 @@
+"""The block log: an append-only, hash-chained list of blocks in SQLite, and the `Ledger` that produces them.
+
+Each block is written in one SQLite transaction (WAL journal), so a crash or `kill -9` loses at most the block in
+progress and the file always verifies. Peers' records go through `submit`, which checks them against the state the
+next block will have and rejects (logs, never stores) anything invalid; `produce_block` then writes the accepted
+records plus the ledger's own emission and epoch records. State is derived by replaying blocks, never edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moe.identity import Hotkey
+from moe.ledger.config import GenesisConfig, LedgerConfig
+from moe.ledger.records import (
+    Record,
+    RecordError,
+    registration_record,
+    stake_record,
+    transfer_record,
+    weights_record,
+)
+from moe.ledger.registration import registration_prefix, solve_pow
+from moe.ledger.state import LedgerState, apply_signed, end_block, genesis_state
+from moe.ledger.weights import WeightSubmission, canonical_json
+
+logger = logging.getLogger(__name__)
+
+GENESIS_PREV_HASH = "0" * 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    records TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    address TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL,
+    stake INTEGER NOT NULL
+);
+"""
+
+
+class LedgerError(RuntimeError):
+    """A ledger file that cannot be opened as the requested chain (wrong genesis, broken chain, bad schema)."""
+
+
+def block_hash(height: int, prev_hash: str, timestamp: float, records: list[Record]) -> str:
+    """sha256 hex of the canonical bytes of (height, prev_hash, timestamp, records)."""
+    body = {"height": height, "prev_hash": prev_hash, "timestamp": timestamp, "records": records}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@dataclass
+class Block:
+    """One block as stored."""
+
+    height: int
+    prev_hash: str
+    timestamp: float
+    records: list[Record] = field(default_factory=list)
+    hash: str = ""
+
+    def compute_hash(self) -> str:
+        return block_hash(self.height, self.prev_hash, self.timestamp, self.records)
+
+
+def connect(path: str | os.PathLike, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open the SQLite file in WAL mode with explicit transactions (we issue BEGIN/COMMIT ourselves)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def read_blocks(conn: sqlite3.Connection, start: int = 0) -> Iterator[Block]:
+    """Stored blocks from `start` in height order; raises LedgerError on a row whose records are not JSON."""
+    cur = conn.execute(
+        "SELECT height, prev_hash, hash, timestamp, records FROM blocks WHERE height >= ? ORDER BY height", (start,)
+    )
+    for height, prev, h, ts, recs in cur:
+        try:
+            records = json.loads(recs)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise LedgerError(f"block {height}: records are not valid JSON ({e})") from None
+        yield Block(height=height, prev_hash=prev, timestamp=ts, records=records, hash=h)
+
+
+class Ledger:
+    """A local replica of the chain: submit signed records, produce blocks, read balances and stakes.
+
+    Not thread-safe; one process should produce blocks for a file (others may open it read-only to verify).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, state: LedgerState, last_timestamp: float):
+        self.path = path
+        self._conn = conn
+        self._state = state
+        self._pending: LedgerState | None = None
+        self._queue: list[Record] = []
+        self.last_timestamp = last_timestamp
+
+    # ---- opening -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, genesis: GenesisConfig | None = None, *, synchronous: str = "FULL"
+    ) -> Ledger:
+        """Open `path`, creating it from `genesis` if empty; replay its blocks to rebuild the state.
+
+        Raises LedgerError if the file is empty and no genesis is given, if `genesis` differs from the stored one,
+        or if the stored chain does not replay (run `verify_ledger` for a full report).
+        """
+        path = Path(path)
+        conn = connect(path, synchronous)
+        try:
+            row = conn.execute("SELECT records FROM blocks WHERE height = 0").fetchone()
+            if row is None:
+                if genesis is None:
+                    raise LedgerError(f"{path} holds no chain and no genesis was given")
+                rec = genesis.record()
+                ts = float(genesis.timestamp)
+                blk = Block(0, GENESIS_PREV_HASH, ts, [rec])
+                blk.hash = blk.compute_hash()
+                state = genesis_state(rec)
+                state.remember_hash(0, blk.hash)
+                _write_block(conn, blk, state)
+                logger.info("created ledger %s (genesis %s)", path, blk.hash[:16])
+                return cls(path, conn, state, ts)
+            if genesis is not None and json.loads(row[0]) != [json.loads(canonical_json(genesis.record()))]:
+                raise LedgerError(f"{path} was created with a different genesis")
+            state, ts = replay(conn, check_signatures=False)
+            logger.info("opened ledger %s at height %d", path, state.height)
+            return cls(path, conn, state, ts)
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LedgerState:
+        """State after the latest written block (queued records are not in it)."""
+        return self._state
+
+    @property
+    def config(self) -> LedgerConfig:
+        return self._state.config
+
+    @property
+    def height(self) -> int:
+        return self._state.height
+
+    @property
+    def head_hash(self) -> str:
+        return self._state.head_hash
+
+    @property
+    def total_issuance(self) -> int:
+        return self._state.total_issuance
+
+    @property
+    def current_epoch(self) -> int:
+        """Epoch that weight submissions must name to go into the next block."""
+        return self._state.epoch_of(self.height + 1)
+
+    def balance(self, address: str) -> int:
+        return self._state.balances.get(address, 0)
+
+    def stake_of(self, address: str) -> int:
+        return self._state.stakes.get(address, 0)
+
+    def uid(self, netuid: int, address: str) -> int | None:
+        sub = self._state.subnets.get(netuid)
+        return sub.registry.uid_of(address) if sub else None
+
+    def next_block_due(self) -> float:
+        """Wall-clock time the next block is due: block_time / time_scale after the last one."""
+        return self.last_timestamp + self.config.block_time / self.config.time_scale
+
+    def blocks(self, start: int = 0) -> Iterator[Block]:
+        return read_blocks(self._conn, start)
+
+    # ---- writing -------------------------------------------------------------------------------------------------
+
+    def submit(self, record: Record | WeightSubmission) -> bool:
+        """Queue a signed record for the next block; False (logged, not stored) if it is invalid there."""
+        if isinstance(record, WeightSubmission):
+            record = weights_record(record)
+        try:
+            record = json.loads(canonical_json(record))  # what will be stored, and a private copy
+        except (TypeError, ValueError) as e:
+            logger.warning("rejected record: not canonical JSON (%s)", e)
+            return False
+        if self._pending is None:
+            self._pending = self._state.copy()
+        try:
+            apply_signed(self._pending, record, self.height + 1)
+        except RecordError as e:
+            kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+            logger.warning("rejected %s record: %s", kind, e)
+            return False
+        self._queue.append(record)
+        return True
+
+    def produce_block(self, timestamp: float | None = None) -> Block:
+        """Write the next block: queued records, then this block's emission and any epoch results, in one transaction.
+
+        `timestamp` defaults to now and may not go backwards. On a write failure nothing changes and the queue is kept.
+        """
+        ts = time.time() if timestamp is None else float(timestamp)
+        if ts < self.last_timestamp:
+            raise ValueError(f"block timestamp {ts} is before the previous block's {self.last_timestamp}")
+        height = self.height + 1
+        st = self._pending if self._pending is not None else self._state.copy()
+        records = self._queue + end_block(st, height)
+        blk = Block(height, self.head_hash, ts, records)
+        blk.hash = blk.compute_hash()
+        st.remember_hash(height, blk.hash)
+        _write_block(self._conn, blk, st)
+        self._state, self._pending, self._queue, self.last_timestamp = st, None, [], ts
+        return blk
+
+    # ---- conveniences for nodes: build, sign and submit ---------------------------------------------------------
+
+    def register(self, hotkey: Hotkey, netuid: int, *, burn: int | None = None, max_nonce: int = 10**7) -> bool:
+        """Register `hotkey` on `netuid` by proof of work at the current difficulty, or by burning `burn` rao."""
+        head = self.head_hash
+        if burn is not None:
+            return self.submit(registration_record(hotkey, netuid, head, burn=burn))
+        sub = self._state.subnets.get(netuid)
+        if sub is None:
+            logger.warning("rejected registration: unknown netuid %d", netuid)
+            return False
+        nonce = solve_pow(registration_prefix(netuid, head, hotkey.public_bytes), sub.difficulty, max_nonce=max_nonce)
+        if nonce is None:
+            logger.warning("no proof-of-work nonce below %d at difficulty %d", max_nonce, sub.difficulty)
+            return False
+        return self.submit(registration_record(hotkey, netuid, head, nonce=nonce))
+
+    def _next_nonce(self, address: str) -> int:
+        st = self._pending if self._pending is not None else self._state
+        return st.nonces.get(address, 0)
+
+    def add_stake(self, hotkey: Hotkey, amount: int) -> bool:
+        """Move `amount` rao of the hotkey's balance into its stake (negative unstakes)."""
+        return self.submit(stake_record(hotkey, amount, self._next_nonce(hotkey.address)))
+
+    def transfer(self, hotkey: Hotkey, dst: str, amount: int) -> bool:
+        return self.submit(transfer_record(hotkey, dst, amount, self._next_nonce(hotkey.address)))
+
+    def set_weights(self, hotkey: Hotkey, netuid: int, uids: list[int], weights: list[float]) -> bool:
+        """Normalize `weights` to u16, sign them for the current epoch and submit."""
+        try:
+            sub = WeightSubmission.create(hotkey, netuid, self.current_epoch, uids, weights)
+        except ValueError as e:
+            logger.warning("rejected weights: %s", e)
+            return False
+        return self.submit(sub)
+
+
+def _write_block(conn: sqlite3.Connection, blk: Block, st: LedgerState) -> None:
+    """Insert the block and the accounts it changed in one transaction; on failure roll back and re-raise."""
+    rows = [(a, st.balances.get(a, 0), st.stakes.get(a, 0)) for a in sorted(st.dirty)]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO blocks (height, prev_hash, hash, timestamp, records) VALUES (?, ?, ?, ?, ?)",
+            (blk.height, blk.prev_hash, blk.hash, blk.timestamp, canonical_json(blk.records).decode()),
+        )
+        conn.executemany(
+            "INSERT INTO accounts (address, balance, stake) VALUES (?, ?, ?) "
+            "ON CONFLICT(address) DO UPDATE SET balance = excluded.balance, stake = excluded.stake",
+            rows,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    st.dirty.clear()
+
+
+def replay(conn: sqlite3.Connection, *, check_signatures: bool = True) -> tuple[LedgerState, float]:
+    """Rebuild the state from every stored block; raises LedgerError naming the first block that does not replay."""
+    state: LedgerState | None = None
+    prev, last_ts = GENESIS_PREV_HASH, float("-inf")
+    for blk in read_blocks(conn):
+        problem = check_block(blk, state, prev, last_ts, check_signatures=check_signatures)
+        if isinstance(problem, str):
+            raise LedgerError(f"block {blk.height}: {problem}")
+        state, prev, last_ts = problem, blk.hash, blk.timestamp
+    if state is None:
+        raise LedgerError("ledger holds no blocks")
+    return state, last_ts
+
+
+def check_block(
+    blk: Block, state: LedgerState | None, prev_hash: str, last_ts: float, *, check_signatures: bool = True
+) -> LedgerState | str:
+    """Apply one stored block to `state` (mutated); the new state, or a one-line reason the block is bad."""
+    expected_height = 0 if state is None else state.height + 1
+    if blk.height != expected_height:
+        return f"height {blk.height} where {expected_height} was expected (missing block)"
+    if blk.prev_hash != prev_hash:
+        return "prev_hash does not match the previous block's hash"
+    if blk.compute_hash() != blk.hash:
+        return "hash does not match the block's contents"
+    if not isinstance(blk.timestamp, float | int) or blk.timestamp < last_ts:
+        return "timestamp goes backwards"
+    if not isinstance(blk.records, list):
+        return "records are not a list"
+    try:
+        if state is None:
+            first = blk.records[0] if len(blk.records) == 1 else None
+            if not isinstance(first, dict) or first.get("kind") != "genesis":
+                return "block 0 must hold exactly one genesis record"
+            state = genesis_state(blk.records[0])
+        else:
+            n_signed = 0
+            for rec in blk.records:
+                if isinstance(rec, dict) and rec.get("kind") in ("emission", "epoch", "genesis"):
+                    break
+                apply_signed(state, rec, blk.height, check_signature=check_signatures)
+                n_signed += 1
+            end_block(state, blk.height, recorded=blk.records[n_signed:])
+    except RecordError as e:
+        return str(e)
+    state.remember_hash(blk.height, blk.hash)
+    return state

@@ -1,0 +1,121 @@
+"""Ledger record kinds as plain JSON dicts, their canonical bytes, and signing.
+
+Signed records (register, stake, transfer, weights) come from peers and carry an Ed25519 signature by the hotkey
+that acts; derived records (genesis, emission, epoch) are written by the ledger itself and re-derived by every
+replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key compact JSON, so the
+same record hashes and signs identically everywhere. A malformed or forged record is rejected, never repaired.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from moe.identity import Hotkey, verify_signature
+from moe.ledger.weights import WeightSubmission, canonical_json
+
+logger = logging.getLogger(__name__)
+
+RECORD_DOMAIN = "hivemoe/ledger/v1"
+SIGNED_KINDS = ("register", "stake", "transfer", "weights")
+DERIVED_KINDS = ("genesis", "emission", "epoch")
+
+Record = dict[str, Any]
+
+
+class RecordError(ValueError):
+    """A record that is malformed, forged, or not valid against the current ledger state."""
+
+
+def signing_bytes(record: Record) -> bytes:
+    """What the acting hotkey signs: the record minus its signature, under a domain tag."""
+    if record.get("kind") == "weights":
+        return _weights(record).signing_bytes()
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return canonical_json({"domain": RECORD_DOMAIN, **body})
+
+
+def signer(record: Record) -> str:
+    """Hex hotkey address expected to have signed `record`."""
+    kind = record.get("kind")
+    key = {"register": "hotkey", "stake": "hotkey", "transfer": "src", "weights": "validator"}.get(kind)
+    if key is None:
+        raise RecordError(f"record kind {kind!r} is not signed")
+    value = record.get(key)
+    if not is_address(value):
+        raise RecordError(f"{kind} record has no valid {key} address")
+    return value
+
+
+def is_address(value: object) -> bool:
+    """True for a 64-character lowercase hex string (a 32-byte Ed25519 public key)."""
+    if not isinstance(value, str) or len(value) != 64:
+        return False
+    try:
+        return bytes.fromhex(value).hex() == value
+    except ValueError:
+        return False
+
+
+def signature_ok(record: Record) -> bool:
+    """True when the record's signature is its signer's; anything malformed is False."""
+    try:
+        return verify_signature(
+            bytes.fromhex(signer(record)), signing_bytes(record), bytes.fromhex(str(record.get("signature", "")))
+        )
+    except (ValueError, TypeError):
+        return False
+
+
+def _sign(hotkey: Hotkey, record: Record) -> Record:
+    record["signature"] = hotkey.sign(signing_bytes(record)).hex()
+    return record
+
+
+def _weights(record: Record) -> WeightSubmission:
+    try:
+        return WeightSubmission.from_dict({k: v for k, v in record.items() if k != "kind"})
+    except ValueError as e:
+        raise RecordError(str(e)) from None
+
+
+def weights_record(sub: WeightSubmission) -> Record:
+    """The ledger record carrying a signed weight submission."""
+    return {"kind": "weights", **sub.to_dict()}
+
+
+def registration_record(
+    hotkey: Hotkey, netuid: int, block_hash: str, *, nonce: int | None = None, burn: int | None = None
+) -> Record:
+    """A signed registration of `hotkey` on `netuid`, paid by a PoW `nonce` or by burning `burn` rao."""
+    if (nonce is None) == (burn is None):
+        raise ValueError("a registration needs exactly one of nonce (proof of work) or burn (rao)")
+    rec: Record = {"kind": "register", "netuid": int(netuid), "hotkey": hotkey.address, "block_hash": block_hash}
+    rec.update({"nonce": int(nonce)} if nonce is not None else {"burn": int(burn)})
+    return _sign(hotkey, rec)
+
+
+def stake_record(hotkey: Hotkey, amount: int, nonce: int) -> Record:
+    """A signed move of `amount` rao from the hotkey's balance to its stake (negative `amount` unstakes)."""
+    return _sign(hotkey, {"kind": "stake", "hotkey": hotkey.address, "amount": int(amount), "nonce": int(nonce)})
+
+
+def transfer_record(hotkey: Hotkey, dst: str, amount: int, nonce: int) -> Record:
+    """A signed transfer of `amount` rao from the hotkey's balance to address `dst`."""
+    rec = {"kind": "transfer", "src": hotkey.address, "dst": dst, "amount": int(amount), "nonce": int(nonce)}
+    return _sign(hotkey, rec)
+
+
+def parse_weights(record: Record) -> WeightSubmission:
+    """The WeightSubmission inside a weights record; raises RecordError if malformed."""
+    return _weights(record)
+
+
+def require_int(record: Record, key: str, lo: int | None = None) -> int:
+    """record[key] as an int (bools refused), at least `lo`; raises RecordError naming the field otherwise."""
+    v = record.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RecordError(f"{record.get('kind')} record field {key!r} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise RecordError(f"{record.get('kind')} record field {key!r} must be >= {lo}, got {v}")
+    return v

@@ -1,0 +1,406 @@
+"""Ledger state and its transition function: how each record changes balances, stakes, uids, weights and bonds.
+
+The state is never stored as truth; it is derived by replaying blocks through `apply_signed` and `end_block`, the
+same code the producer runs, so replicas fed the same records agree and `verify` can re-derive everything.
+Invalid records raise RecordError (one line naming the reason) and leave the state untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moe.ledger.config import LedgerConfig
+from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
+from moe.ledger.records import (
+    DERIVED_KINDS,
+    Record,
+    RecordError,
+    is_address,
+    parse_weights,
+    require_int,
+    signature_ok,
+)
+from moe.ledger.registration import (
+    RegistrationError,
+    SubnetRegistry,
+    adjust_toward_target,
+    pow_seal,
+    registration_prefix,
+    seal_meets_difficulty,
+)
+from moe.ledger.yuma import yuma_epoch
+
+logger = logging.getLogger(__name__)
+
+FLOAT_TOLERANCE = 1e-9
+
+
+@dataclass
+class SubnetState:
+    """Per-subnet part of the state."""
+
+    registry: SubnetRegistry
+    difficulty: int
+    burn: int
+    registrations: int = 0
+    """Registrations in the current adjustment interval."""
+    pending: int = 0
+    """Rao minted for this subnet and not yet paid out (paid at the end of each epoch)."""
+    weights: dict[str, tuple[int, dict[int, int]]] = field(default_factory=dict)
+    """Validator -> (height set, {uid: u16 weight}); the latest submission counts."""
+    last_set: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Validator -> (epoch, height) of its latest submission, for the rate limit."""
+    bonds: dict[str, np.ndarray] = field(default_factory=dict)
+    """Validator -> (max_uids,) column-normalized bonds from the last epoch."""
+    last_epoch_height: int = -1
+    latest_epoch: Record | None = None
+
+
+@dataclass
+class LedgerState:
+    """Everything derived from the blocks so far."""
+
+    config: LedgerConfig
+    chain_id: str = ""
+    balances: dict[str, int] = field(default_factory=dict)
+    """Free rao per address."""
+    stakes: dict[str, int] = field(default_factory=dict)
+    """Staked rao per address (global, as a hotkey's stake counts on every subnet it is registered on)."""
+    nonces: dict[str, int] = field(default_factory=dict)
+    """Next expected nonce of stake/transfer records per address (replay protection)."""
+    total_issuance: int = 0
+    """Rao in existence: balances + stakes + pending emission; minting adds, burn registration removes."""
+    burned: int = 0
+    """Rao recycled by burn registrations."""
+    subnets: dict[int, SubnetState] = field(default_factory=dict)
+    recent_hashes: dict[str, int] = field(default_factory=dict)
+    """Block hash -> height for the registration window."""
+    _recent_order: deque = field(default_factory=deque)
+    height: int = -1
+    head_hash: str = "0" * 64
+    dirty: set[str] = field(default_factory=set)
+    """Addresses changed since the caller last cleared this (to update the accounts table)."""
+
+    def copy(self) -> LedgerState:
+        return copy.deepcopy(self)
+
+    def epoch_of(self, height: int) -> int:
+        return height // self.config.tempo
+
+    def credit(self, address: str, amount: int) -> None:
+        self.balances[address] = self.balances.get(address, 0) + amount
+        self.dirty.add(address)
+
+    def remember_hash(self, height: int, block_hash: str) -> None:
+        self.height, self.head_hash = height, block_hash
+        self.recent_hashes[block_hash] = height
+        self._recent_order.append(block_hash)
+        while len(self._recent_order) > self.config.registration_window:
+            self.recent_hashes.pop(self._recent_order.popleft(), None)
+
+
+def genesis_state(record: Record) -> LedgerState:
+    """State after block 0; raises RecordError if the genesis record is malformed."""
+    try:
+        cfg = LedgerConfig.from_dict(record["config"])
+        st = LedgerState(config=cfg, chain_id=str(record["chain_id"]))
+        for name in ("balances", "stakes"):
+            for addr, v in record[name].items():
+                if not is_address(addr) or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ValueError(f"bad genesis {name} entry {addr!r}")
+                getattr(st, name)[addr] = v
+                st.total_issuance += v
+                st.dirty.add(addr)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"malformed genesis record: {e}") from None
+    for n in sorted(cfg.subnet_shares):
+        st.subnets[n] = SubnetState(
+            registry=SubnetRegistry(cfg.max_uids, cfg.immunity_period),
+            difficulty=cfg.initial_difficulty,
+            burn=cfg.initial_burn,
+        )
+    return st
+
+
+def _subnet(st: LedgerState, record: Record) -> tuple[int, SubnetState]:
+    netuid = require_int(record, "netuid", 0)
+    if netuid not in st.subnets:
+        raise RecordError(f"unknown netuid {netuid}")
+    return netuid, st.subnets[netuid]
+
+
+def _check_nonce(st: LedgerState, address: str, record: Record) -> None:
+    nonce = require_int(record, "nonce", 0)
+    if nonce != st.nonces.get(address, 0):
+        raise RecordError(f"nonce {nonce} of {address[:16]} is not the expected {st.nonces.get(address, 0)}")
+
+
+def apply_signed(st: LedgerState, record: Record, height: int, *, check_signature: bool = True) -> None:
+    """Validate `record` against `st` at block `height` and apply it; raises RecordError (state unchanged) if invalid.
+
+    `check_signature=False` only for replaying a local file already verified; peers' records are always checked.
+    """
+    if not isinstance(record, dict):
+        raise RecordError(f"record must be a JSON object, got {type(record).__name__}")
+    kind = record.get("kind")
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        raise RecordError(f"unknown or non-signed record kind {kind!r}")
+    if check_signature and not signature_ok(record):
+        raise RecordError(f"bad signature on {kind} record")
+    handler(st, record, height)
+
+
+def _apply_register(st: LedgerState, rec: Record, height: int) -> None:
+    netuid, sub = _subnet(st, rec)
+    hotkey = rec.get("hotkey")
+    if not is_address(hotkey):
+        raise RecordError("register record has no valid hotkey")
+    if rec.get("block_hash") not in st.recent_hashes:
+        raise RecordError(f"registration block hash is not among the last {st.config.registration_window} blocks")
+    try:
+        sub.registry.check(hotkey, height)
+    except RegistrationError as e:
+        raise RecordError(str(e)) from None
+    burn = 0
+    if "nonce" in rec and "burn" not in rec:
+        nonce = require_int(rec, "nonce", 0)
+        try:
+            seal = pow_seal(registration_prefix(netuid, rec["block_hash"], bytes.fromhex(hotkey)), nonce)
+        except ValueError as e:
+            raise RecordError(f"bad registration seal input: {e}") from None
+        if not seal_meets_difficulty(seal, sub.difficulty):
+            raise RecordError(f"seal does not meet difficulty {sub.difficulty}")
+    elif "burn" in rec and "nonce" not in rec:
+        burn = require_int(rec, "burn", 0)
+        if burn < sub.burn:
+            raise RecordError(f"burn {burn} rao is below the subnet's cost {sub.burn}")
+        if st.balances.get(hotkey, 0) < burn:
+            raise RecordError(f"balance of {hotkey[:16]} cannot cover a burn of {burn} rao")
+    else:
+        raise RecordError("register record needs exactly one of nonce or burn")
+    uid, pruned = sub.registry.register(hotkey, height)
+    if pruned is not None:
+        sub.weights.pop(pruned, None)
+        sub.last_set.pop(pruned, None)
+        sub.bonds.pop(pruned, None)
+    for bonds in sub.bonds.values():
+        bonds[uid] = 0.0  # the uid's new holder inherits no bonds
+    if burn:
+        st.credit(hotkey, -burn)
+        st.total_issuance -= burn
+        st.burned += burn
+    sub.registrations += 1
+
+
+def _apply_stake(st: LedgerState, rec: Record, height: int) -> None:
+    hotkey = rec.get("hotkey")
+    if not is_address(hotkey):
+        raise RecordError("stake record has no valid hotkey")
+    amount = require_int(rec, "amount")
+    _check_nonce(st, hotkey, rec)
+    if amount == 0:
+        raise RecordError("stake amount must be non-zero")
+    if amount > 0 and st.balances.get(hotkey, 0) < amount:
+        raise RecordError(f"balance of {hotkey[:16]} cannot cover a stake of {amount} rao")
+    if amount < 0 and st.stakes.get(hotkey, 0) < -amount:
+        raise RecordError(f"stake of {hotkey[:16]} cannot cover an unstake of {-amount} rao")
+    st.credit(hotkey, -amount)
+    st.stakes[hotkey] = st.stakes.get(hotkey, 0) + amount
+    st.nonces[hotkey] = st.nonces.get(hotkey, 0) + 1
+
+
+def _apply_transfer(st: LedgerState, rec: Record, height: int) -> None:
+    src, dst = rec.get("src"), rec.get("dst")
+    if not is_address(src) or not is_address(dst):
+        raise RecordError("transfer record needs valid src and dst addresses")
+    amount = require_int(rec, "amount", 1)
+    _check_nonce(st, src, rec)
+    if st.balances.get(src, 0) < amount:
+        raise RecordError(f"balance of {src[:16]} cannot cover a transfer of {amount} rao")
+    st.credit(src, -amount)
+    st.credit(dst, amount)
+    st.nonces[src] = st.nonces.get(src, 0) + 1
+
+
+def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
+    sub_rec = parse_weights(rec)
+    netuid, sub = _subnet(st, rec)
+    try:
+        sub_rec.validate_shape()
+    except ValueError as e:
+        raise RecordError(f"bad weights: {e}") from None
+    v = sub_rec.validator
+    if sub.registry.uid_of(v) is None:
+        raise RecordError(f"validator {v[:16]} is not registered on netuid {netuid}")
+    if st.stakes.get(v, 0) <= 0:
+        raise RecordError(f"validator {v[:16]} has no stake")
+    epoch = st.epoch_of(height)
+    if sub_rec.epoch != epoch:
+        raise RecordError(f"stale epoch {sub_rec.epoch}: current epoch is {epoch}")
+    unknown = [u for u in sub_rec.uids if u not in sub.registry.slots]
+    if unknown:
+        raise RecordError(f"unknown uid {unknown[0]} on netuid {netuid}")
+    last = sub.last_set.get(v)
+    if last is not None and last[0] == epoch:
+        raise RecordError(f"rate limit: {v[:16]} already set weights on netuid {netuid} in epoch {epoch}")
+    if last is not None and height - last[1] < st.config.weights_rate_limit:
+        raise RecordError(f"rate limit: {v[:16]} set weights {height - last[1]} blocks ago")
+    sub.weights[v] = (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True)))
+    sub.last_set[v] = (epoch, height)
+
+
+_HANDLERS = {
+    "register": _apply_register,
+    "stake": _apply_stake,
+    "transfer": _apply_transfer,
+    "weights": _apply_weights,
+}
+
+
+def _close(a: list, b: list) -> bool:
+    if not isinstance(a, list) or len(a) != len(b):
+        return False
+    return all(isinstance(x, float) and math.isclose(x, y, abs_tol=FLOAT_TOLERANCE) for x, y in zip(a, b, strict=True))
+
+
+def _epoch(st: LedgerState, netuid: int, height: int) -> tuple[Record, dict[str, np.ndarray]]:
+    """Run Yuma on the subnet's latest signed weights and stakes; the epoch record and the new bonds per validator."""
+    cfg, sub = st.config, st.subnets[netuid]
+    reg = sub.registry
+    uids = sorted(reg.slots)
+    staked = [(reg.slots[u].hotkey, u) for u in uids if st.stakes.get(reg.slots[u].hotkey, 0) > 0]
+    staked.sort(key=lambda hu: (-st.stakes[hu[0]], hu[1]))
+    vals = sorted(staked[: cfg.max_validators], key=lambda hu: hu[1])  # validator rows in uid order
+    V, M = len(vals), cfg.max_uids
+    W = np.zeros((V, M))  # (V, M)
+    B = np.zeros((V, M))  # (V, M)
+    S = np.array([float(st.stakes[h]) for h, _ in vals])  # (V,)
+    recent = np.zeros(M, dtype=bool)  # (M,) uids registered since the last epoch lose their old bonds
+    for u in uids:
+        recent[u] = reg.slots[u].registered_at > sub.last_epoch_height
+    for i, (hk, vuid) in enumerate(vals):
+        if hk in sub.weights:
+            set_at, row = sub.weights[hk]
+            for u, w in row.items():
+                if u in reg.slots and reg.slots[u].registered_at < set_at and u != vuid:
+                    W[i, u] = w  # weights set before a uid's (re)registration or on oneself do not count
+        if hk in sub.bonds:
+            B[i] = np.where(recent, 0.0, sub.bonds[hk])
+    res = yuma_epoch(W, S, B, kappa=cfg.kappa, bond_alpha=cfg.bond_alpha, bond_penalty=cfg.bond_penalty)
+    rec: Record = {
+        "kind": "epoch",
+        "netuid": netuid,
+        "epoch": st.epoch_of(height),
+        "uids": uids,
+        "hotkeys": [reg.slots[u].hotkey for u in uids],
+        "consensus": res.consensus[uids].tolist(),
+        "incentive": res.incentive[uids].tolist(),
+        "validators": [h for h, _ in vals],
+        "validator_stakes": [st.stakes[h] for h, _ in vals],
+        "dividends": res.dividends.tolist(),
+        "emission": sub.pending,
+    }
+    rec.update(_payouts(sub.pending, cfg.miner_share, rec["incentive"], rec["dividends"], rec["validator_stakes"]))
+    return rec, {h: res.bonds[i].copy() for i, (h, _) in enumerate(vals)}
+
+
+def _payouts(pending: int, miner_share: float, incentive: list, dividends: list, stakes: list) -> dict[str, Any]:
+    """Integer rao per miner and validator; any rao nobody can earn (no validators at all) carry to next epoch."""
+    zeros_m, zeros_v = [0] * len(incentive), [0] * len(dividends)
+    if sum(incentive) > 0 and sum(dividends) > 0:
+        m, v = split_emission(pending, miner_share)
+        return {"miner_payouts": split_by_weights(m, incentive), "validator_payouts": split_by_weights(v, dividends)}
+    if sum(incentive) > 0:
+        return {"miner_payouts": split_by_weights(pending, incentive), "validator_payouts": zeros_v}
+    if sum(stakes) > 0:  # no weights yet: validators earn by stake, as subtensor does
+        return {"miner_payouts": zeros_m, "validator_payouts": split_by_weights(pending, stakes)}
+    return {"miner_payouts": zeros_m, "validator_payouts": zeros_v}
+
+
+def _apply_epoch(st: LedgerState, rec: Record, bonds: dict[str, np.ndarray], height: int) -> None:
+    sub = st.subnets[rec["netuid"]]
+    paid = 0
+    for hk, amt in [
+        *zip(rec["hotkeys"], rec["miner_payouts"], strict=True),
+        *zip(rec["validators"], rec["validator_payouts"], strict=True),
+    ]:
+        if amt:
+            st.credit(hk, amt)
+            paid += amt
+    sub.pending -= paid
+    sub.bonds = bonds
+    scores = {u: i for u, i in zip(rec["uids"], rec["incentive"], strict=True)}
+    div = dict(zip(rec["validators"], rec["dividends"], strict=True))
+    for u, hk in zip(rec["uids"], rec["hotkeys"], strict=True):
+        scores[u] += div.get(hk, 0.0)
+    sub.registry.set_scores(scores)
+    sub.last_epoch_height = height
+    sub.latest_epoch = rec
+
+
+def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None) -> list[Record]:
+    """Mint this block's emission, run epochs and adjustments due at `height`; returns the derived records.
+
+    With `recorded` (replay), each derived record must match the recomputed one (floats within 1e-9, integers
+    exactly, payouts recomputed from the recorded floats) and the recorded one is applied; else RecordError.
+    """
+    cfg = st.config
+    out: list[Record] = []
+    expected: list[tuple[Record, Any]] = []
+    minted = block_emission(st.total_issuance)
+    per = split_between_subnets(minted, cfg.subnet_shares)
+    expected.append(({"kind": "emission", "minted": minted, "subnets": {str(n): a for n, a in per.items()}}, None))
+    if (height + 1) % cfg.tempo == 0:  # epochs run after the mint, so they pay out this block's emission too
+        expected.extend((None, n) for n in sorted(st.subnets))
+    if recorded is not None and len(recorded) != len(expected):
+        raise RecordError(f"expected {len(expected)} derived records, found {len(recorded)}")
+    for i, (rec, netuid) in enumerate(expected):
+        if rec is not None:  # emission
+            if recorded is not None and recorded[i] != rec:
+                raise RecordError(f"emission record differs from replay: {recorded[i]!r} != {rec!r}")
+            st.total_issuance += minted
+            for n, a in per.items():
+                st.subnets[n].pending += a
+            out.append(rec)
+            continue
+        rec, bonds = _epoch(st, netuid, height)
+        if recorded is not None:
+            rec = _check_epoch(recorded[i], rec, cfg.miner_share)
+        _apply_epoch(st, rec, bonds, height)
+        out.append(rec)
+    if (height + 1) % cfg.adjustment_interval == 0:
+        for sub in st.subnets.values():
+            args = (sub.registrations, cfg.target_registrations)
+            sub.difficulty = adjust_toward_target(sub.difficulty, *args, cfg.min_difficulty, cfg.max_difficulty)
+            sub.burn = adjust_toward_target(sub.burn, *args, cfg.min_burn, cfg.max_burn)
+            sub.registrations = 0
+    return out
+
+
+def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
+    """The recorded epoch `got` if it matches the recomputed `want`; raises RecordError naming the first mismatch."""
+    if not isinstance(got, dict) or set(got) != set(want):
+        raise RecordError("epoch record has the wrong fields")
+    for key in ("kind", "netuid", "epoch", "uids", "hotkeys", "validators", "validator_stakes", "emission"):
+        if got[key] != want[key]:
+            raise RecordError(f"epoch record field {key!r} differs from replay")
+    for key in ("consensus", "incentive", "dividends"):
+        if not _close(got[key], want[key]):
+            raise RecordError(f"epoch record field {key!r} differs from replay")
+    pay = _payouts(got["emission"], miner_share, got["incentive"], got["dividends"], got["validator_stakes"])
+    for key, value in pay.items():
+        if got[key] != value:
+            raise RecordError(f"epoch record field {key!r} differs from the payouts its own figures imply")
+    return got
+
+
+def is_derived(record: Record) -> bool:
+    return isinstance(record, dict) and record.get("kind") in DERIVED_KINDS

@@ -1,0 +1,419 @@
+"""Call remote experts: parallel forwards with timeouts, back-off for failing peers, and no trust in any reply.
+
+Experts are used for inference only (frozen from the caller's side: no backward through them). Every reply is
+decoded and validated before it is returned; a malformed or non-normalized reply is dropped, the peer is backed off,
+and a `FaultReport` is recorded for validators to turn into a penalty. Nothing a peer sends can raise out of
+`call_many`: missing experts are simply absent from its result, as in hivemind's RemoteMixtureOfExperts.
+
+`ExpertClient` is async and lives on the event loop of its P2P; `SyncExpertClient` wraps it on a private loop
+thread for synchronous training/validation code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from google.protobuf.message import DecodeError
+from hivemind.dht import DHT
+from hivemind.p2p import P2P, P2PDaemonError, P2PHandlerError, PeerID
+from hivemind.proto import runtime_pb2
+from hivemind.utils import get_dht_time
+
+from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, RemoteError
+from moe.net.loop import LoopThread, replicate_p2p
+from moe.net.server import forward_handle, info_handle, session_handle
+from moe.net.wire import (
+    ACT_FORMATS,
+    WIRE_FORMATS,
+    MaliciousReply,
+    decode_activations,
+    decode_logp,
+    encode_request,
+    validate_reply,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientConfig:
+    """How remote experts are called."""
+
+    forward_timeout: float = 2.0
+    """Seconds to wait for an expert before giving up on it (counts as a failure)."""
+    timeout_after_k_min: float = 0.05
+    """Once k_min experts answered, seconds to wait for the rest before skipping them (not a failure)."""
+    k_min: int = 1
+    """Answers call_many wants before it stops waiting the full forward_timeout."""
+    wire_format: str = "fp32"
+    """Reply encoding: fp32, fp16, q8, topk (distributions) or act32, act16 (hidden states)."""
+    topk: int = 16
+    """Bytes sent exactly by the topk format."""
+    backoff_base: float = 1.0
+    """Seconds a peer is skipped after its first consecutive failure; doubles with each further one."""
+    backoff_cap: float = 300.0
+    """Longest back-off, seconds."""
+    tol: float = 1e-3
+    """Largest |logsumexp| of a decoded row accepted as a distribution."""
+    direct: bool = True
+    """Use the server's direct TCP path (moe.net.direct) when it offers one; P2P otherwise."""
+    max_reply_bytes: int = 1 << 26
+    """Largest reply accepted on the direct path (a server claiming more is cut off)."""
+
+    def __post_init__(self):
+        if self.wire_format not in WIRE_FORMATS:
+            raise ValueError(f"ClientConfig.wire_format must be one of {WIRE_FORMATS}, got {self.wire_format!r}")
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """Evidence that `peer_id` sent a malicious reply at `time` (DHT time): validators turn these into penalties."""
+
+    peer_id: PeerID
+    reason: str
+    time: float
+
+
+class PeerUnavailable(RuntimeError):
+    """The peer is backed off after recent failures."""
+
+
+class PeerHealth:
+    """Consecutive failures per peer; after n of them the peer is skipped until t + min(base * 2^(n-1), cap)."""
+
+    def __init__(
+        self, backoff_base: float = 1.0, backoff_cap: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.backoff_base, self.backoff_cap, self.clock = backoff_base, backoff_cap, clock
+        self._failures: dict[PeerID, int] = {}
+        self._until: dict[PeerID, float] = {}
+
+    def available(self, peer_id: PeerID) -> bool:
+        return self.clock() >= self._until.get(peer_id, 0.0)
+
+    def failures(self, peer_id: PeerID) -> int:
+        return self._failures.get(peer_id, 0)
+
+    def banned_until(self, peer_id: PeerID) -> float:
+        return self._until.get(peer_id, 0.0)
+
+    def record_failure(self, peer_id: PeerID) -> float:
+        """Count a failure; returns the back-off in seconds now applied to the peer."""
+        n = self._failures.get(peer_id, 0) + 1
+        self._failures[peer_id] = n
+        delay = min(self.backoff_base * 2 ** (n - 1), self.backoff_cap)
+        self._until[peer_id] = self.clock() + delay
+        return delay
+
+    def record_success(self, peer_id: PeerID) -> None:
+        self._failures.pop(peer_id, None)
+        self._until.pop(peer_id, None)
+
+
+class ExpertClient:
+    """Async calls to experts served by `moe.net.server.ExpertServer`; must be used on `p2p`'s event loop."""
+
+    def __init__(
+        self,
+        p2p: P2P,
+        config: ClientConfig | None = None,
+        on_fault: Callable[[FaultReport], None] | None = None,
+        uid: str | None = None,
+    ):
+        self.p2p, self.config, self.uid, self.on_fault = p2p, config or ClientConfig(), uid, on_fault
+        self.health = PeerHealth(self.config.backoff_base, self.config.backoff_cap)
+        self.faults: list[FaultReport] = []
+        self._idle: dict[PeerID, list[DirectConnection]] = {}
+        self._no_direct: set[PeerID] = set()
+
+    async def call(
+        self,
+        peer_id: PeerID,
+        inputs: torch.Tensor,
+        timeout: float | None = None,
+        wire_format: str | None = None,
+        out_dim: int | None = None,
+    ) -> torch.Tensor:
+        """One validated forward of `inputs` (byte ids (B, T), or activations (..., d) for act formats).
+
+        Returns float32 log-probs (B, T, 256), or activations (..., out_dim or d). Raises PeerUnavailable if the
+        peer is backed off, TimeoutError, P2PHandlerError (the server refused), or MaliciousReply (also recorded
+        as a FaultReport); every failure backs the peer off, a success clears its record.
+        """
+        if not self.health.available(peer_id):
+            raise PeerUnavailable(
+                f"peer {peer_id} backed off for {self.health.banned_until(peer_id) - time.monotonic():.1f} s"
+            )
+        try:
+            out = await self._call(peer_id, inputs, timeout, wire_format, out_dim)
+        except asyncio.CancelledError:
+            raise
+        except MaliciousReply as e:
+            self._report(peer_id, str(e))
+            self.health.record_failure(peer_id)
+            raise
+        except BaseException:
+            self.health.record_failure(peer_id)
+            raise
+        self.health.record_success(peer_id)
+        return out
+
+    async def _call(
+        self,
+        peer_id: PeerID,
+        inputs: torch.Tensor,
+        timeout: float | None,
+        wire_format: str | None,
+        out_dim: int | None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        wire_format = wire_format or cfg.wire_format
+        timeout = cfg.forward_timeout if timeout is None else timeout
+        act = wire_format in ACT_FORMATS
+        if not act:
+            if inputs.dim() != 2 or inputs.dtype.is_floating_point:
+                raise ValueError(
+                    f"byte batch must be an integer (B, T) tensor, got {inputs.dtype} {tuple(inputs.shape)}"
+                )
+            if bool(((inputs < 0) | (inputs > 255)).any()):
+                raise ValueError("byte batch holds values outside 0..255")
+            inputs = inputs.to(torch.uint8)  # 8x less upload than int64
+        raw = encode_request(inputs.detach().cpu(), wire_format, cfg.topk)
+        try:
+            payload = await asyncio.wait_for(self._request(peer_id, raw), timeout=timeout)
+        except DecodeError:
+            raise MaliciousReply("reply is not a valid protobuf message") from None
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"peer {peer_id} did not answer within {timeout} s") from None
+        if act:
+            shape = (*inputs.shape[:-1], out_dim or inputs.shape[-1])
+            return decode_activations(payload, wire_format, shape)
+        return validate_reply(decode_logp(payload, wire_format), tuple(inputs.shape), cfg.tol)
+
+    async def _request(self, peer_id: PeerID, raw: bytes) -> bytes:
+        """Send one encoded request, directly if the peer offers it, else over P2P; returns the reply payload."""
+        conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
+        if conn is not None:
+            try:
+                out = await conn.request(raw)
+            except RemoteError as e:
+                self._idle.setdefault(peer_id, []).append(conn)
+                raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
+            except DirectError:
+                conn.close()
+                self._no_direct.add(peer_id)  # later calls go over P2P
+                raise
+            except BaseException:  # cancelled or timed out mid-request: the connection state is unknown
+                conn.close()
+                raise
+            self._idle.setdefault(peer_id, []).append(conn)
+            return out
+        request = runtime_pb2.ExpertRequest(metadata=raw)
+        reply = await self.p2p.call_protobuf_handler(
+            peer_id, forward_handle(self.uid), request, runtime_pb2.ExpertResponse
+        )
+        return reply.metadata
+
+    async def _direct_conn(self, peer_id: PeerID) -> DirectConnection | None:
+        """An idle direct connection to the peer, or a new one keyed over P2P; None if it offers none."""
+        idle = self._idle.get(peer_id)
+        if idle:
+            return idle.pop()
+        key = os.urandom(KEY_BYTES)
+        try:
+            reply = await self.p2p.call_protobuf_handler(
+                peer_id, session_handle(self.uid), runtime_pb2.ExpertRequest(metadata=key), runtime_pb2.ExpertInfo
+            )
+            info = json.loads(reply.serialized_info)
+            sid, host, port = bytes.fromhex(info["session"]), str(info["host"]), int(info["port"])
+            return await DirectConnection.open(host, port, sid, key, self.config.max_reply_bytes)
+        except (P2PHandlerError, P2PDaemonError, DirectError, DecodeError, ValueError, KeyError, TypeError) as e:
+            logger.debug("no direct path to %s (%r); using P2P", peer_id, e)
+            self._no_direct.add(peer_id)
+            return None
+
+    async def aclose(self) -> None:
+        """Close the pooled direct connections."""
+        for conns in self._idle.values():
+            for c in conns:
+                c.close()
+        self._idle.clear()
+
+    async def call_many(
+        self,
+        peer_ids: Sequence[PeerID],
+        inputs: torch.Tensor | Mapping[PeerID, torch.Tensor],
+        timeout: float | None = None,
+        k_min: int | None = None,
+        timeout_after_k_min: float | None = None,
+        wire_format: str | None = None,
+        out_dim: int | None = None,
+    ) -> dict[PeerID, torch.Tensor]:
+        """Call `peer_ids` in parallel (the same `inputs`, or one tensor per peer) and return the valid replies.
+
+        Backed-off peers are not called. Each call gets `timeout` seconds; once `k_min` replies are in, the others
+        get `timeout_after_k_min` more and are then skipped. Failed, timed-out and malicious peers are missing from
+        the result (and backed off); fewer than `k_min` replies is not an error, the caller decides what to do.
+        """
+        cfg = self.config
+        timeout = cfg.forward_timeout if timeout is None else timeout
+        k_min = cfg.k_min if k_min is None else k_min
+        grace = cfg.timeout_after_k_min if timeout_after_k_min is None else timeout_after_k_min
+        loop = asyncio.get_running_loop()
+        tasks: dict[asyncio.Task, PeerID] = {}
+        for pid in dict.fromkeys(peer_ids):  # de-duplicated, order kept
+            if not self.health.available(pid):
+                logger.debug("skipping backed-off peer %s", pid)
+                continue
+            x = inputs[pid] if isinstance(inputs, Mapping) else inputs
+            tasks[asyncio.ensure_future(self.call(pid, x, timeout, wire_format, out_dim))] = pid
+
+        results: dict[PeerID, torch.Tensor] = {}
+        pending, deadline, k_min_at = set(tasks), loop.time() + timeout, None
+        try:
+            while pending:
+                until = deadline if k_min_at is None else min(deadline, k_min_at + grace)
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, until - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                for t in done:
+                    if t.exception() is None:
+                        results[tasks[t]] = t.result()
+                    else:
+                        logger.debug("expert %s failed: %s", tasks[t], t.exception())
+                if k_min_at is None and len(results) >= k_min:
+                    k_min_at = loop.time()
+        finally:
+            timed_out = loop.time() >= deadline - 1e-3  # past the full timeout, not just the grace after k_min
+            for t in pending:
+                t.cancel()
+                if timed_out:
+                    self.health.record_failure(tasks[t])
+                    logger.debug("expert %s timed out after %.3f s", tasks[t], timeout)
+                else:  # too slow once k_min answered: skipped, not backed off
+                    logger.debug("skipped slow expert %s", tasks[t])
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return results
+
+    async def info(self, peer_id: PeerID, timeout: float | None = None) -> dict:
+        """The expert's served metadata (kind, formats, limits, weights version); raises MaliciousReply on garbage."""
+        timeout = self.config.forward_timeout if timeout is None else timeout
+        try:
+            reply = await asyncio.wait_for(
+                self.p2p.call_protobuf_handler(
+                    peer_id, info_handle(self.uid), runtime_pb2.ExpertUID(), runtime_pb2.ExpertInfo
+                ),
+                timeout=timeout,
+            )
+            if len(reply.serialized_info) > 1 << 16:
+                raise MaliciousReply("expert info larger than 64 KiB")
+            info = json.loads(reply.serialized_info)
+        except (DecodeError, ValueError) as e:
+            raise MaliciousReply(f"expert info unreadable: {e}") from None
+        if not isinstance(info, dict):
+            raise MaliciousReply("expert info is not a JSON object")
+        return info
+
+    def _report(self, peer_id: PeerID, reason: str) -> None:
+        report = FaultReport(peer_id, reason, get_dht_time())
+        logger.warning("dropped malicious reply from %s: %s", peer_id, reason)
+        self.faults.append(report)
+        if self.on_fault is not None:
+            try:
+                self.on_fault(report)
+            except Exception:
+                logger.exception("fault callback failed")
+
+
+class SyncExpertClient:
+    """Blocking facade over `ExpertClient` for synchronous torch loops; runs P2P on a private event-loop thread.
+
+    With a `dht`, it shares that DHT's P2P daemon; otherwise it starts its own, bootstrapped from `initial_peers`.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        dht: DHT | None = None,
+        initial_peers: Sequence[str] = (),
+        on_fault: Callable[[FaultReport], None] | None = None,
+        uid: str | None = None,
+        start_timeout: float = 60.0,
+    ):
+        self._loop = LoopThread(name="expert-client")
+        try:
+
+            async def _make() -> ExpertClient:
+                if dht is not None:
+                    p2p = await replicate_p2p(dht)
+                else:
+                    p2p = await P2P.create(initial_peers=list(initial_peers), host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+                return ExpertClient(p2p, config, on_fault, uid)
+
+            self.client = self._loop.run(_make(), start_timeout)
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    @property
+    def faults(self) -> list[FaultReport]:
+        return self.client.faults
+
+    @property
+    def health(self) -> PeerHealth:
+        return self.client.health
+
+    @property
+    def peer_id(self) -> PeerID:
+        return self.client.p2p.peer_id
+
+    def call(self, peer_id: PeerID, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Blocking `ExpertClient.call` (same arguments and errors)."""
+        return self._loop.run(self.client.call(peer_id, inputs, **kwargs))
+
+    def call_many(self, peer_ids: Sequence[PeerID], inputs, **kwargs) -> dict[PeerID, torch.Tensor]:
+        """Blocking `ExpertClient.call_many` (same arguments)."""
+        return self._loop.run(self.client.call_many(peer_ids, inputs, **kwargs))
+
+    def info(self, peer_id: PeerID, **kwargs) -> dict:
+        return self._loop.run(self.client.info(peer_id, **kwargs))
+
+    def shutdown(self) -> None:
+        """Close the P2P connection (and its daemon if this client started it) and stop the loop; idempotent."""
+        if self.client is not None and self.client.p2p is not None:
+            p2p = self.client.p2p
+            try:
+                self._loop.run(self.client.aclose(), timeout=10)
+                self._loop.run(p2p.shutdown(), timeout=10)  # a replica only closes its connection
+            except Exception as e:
+                logger.debug("client shutdown: %r", e)
+            self.client.p2p = None
+        self._loop.stop()
+
+    def __enter__(self) -> SyncExpertClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+__all__ = [
+    "ClientConfig",
+    "ExpertClient",
+    "FaultReport",
+    "P2PDaemonError",
+    "P2PHandlerError",
+    "PeerHealth",
+    "PeerUnavailable",
+    "SyncExpertClient",
+]

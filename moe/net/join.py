@@ -1,0 +1,154 @@
+"""Joining the hivemoe DHT: start a hivemind DHT that never hangs, retrying with exponential back-off.
+
+hivemind's `DHT(start=True)` waits on its child process without a deadline, and a bootstrap peer that accepts TCP
+but never speaks can stall the p2p daemon; here every attempt waits at most `timeout` seconds, a failed attempt's
+process tree (the DHT process and its p2pd) is killed before the next one, and the final failure is a `JoinError`
+naming each address tried and why. Malformed multiaddrs are refused before any process starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+import hivemind
+import psutil
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.p2p import PeerID
+from hivemind.utils.multiaddr import Multiaddr
+
+from moe.net.records import SignedRecordValidator
+
+logger = logging.getLogger(__name__)
+
+
+class JoinError(RuntimeError):
+    """Could not join the DHT after all attempts; the message names the addresses tried and the last reason."""
+
+
+class BadMultiaddr(ValueError):
+    """An initial peer address that is not a multiaddr ending in /p2p/<peer id>."""
+
+
+def parse_initial_peers(initial_peers: Iterable[str]) -> list[str]:
+    """Check each address parses as a multiaddr with a valid /p2p/ peer id; raises BadMultiaddr (one line)."""
+    if isinstance(initial_peers, (str, bytes)):
+        raise BadMultiaddr("initial_peers must be a list of multiaddr strings, not a single string")
+    out = []
+    for addr in initial_peers:
+        addr = str(addr).strip()
+        try:
+            maddr = Multiaddr(addr)
+            peer = maddr["p2p"]
+            PeerID.from_base58(peer)
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BadMultiaddr(
+                f"bad initial peer {addr!r}: {reason} (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)"
+            ) from None
+        out.append(addr)
+    return out
+
+
+def _kill_tree(dht: hivemind.DHT) -> None:
+    """Kill a DHT whose start failed or timed out, and its p2pd child, so no process or port is left behind."""
+    children = []
+    if dht.pid is not None and dht.is_alive():
+        try:
+            children = psutil.Process(dht.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    for child in children:  # first, so that none is orphaned when its parent dies
+        try:
+            child.kill()
+            child.wait(5)
+        except psutil.Error:
+            pass
+    try:
+        dht.kill()  # nothing to save from a half-started node; SIGTERM could wait on a stuck event loop
+        dht.join(5)
+    except (AttributeError, AssertionError, ValueError):  # never started
+        pass
+
+
+def _start_once(
+    initial_peers: list[str], host_maddrs: list[str], timeout: float, validators: list[RecordValidatorBase], **kwargs
+) -> hivemind.DHT:
+    dht = hivemind.DHT(
+        initial_peers=initial_peers or None,
+        host_maddrs=host_maddrs,
+        start=False,
+        record_validators=validators,
+        startup_timeout=timeout,
+        **kwargs,
+    )
+    dht.run_in_background(await_ready=False)
+    try:
+        dht.wait_until_ready(timeout=timeout)
+    except BaseException:
+        _kill_tree(dht)
+        raise
+    return dht
+
+
+def start_dht(
+    initial_peers: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    attempts: int = 5,
+    backoff: float = 0.5,
+    max_backoff: float = 8.0,
+    timeout: float = 15.0,
+    record_validators: Sequence[RecordValidatorBase] = (),
+    **dht_kwargs,
+) -> hivemind.DHT:
+    """Join the DHT through `initial_peers`, retrying up to `attempts` times.
+
+    Each attempt waits at most `timeout` seconds; between attempts we sleep `backoff`·2^i seconds (capped at
+    `max_backoff`), so a bootstrap peer that starts a little later is still found. Raises BadMultiaddr at once for a
+    malformed address and JoinError after the last attempt. Every node gets `SignedRecordValidator` so it refuses to
+    store forged hivemoe records; `dht_kwargs` go to hivemind.DHT (e.g. `client_mode=True`).
+    """
+    peers = parse_initial_peers(initial_peers)
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    host_maddrs = [f"/ip4/{host}/tcp/{port}"]
+    Multiaddr(host_maddrs[0])  # a bad host fails here, before any process starts
+    validators = [SignedRecordValidator(), *record_validators]
+    reason = "no attempt made"
+    for attempt in range(attempts):
+        started = time.monotonic()
+        try:
+            dht = _start_once(peers, host_maddrs, timeout, validators, **dht_kwargs)
+            if attempt:
+                logger.info("joined the DHT on attempt %d/%d", attempt + 1, attempts)
+            return dht
+        except TimeoutError:
+            reason = f"no answer within {timeout:.1f}s"
+        except Exception as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+        logger.warning(
+            "DHT join attempt %d/%d failed after %.1fs: %s",
+            attempt + 1,
+            attempts,
+            time.monotonic() - started,
+            reason,
+        )
+        if attempt + 1 < attempts:
+            time.sleep(min(max_backoff, backoff * 2**attempt))
+    tried = ", ".join(peers) if peers else "(no initial peers)"
+    raise JoinError(f"could not join the DHT via {tried} after {attempts} attempts: {reason}")
+
+
+def start_bootstrap_dht(host: str = "127.0.0.1", port: int = 0, timeout: float = 15.0, **dht_kwargs) -> hivemind.DHT:
+    """Start the first peer of a new network (no initial peers); raises JoinError if it cannot start in time."""
+    return start_dht([], host=host, port=port, attempts=1, timeout=timeout, **dht_kwargs)
+
+
+def visible_maddrs(dht: hivemind.DHT, host: str | None = "127.0.0.1") -> list[str]:
+    """Multiaddrs (with /p2p/<peer id>) other peers can pass as initial_peers; only those on `host` unless None."""
+    maddrs = [str(m) for m in dht.get_visible_maddrs()]
+    if host is not None:
+        maddrs = [m for m in maddrs if m.startswith(f"/ip4/{host}/")] or maddrs
+    return maddrs

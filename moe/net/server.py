@@ -1,0 +1,289 @@
+"""Serve one expert's forward pass over hivemind P2P, next to (not instead of) the process that trains it.
+
+The server holds its own copy of the weights, so training never waits for a request and a request never sees
+half-updated weights: `update_weights` loads fresh weights into the idle one of two buffers and then flips which
+buffer serves. Forwards run in a small thread pool under `torch.inference_mode`, off the asyncio loop, so slow
+compute never stalls the network. Every request is validated (frame layout, dtype, shape, value range, size); a bad
+one gets an error reply and a one-line warning, and the server keeps serving.
+
+Handlers are registered with `P2P.add_protobuf_handler` under `forward_handle(uid)` / `info_handle(uid)`, carrying
+`runtime_pb2.ExpertRequest.metadata` / `ExpertResponse.metadata` bytes in the layouts of `moe.net.wire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from hivemind.dht import DHT
+from hivemind.p2p import P2P, P2PContext, PeerID
+from hivemind.proto import runtime_pb2
+from torch import nn
+
+from moe.net.direct import DirectServer
+from moe.net.loop import LoopThread, replicate_p2p
+from moe.net.wire import (
+    ACT_FORMATS,
+    DIST_FORMATS,
+    VOCAB,
+    WireError,
+    decode_request,
+    encode_activations,
+    encode_logp,
+)
+
+logger = logging.getLogger(__name__)
+
+FORWARD_HANDLE = "hivemoe.expert.forward"
+INFO_HANDLE = "hivemoe.expert.info"
+SESSION_HANDLE = "hivemoe.expert.session"
+
+
+def forward_handle(uid: str | None) -> str:
+    """P2P handler name of an expert's forward; several experts may share a peer under different uids."""
+    return FORWARD_HANDLE if not uid else f"{uid}::{FORWARD_HANDLE}"
+
+
+def info_handle(uid: str | None) -> str:
+    return INFO_HANDLE if not uid else f"{uid}::{INFO_HANDLE}"
+
+
+def session_handle(uid: str | None) -> str:
+    return SESSION_HANDLE if not uid else f"{uid}::{SESSION_HANDLE}"
+
+
+@dataclass
+class ServerConfig:
+    """How an expert is served."""
+
+    kind: str = "lm"
+    """"lm": byte ids (B, T) -> next-byte log-probs; "hidden": float (..., d_in) -> the module's float output."""
+    uid: str | None = None
+    """Name prefixed to the handler names, so one peer can host several experts."""
+    d_in: int = 0
+    """Last input dimension a "hidden" expert accepts (ignored for "lm")."""
+    max_tokens: int = 4096
+    """Largest B*T accepted; fp32 replies above ~4000 positions exceed hivemind's 4 MiB unary message limit."""
+    max_seq_len: int = 4096
+    """Longest T accepted."""
+    num_workers: int = 1
+    """Threads running forwards; torch already parallelises inside one."""
+    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    """Where a server without a DHT starts its own P2P daemon."""
+    direct_host: str | None = "127.0.0.1"
+    """Interface of the direct TCP fast path (see moe.net.direct); None serves over P2P only."""
+    direct_port: int = 0
+    """Port of the direct path; 0 picks a free one."""
+
+    def __post_init__(self):
+        if self.kind not in ("lm", "hidden"):
+            raise ValueError(f"ServerConfig.kind must be 'lm' or 'hidden', got {self.kind!r}")
+        if self.kind == "hidden" and self.d_in <= 0:
+            raise ValueError("ServerConfig.d_in must be positive for a 'hidden' expert")
+
+
+class ExpertServer:
+    """One expert served over P2P: `start()`, `update_weights(state_dict)` from training, `shutdown()`.
+
+    Give it a running `hivemind.DHT` to share that DHT's P2P daemon (the usual case: peers find the expert through
+    the DHT), or none to start a private daemon (tests, benchmarks), reachable at `maddrs`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        config: ServerConfig | None = None,
+        dht: DHT | None = None,
+        initial_peers: list[str] | None = None,
+    ):
+        self.config = config or ServerConfig()
+        self._dht, self._initial_peers = dht, list(initial_peers or [])
+        self._buffers = [self._frozen_copy(module), self._frozen_copy(module)]
+        self._locks = [threading.Lock(), threading.Lock()]
+        self._active = 0
+        self._pool = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="expert-forward")
+        self._loop: LoopThread | None = None
+        self.p2p: P2P | None = None
+        self.direct: DirectServer | None = None
+        self.served, self.rejected, self.version = 0, 0, 0
+
+    @staticmethod
+    def _frozen_copy(module: nn.Module) -> nn.Module:
+        m = copy.deepcopy(module).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    # lifecycle
+
+    def start(self, timeout: float = 60.0) -> ExpertServer:
+        """Connect to P2P and register the handlers; returns once requests can be served."""
+        if self._loop is not None:
+            raise RuntimeError("ExpertServer already started")
+        self._loop = LoopThread(name=f"expert-server-{self.config.uid or 'default'}")
+        try:
+            self._loop.run(self._start(), timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+        logger.info("serving %s expert %s on peer %s", self.config.kind, self.config.uid or "-", self.peer_id)
+        return self
+
+    async def _start(self) -> None:
+        if self._dht is not None:
+            self.p2p = await replicate_p2p(self._dht)
+        else:
+            self.p2p = await P2P.create(initial_peers=self._initial_peers, host_maddrs=self.config.host_maddrs)
+        await self.p2p.add_protobuf_handler(
+            forward_handle(self.config.uid), self._rpc_forward, runtime_pb2.ExpertRequest
+        )
+        await self.p2p.add_protobuf_handler(info_handle(self.config.uid), self._rpc_info, runtime_pb2.ExpertUID)
+        if self.config.direct_host is not None:
+            max_request = self.config.max_tokens * max(self.config.d_in, 1) * 8 + 1024
+            self.direct = DirectServer(self._process_async, self.config.direct_host, max_request_bytes=max_request)
+            await self.direct.start(self.config.direct_port)
+            await self.p2p.add_protobuf_handler(
+                session_handle(self.config.uid), self._rpc_session, runtime_pb2.ExpertRequest
+            )
+
+    def shutdown(self) -> None:
+        """Stop serving and release the daemon (if this server started it) and threads; idempotent."""
+        if self._loop is None:
+            return
+        if self.p2p is not None:
+            p2p = self.p2p
+
+            async def _close() -> None:
+                if self.direct is not None:
+                    await self.direct.stop()
+                uid = self.config.uid
+                for handle in (forward_handle(uid), info_handle(uid), session_handle(uid)):
+                    try:
+                        await p2p.remove_protobuf_handler(handle)
+                    except Exception as e:  # the daemon may already be gone
+                        logger.debug("removing handler %s: %r", handle, e)
+                await p2p.shutdown()  # stops the daemon only if this server started it
+
+            try:
+                self._loop.run(_close(), timeout=10)
+            except Exception as e:
+                logger.warning("expert server shutdown was not clean: %r", e)
+        self._loop.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop, self.p2p = None, None
+
+    def __enter__(self) -> ExpertServer:
+        return self.start() if self._loop is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    @property
+    def peer_id(self) -> PeerID:
+        if self.p2p is None:
+            raise RuntimeError("ExpertServer is not started")
+        return self.p2p.peer_id
+
+    @property
+    def maddrs(self) -> list[str]:
+        """Full multiaddrs (with /p2p/<peer id>) a client can pass as initial peers."""
+        if self._loop is None or self.p2p is None:
+            raise RuntimeError("ExpertServer is not started")
+        return [str(m) for m in self._loop.run(self.p2p.get_visible_maddrs(), timeout=10)]
+
+    # weights
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load `state_dict` into the idle buffer, then make it the served one; in-flight forwards finish unchanged.
+
+        Raises (and keeps serving the old weights) if `state_dict` does not match the module.
+        """
+        spare = 1 - self._active
+        with self._locks[spare], torch.no_grad():  # waits only for a forward still running on the old weights
+            self._buffers[spare].load_state_dict(state_dict, strict=True)
+        self._active = spare
+        self.version += 1
+
+    # request handling
+
+    async def _rpc_forward(
+        self, request: runtime_pb2.ExpertRequest, context: P2PContext
+    ) -> runtime_pb2.ExpertResponse:
+        return runtime_pb2.ExpertResponse(metadata=await self._process_async(request.metadata, context.remote_id))
+
+    async def _process_async(self, raw: bytes, remote: PeerID | str = "direct") -> bytes:
+        """Validate and compute off the loop; a bad request raises ValueError (sent back as an error reply)."""
+        try:
+            payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._process, raw)
+        except (WireError, ValueError) as e:
+            self.rejected += 1
+            logger.warning("rejected request from %s: %s", remote, e)
+            raise ValueError(f"bad request: {e}") from None
+        self.served += 1
+        return payload
+
+    async def _rpc_session(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertInfo:
+        sid = self.direct.open_session(request.metadata)  # ValueError on a malformed key -> error reply
+        info = {"session": sid.hex(), "host": self.direct.host, "port": self.direct.port}
+        return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
+
+    async def _rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertInfo:
+        info = asdict(self.config) | {"version": self.version, "formats": list(self._formats())}
+        info.pop("host_maddrs")
+        return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
+
+    def _formats(self) -> tuple[str, ...]:
+        return DIST_FORMATS if self.config.kind == "lm" else ACT_FORMATS
+
+    def _process(self, raw: bytes) -> bytes:
+        """Validate one request and compute its reply payload (runs on a worker thread)."""
+        cfg = self.config
+        max_bytes = cfg.max_tokens * max(cfg.d_in, 1) * 8
+        x, wire_format, topk = decode_request(raw, max_bytes=max_bytes)
+        if wire_format not in self._formats():
+            raise WireError(f"format {wire_format} not served by a {cfg.kind} expert (use one of {self._formats()})")
+        if cfg.kind == "lm":
+            self._check_bytes(x)
+        else:
+            self._check_hidden(x)
+        i = self._active
+        with self._locks[i], torch.inference_mode():
+            out = self._buffers[i](x.long() if cfg.kind == "lm" else x.float())
+        if cfg.kind == "hidden":
+            return encode_activations(out, wire_format)
+        if out.dim() != 3 or out.shape[:2] != x.shape or out.shape[-1] < VOCAB:
+            raise RuntimeError(f"expert returned logits of shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        logp = F.log_softmax(out[..., :VOCAB].float(), dim=-1)  # (B, T, 256)
+        return encode_logp(logp, wire_format, topk=topk or 16)
+
+    def _check_bytes(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dtype not in (torch.uint8, torch.int32, torch.int64):
+            raise WireError(f"byte ids must be an integer tensor, got {x.dtype}")
+        if x.dim() != 2:
+            raise WireError(f"byte ids must have shape (B, T), got {tuple(x.shape)}")
+        B, T = x.shape
+        if B * T == 0 or B * T > cfg.max_tokens or T > cfg.max_seq_len:
+            raise WireError(
+                f"batch {B}x{T} outside limits (max_tokens={cfg.max_tokens}, max_seq_len={cfg.max_seq_len})"
+            )
+        if x.dtype != torch.uint8 and bool(((x < 0) | (x > 255)).any()):
+            raise WireError("byte ids outside 0..255")
+
+    def _check_hidden(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dtype not in (torch.float32, torch.float16):
+            raise WireError(f"activations must be float32 or float16, got {x.dtype}")
+        if x.dim() < 2 or x.shape[-1] != cfg.d_in:
+            raise WireError(f"activations must have shape (..., {cfg.d_in}), got {tuple(x.shape)}")
+        if x.numel() == 0 or x.numel() // cfg.d_in > cfg.max_tokens:
+            raise WireError(f"{x.numel() // max(cfg.d_in, 1)} positions outside limits (max_tokens={cfg.max_tokens})")
+        if not bool(torch.isfinite(x).all()):
+            raise WireError("activations contain NaN or infinity")

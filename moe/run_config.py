@@ -1,0 +1,107 @@
+"""The run's whole configuration: one dataclass per component, composed here and filled by `moe.config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moe.model import ModelConfig
+from moe.tracking import WandbConfig
+from moe.train_loop import TrainConfig
+
+ROLES = ("network", "expert", "seed", "router", "validator", "bootstrap", "baseline")
+DEFAULT_SUBNETS = ["english", "code", "math", "persian"]
+
+
+@dataclass
+class CorpusConfig:
+    data_dir: str = ""
+    """Corpus cache; empty uses $HIVEMOE_DATA or ~/.cache/hivemoe/data."""
+    slice: bool = False
+    """Use the small (~200 KB a domain) slice built for tests."""
+
+
+@dataclass
+class NetworkConfig:
+    host: str = "127.0.0.1"
+    """Address this node listens on; 0.0.0.0 to be reachable from other machines."""
+    port: int = 0
+    """TCP port for the node's hivemind peer; 0 picks a free one."""
+    announce_ttl: float = 20.0
+    """Seconds a DHT announcement lives; a dead node vanishes from discovery after it."""
+    heartbeat_interval: float = 4.0
+    """Seconds between re-announcements."""
+    refresh_interval: int = 25
+    """Training steps between copies of fresh weights into the served model."""
+    join_attempts: int = 6
+    """Tries to reach the initial peers before giving up."""
+    join_timeout: float = 15.0
+    """Seconds one join attempt may take."""
+
+
+@dataclass
+class RouterConfig:
+    k_best: int = 2
+    """Experts called per sequence."""
+    k_min: int = 0
+    """Answers needed before slower experts are skipped (after a short grace); 0 waits for every expert called."""
+    forward_timeout: float = 5.0
+    """Seconds to wait for an expert before skipping it."""
+    probe_len: int = 16
+    """Leading bytes every expert scores before the gate picks the top-k for the rest of the sequence."""
+    steps: int = 150
+    """Gate training steps on the routing split."""
+    batch_size: int = 16
+    """Sequences per gate step."""
+    lr: float = 3e-3
+    """Gate learning rate."""
+    balance_coef: float = 0.01
+    """Weight of the gate's load-balancing loss."""
+    d_gate: int = 64
+    """Width of the gate's byte encoder."""
+    wire_format: str = "fp16"
+    """How experts send distributions: fp32, fp16, q8 or topk."""
+    eval_batches: int = 8
+    """Validation batches per subnet when scoring the mixture."""
+
+
+@dataclass
+class RunConfig:
+    role: str = "network"
+    """network (a whole local network), expert, seed, router, validator, bootstrap or baseline."""
+    subnet: str = ""
+    """The subnet an expert (or baseline) trains on."""
+    subnets: list[str] = field(default_factory=lambda: list(DEFAULT_SUBNETS))
+    """Subnets of the local network and the router."""
+    run_id: str = ""
+    """Name of the run directory under out_dir; empty makes one from the time."""
+    out_dir: str = "runs"
+    """Where run directories go."""
+    seed: int = 0
+    """Seed for weights, data order and keys of the local network."""
+    initial_peers: list[str] = field(default_factory=list)
+    """Multiaddrs of peers already in the network; empty starts a new one."""
+    seed_checkpoint: str = ""
+    """A local seed checkpoint to branch from instead of fetching it from the network."""
+    hotkey_path: str = ""
+    uid: int = 0
+    """This expert's uid on its subnet (the ledger assigns it at registration in a full network)."""
+    baseline: str = "solo"
+    """Which baseline role=baseline trains: solo or dense."""
+    """This node's key file; empty keeps it under the run directory."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    seed_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400))
+    """Training of the shared seed on a blend of all subnets."""
+    expert_train: TrainConfig = field(default_factory=TrainConfig)
+    """Training of each specialist on its own subnet."""
+    router: RouterConfig = field(default_factory=RouterConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    baselines: bool = True
+    """Train the solo and dense baselines of the summary."""
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got '{self.role}'")
+        if self.role == "expert" and not self.subnet:
+            raise ValueError("role=expert needs subnet=NAME")

@@ -1,0 +1,190 @@
+"""Tests for moe/ledger/chain.py and state.py: producing blocks, rejecting bad records, deterministic replicas."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from moe.ledger.chain import Ledger, LedgerError
+from moe.ledger.records import registration_record, stake_record, transfer_record, weights_record
+from moe.ledger.registration import registration_prefix, solve_pow
+from moe.ledger.weights import WeightSubmission
+
+TAO = 10**9
+
+
+def issuance_matches(ledger: Ledger) -> bool:
+    st = ledger.state
+    pending = sum(s.pending for s in st.subnets.values())
+    return st.total_issuance == sum(st.balances.values()) + sum(st.stakes.values()) + pending
+
+
+def network(ledger: Ledger, keys, t0: float = 1001.0) -> float:
+    """Register all keys on netuid 1, stake the first two as validators; returns the next timestamp."""
+    for k in keys:
+        assert ledger.register(k, 1)
+    ledger.produce_block(t0)
+    for k in keys[:2]:
+        assert ledger.add_stake(k, 100 * TAO)
+    ledger.produce_block(t0 + 1)
+    return t0 + 2
+
+
+def test_rewards_flow_from_weights(tmp_path, keys, genesis):
+    """Miners weighted by staked validators earn by incentive, validators by dividends; rao are conserved."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    t = network(led, keys)
+    for v in keys[:2]:
+        assert led.set_weights(v, 1, [2, 3, 4], [1.0, 1.0, 2.0])
+    while led.height < 7:
+        led.produce_block(t)
+        t += 1
+    ep = led.state.subnets[1].latest_epoch
+    assert ep["epoch"] == 1 and ep["incentive"][2:5] == pytest.approx([0.25, 0.25, 0.5], abs=1e-4)
+    assert sum(ep["miner_payouts"]) + sum(ep["validator_payouts"]) == ep["emission"]
+    assert led.balance(keys[4].address) > led.balance(keys[2].address) > 1000 * TAO
+    assert led.balance(keys[5].address) == 1000 * TAO  # never weighted
+    assert led.total_issuance == 8000 * TAO + 7 * TAO
+    assert issuance_matches(led)
+
+
+def test_invalid_records_are_rejected_and_never_stored(tmp_path, keys, genesis, caplog):
+    """Bad signature, wrong netuid, unknown uid, stale epoch and a second submission in one epoch are refused."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    t = network(led, keys[:4])
+    led.produce_block(t)  # weights will go into the first block of epoch 1, with blocks of that epoch to follow
+    t += 1
+    v = keys[0]
+    ep = led.current_epoch
+    forged = WeightSubmission.create(v, 1, ep, [2], [1.0])
+    forged.weights = [1]
+    bad = [
+        forged,
+        WeightSubmission.create(v, 9, ep, [2], [1.0]),  # unknown netuid
+        WeightSubmission.create(v, 1, ep, [7], [1.0]),  # unknown uid
+        WeightSubmission.create(v, 1, ep - 1, [2], [1.0]),  # stale epoch
+        WeightSubmission.create(keys[3], 1, ep, [2], [1.0]),  # registered but no stake
+        WeightSubmission.create(keys[6], 1, ep, [2], [1.0]),  # not registered
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert [led.submit(s) for s in bad] == [False] * len(bad)
+    assert "bad signature" in caplog.text and "unknown netuid" in caplog.text and "stale epoch" in caplog.text
+    assert led.set_weights(v, 1, [2], [1.0])
+    assert not led.set_weights(v, 1, [3], [1.0])  # rate limit within the queue
+    blk = led.produce_block(t)
+    assert not led.set_weights(v, 1, [3], [1.0])  # rate limit across blocks, same epoch
+    weights = [r for r in blk.records if r["kind"] == "weights"]
+    assert len(weights) == 1 and weights[0]["uids"] == [2]
+    stored = [r for b in led.blocks() for r in b.records if r["kind"] == "weights"]
+    assert stored == weights
+
+
+def test_blocks_interval_rate_limit(tmp_path, keys, genesis):
+    """With weights_rate_limit set, a validator must wait that many blocks even across an epoch boundary."""
+    genesis.ledger.weights_rate_limit = 6
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    t = network(led, keys[:4])
+    assert led.set_weights(keys[0], 1, [2], [1.0])
+    while led.current_epoch == led.state.epoch_of(led.height):
+        led.produce_block(t)
+        t += 1
+    assert not led.set_weights(keys[0], 1, [2], [1.0])
+
+
+def test_transfers_stakes_and_nonces(tmp_path, keys, genesis):
+    """Transfers move rao, overdrafts and replayed nonces are rejected, unstaking returns rao to the balance."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    a, b = keys[0], keys[1]
+    rec = transfer_record(a, b.address, 5 * TAO, 0)
+    assert led.submit(rec)
+    assert not led.submit(rec)  # same nonce again
+    assert not led.transfer(a, b.address, 10_000 * TAO)  # overdraft
+    assert led.add_stake(a, 10 * TAO) and led.add_stake(a, -4 * TAO)
+    assert not led.add_stake(a, -7 * TAO)
+    led.produce_block(1001.0)
+    assert led.balance(a.address) == (1000 - 5 - 6) * TAO and led.stake_of(a.address) == 6 * TAO
+    assert led.balance(b.address) == 1005 * TAO
+    assert not led.submit(rec)
+    assert issuance_matches(led)
+
+
+def test_burn_registration_recycles_and_pow_is_checked(tmp_path, keys, genesis):
+    """Burning rao to register lowers issuance by the burn; a seal that misses the difficulty is rejected."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    cost = led.state.subnets[2].burn
+    assert not led.submit(registration_record(keys[0], 2, led.head_hash, burn=cost - 1))
+    assert led.register(keys[0], 2, burn=cost)
+    led.produce_block(1001.0)
+    assert led.balance(keys[0].address) == 1000 * TAO - cost
+    assert led.total_issuance == 8000 * TAO - cost + TAO and led.state.burned == cost
+    led.state.subnets[1].difficulty = 2**255  # no small nonce meets this
+    assert not led.submit(registration_record(keys[1], 1, led.head_hash, nonce=0))
+    assert not led.submit(registration_record(keys[1], 1, "ab" * 32, nonce=0))  # unknown block hash
+    assert issuance_matches(led)
+
+
+def test_full_subnet_prunes_after_immunity(tmp_path, keys, genesis):
+    """With max_uids taken, a newcomer replaces the lowest-scoring uid once immunity has passed."""
+    genesis.ledger.max_uids = 3
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    for k in keys[:3]:
+        assert led.register(k, 1)
+    led.produce_block(1001.0)
+    assert not led.register(keys[3], 1)  # all immune
+    for t in range(3):
+        led.produce_block(1002.0 + t)
+    assert led.register(keys[3], 1)
+    led.produce_block(1010.0)
+    assert led.uid(1, keys[3].address) is not None
+    assert sum(led.uid(1, k.address) is None for k in keys[:3]) == 1
+
+
+def test_replicas_agree_and_reopen_replays(tmp_path, keys, genesis):
+    """Two ledgers fed the same signed records and timestamps have the same head hash; reopening replays to it."""
+    a = Ledger.open(tmp_path / "a.db", genesis)
+    b = Ledger.open(tmp_path / "b.db", genesis)
+    t = 1001.0
+    for step in range(10):
+        if step == 0:
+            d = a.state.subnets[1].difficulty
+            nonces = [solve_pow(registration_prefix(1, a.head_hash, k.public_bytes), d) for k in keys]
+            recs = [registration_record(k, 1, a.head_hash, nonce=n) for k, n in zip(keys, nonces, strict=True)]
+        elif step == 1:
+            recs = [stake_record(k, 50 * TAO, 0) for k in keys[:3]]
+        elif step == 2:
+            subs = [WeightSubmission.create(k, 1, a.current_epoch, [3, 4, 5], [1, 2, 3]) for k in keys[:3]]
+            recs = [weights_record(sub) for sub in subs]
+        else:
+            recs = []
+        for r in recs:
+            assert a.submit(r) and b.submit(r)
+        assert a.produce_block(t).hash == b.produce_block(t).hash
+        t += 1
+    head = a.head_hash
+    a.close()
+    again = Ledger.open(tmp_path / "a.db")
+    assert again.head_hash == head and again.height == 10
+    assert again.state.balances == b.state.balances
+
+
+def test_open_refuses_other_genesis_and_backwards_time(tmp_path, keys, genesis):
+    """A file opened with a different genesis raises LedgerError; a block timestamp going back raises ValueError."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    with pytest.raises(ValueError, match="before"):
+        led.produce_block(999.0)
+    led.close()
+    genesis.chain_id = "other"
+    with pytest.raises(LedgerError, match="different genesis"):
+        Ledger.open(tmp_path / "l.db", genesis)
+    with pytest.raises(LedgerError, match="no chain"):
+        Ledger.open(tmp_path / "empty.db")
+
+
+def test_malformed_records_are_rejected(tmp_path, keys, genesis):
+    """Unknown kinds, non-dicts, NaN fields and bool amounts are rejected with a logged reason."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    rec = transfer_record(keys[0], keys[1].address, 1, 0)
+    for bad in ({"kind": "mint", "amount": 5}, [1, 2], {**rec, "amount": float("nan")}, {**rec, "amount": True}):
+        assert not led.submit(bad)
+    assert led.produce_block(1001.0).records[0]["kind"] == "emission"

@@ -1,0 +1,140 @@
+"""Tests for moe/net/join.py: joining real hivemind DHTs on loopback, retries, fast and clean failure."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+from hivemind.p2p import P2P, PeerID
+
+from moe.net.join import BadMultiaddr, JoinError, start_bootstrap_dht, start_dht, visible_maddrs
+
+GHOST_PEER = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
+
+
+@pytest.fixture
+def dhts():
+    """Collects DHTs a test starts and shuts them all down afterwards."""
+    started = []
+    yield started
+    for dht in started:
+        dht.shutdown()
+
+
+def p2pd_children() -> set[int]:
+    me = psutil.Process()
+    return {p.pid for p in me.children(recursive=True) if "p2pd" in (p.name() or "")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_join_existing_peer(dhts):
+    """A second node joins through the bootstrap's visible loopback multiaddr and both see each other."""
+    boot = start_bootstrap_dht()
+    dhts.append(boot)
+    maddrs = visible_maddrs(boot)
+    assert maddrs and all(m.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in m for m in maddrs)
+    node = start_dht(maddrs)
+    dhts.append(node)
+    assert node.store("join-test", 42, expiration_time=time.time() + 30)
+    assert boot.get("join-test", latest=True).value == 42
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["garbage", "/ip4/127.0.0.1/tcp/1", "/ip4/300.1.1.1/tcp/5/p2p/" + GHOST_PEER, "/ip4/127.0.0.1/tcp/5/p2p/0OIl"],
+)
+def test_malformed_multiaddr_is_refused_before_starting(addr):
+    """A malformed initial peer raises BadMultiaddr naming it, without starting any p2p daemon."""
+    before = p2pd_children()
+    with pytest.raises(BadMultiaddr, match="bad initial peer"):
+        start_dht([addr])
+    assert p2pd_children() == before
+
+
+def test_single_string_is_refused():
+    """Passing one string instead of a list is refused rather than split into characters."""
+    with pytest.raises(BadMultiaddr):
+        start_dht("/ip4/127.0.0.1/tcp/5/p2p/" + GHOST_PEER)
+
+
+def test_absent_peer_fails_with_address_and_leaves_nothing_behind():
+    """Joining a port where nobody listens raises JoinError naming the address, and no p2pd survives."""
+    addr = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{GHOST_PEER}"
+    before = p2pd_children()
+    with pytest.raises(JoinError) as info:
+        start_dht([addr], attempts=2, backoff=0.1, timeout=10)
+    assert addr in str(info.value) and "2 attempts" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert p2pd_children() == before
+
+
+def test_silent_peer_does_not_hang():
+    """A bootstrap address that accepts TCP but never speaks ends in JoinError at our deadline, leaving no p2pd."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept_forever():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    addr = f"/ip4/127.0.0.1/tcp/{server.getsockname()[1]}/p2p/{GHOST_PEER}"
+    before = p2pd_children()
+    try:
+        with pytest.raises(JoinError, match=str(server.getsockname()[1])) as info:
+            start_dht([addr], attempts=1, timeout=2.0)
+        assert "no answer within 2.0s" in str(info.value)
+        assert p2pd_children() == before, "the timed-out attempt's p2pd must be killed"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.slow
+def test_retry_succeeds_when_bootstrap_appears_later(tmp_path, dhts, caplog):
+    """A join started before its bootstrap peer exists succeeds once that peer comes up, thanks to back-off."""
+    identity = str(tmp_path / "boot.id")
+    P2P.generate_identity(identity)
+    with open(identity, "rb") as f:
+        peer = PeerID.from_identity(f.read()).to_base58()
+    port = free_port()
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"
+    result: dict = {}
+    caplog.set_level("WARNING", logger="moe.net.join")
+
+    def join():
+        try:
+            result["dht"] = start_dht([addr], attempts=8, backoff=0.5, max_backoff=2.0, timeout=10)
+        except Exception as e:  # surfaced by the assertion below
+            result["error"] = e
+
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    time.sleep(2.0)  # the joiner's first attempts fail: nobody listens yet
+    dhts.append(start_bootstrap_dht(port=port, identity_path=identity))
+    joiner.join(120)
+    if "dht" in result:
+        dhts.append(result["dht"])
+    assert "error" not in result, result.get("error")
+    assert "join attempt 1/8 failed" in caplog.text, "the first attempt should have found nobody"
+    assert result["dht"].peer_id.to_base58() != peer
+    assert visible_maddrs(dhts[0])[0].endswith(peer)

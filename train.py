@@ -1,0 +1,78 @@
+"""hivemoe's main entry: a whole local network by default, or one node of a network spread over machines.
+
+    python train.py                                     # the full local network on the default data (CPU demo)
+    python train.py configs/tiny.yaml                   # the same in seconds (what the tests run)
+    python train.py role=expert subnet=english          # train one specialist alone
+    python train.py role=expert subnet=code initial_peers=/ip4/10.0.0.1/tcp/31337/p2p/12D3Koo...
+    python train.py configs/gpu.yaml                    # a real run on CUDA GPUs
+
+Arguments are YAML files and `key=value` overrides (nested keys dotted: `router.k_best=4`); a wrong key or type is a
+one-line error before any work starts. Every run writes under `<out_dir>/<run_id>/`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # data comes from the local cache; nothing is downloaded here
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from moe.config import ConfigError, parse_args, to_dict  # noqa: E402
+from moe.roles.common import run_directory, setup_logging, write_json  # noqa: E402
+from moe.run_config import RunConfig  # noqa: E402
+from subnets import all_subnets  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    # config: configs/default.yaml unless a file is given, then overrides; all validated before any work
+    if not any(a.endswith((".yaml", ".yml")) for a in argv):
+        argv = [str(Path(__file__).resolve().parent / "configs" / "default.yaml"), *argv]
+    try:
+        cfg = parse_args(RunConfig, argv)
+        subnets = all_subnets()
+        unknown = [s for s in [*cfg.subnets, *([cfg.subnet] if cfg.subnet else [])] if s not in subnets]
+        if unknown:
+            raise ConfigError(f"unknown subnet(s) {', '.join(unknown)}; known: {', '.join(subnets)}")
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    run_dir = run_directory(cfg)
+    node = cfg.role if cfg.role not in ("expert",) else f"expert-{cfg.subnet}"
+    setup_logging(run_dir, node)
+
+    if cfg.role == "network":
+        from moe.roles.network import run_network
+
+        write_json(run_dir / "config.json", to_dict(cfg))
+        return run_network(cfg, subnets, run_dir, entry=Path(__file__).resolve())
+    if cfg.role == "seed":
+        from moe.roles.seed import run_seed
+
+        return run_seed(cfg, subnets, run_dir)
+    if cfg.role == "expert":
+        from moe.roles.expert import run_expert
+
+        return run_expert(cfg, subnets, run_dir, uid=cfg.uid)
+    if cfg.role == "baseline":
+        from moe.roles.baseline import run_baseline
+
+        return run_baseline(cfg, subnets, run_dir, cfg.baseline, n_experts=len(cfg.subnets))
+    if cfg.role == "router":
+        from moe.roles.router_node import run_router
+
+        return run_router(cfg, subnets, run_dir)
+    if cfg.role == "validator":
+        from moe.roles.validator import run_validator
+
+        return run_validator(cfg, subnets, run_dir)
+    if cfg.role == "bootstrap":
+        from moe.roles.network import run_bootstrap
+
+        return run_bootstrap(cfg, run_dir)
+    raise AssertionError(cfg.role)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
