@@ -60,7 +60,9 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
         raise CheckpointError(f"{source} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for k, t in tensors.items():
         if tuple(t.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(t.shape)}, model expects {tuple(expected[k].shape)}")
+            raise CheckpointError(
+                f"{source}: tensor {k} has shape {tuple(t.shape)}, model expects {tuple(expected[k].shape)}"
+            )
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{source}: tensor {k} holds non-finite values")
     model.load_state_dict({**{k: tensors[k] for k in tensors}}, strict=False)
@@ -85,16 +87,38 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load optimizer state, checking that every per-parameter tensor has its parameter's shape and is finite
+    (torch's own load only checks group sizes, so a mismatch would surface later as a crash inside `step`)."""
     state: dict[int, dict[str, Any]] = {}
-    for name, t in tensors.items():
-        _, pid, k = name.split(".", 2)
-        state.setdefault(int(pid), {})[k] = t
-    for name, v in meta["scalars"].items():
-        pid, k = name.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
+    try:
+        for name, t in tensors.items():
+            _, pid, k = name.split(".", 2)
+            state.setdefault(int(pid), {})[k] = t
+        for name, v in meta["scalars"].items():
+            pid, k = name.split(".", 1)
+            state.setdefault(int(pid), {})[k] = v
+        saved_ids = [pid for g in meta["param_groups"] for pid in g["params"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"optimizer state is malformed: {e}") from None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if len(saved_ids) != len(params):
+        raise CheckpointError(
+            f"optimizer state does not fit: {len(saved_ids)} saved parameters, model has {len(params)}"
+        )
+    for pid, p in zip(saved_ids, params, strict=True):
+        for k, t in state.get(pid, {}).items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            if t.dim() > 0 and tuple(t.shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"optimizer state does not fit: {k} of parameter {pid} has shape {tuple(t.shape)}, "
+                    f"parameter has {tuple(p.shape)}"
+                )
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"optimizer state: {k} of parameter {pid} holds non-finite values")
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"optimizer state does not fit: {e}") from None
 
 
@@ -108,6 +132,7 @@ def save_checkpoint(
 ) -> Path:
     """Write atomically to `directory` (replacing an older checkpoint there only once the new one is complete)."""
     directory = Path(directory)
+    _recover_interrupted(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -134,8 +159,24 @@ def save_checkpoint(
     return directory
 
 
+def _recover_interrupted(directory: Path) -> None:
+    """Put back the previous checkpoint if a save crashed after moving it aside and before installing the new one."""
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and (old / "state.json").is_file():
+        logger.warning("checkpoint %s: an interrupted save left only %s; restoring it", directory, old)
+        os.replace(old, directory)
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """Whether `directory` holds a checkpoint to resume from (recovering one an interrupted save moved aside)."""
+    directory = Path(directory)
+    _recover_interrupted(directory)
+    return (directory / "state.json").is_file()
+
+
 def read_state(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
+    _recover_interrupted(directory)
     path = directory / "state.json"
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {directory} (state.json missing)")
@@ -170,10 +211,8 @@ def load_checkpoint(
     directory = Path(directory)
     state = read_state(directory)
     if expect_config is not None and state.get("config") != expect_config:
-        diff = sorted(
-            k for k in set(expect_config) | set(state.get("config") or {})
-            if expect_config.get(k) != (state.get("config") or {}).get(k)
-        )
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        diff = sorted(k for k in set(expect_config) | set(saved) if expect_config.get(k) != saved.get(k))
         raise CheckpointError(f"checkpoint {directory} was made with a different model config (differs in {diff})")
     tensors = _load_verified(directory, "model.safetensors", state.get("model_sha256"))
     load_model_tensors(model, tensors, source=f"checkpoint {directory}")

@@ -29,9 +29,31 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+class _CliText(str):
+    """A command-line value: its raw text, plus what YAML reads it as (`parsed`).
+
+    String fields take the raw text (so `run_id=0123` stays "0123", not YAML's octal 83); every other type takes
+    the parsed value.
+    """
+
+    parsed: Any
+
+    def __new__(cls, text: str) -> _CliText:
+        obj = super().__new__(cls, text)
+        obj.parsed = _parse_scalar(text)
+        return obj
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where the conversion is lossless."""
     origin = typing.get_origin(tp)
+    if isinstance(value, _CliText):
+        if tp is str:
+            return str(value)
+        if origin in (list, tuple) and not isinstance(value.parsed, (list, tuple)):
+            value = str(value)  # `a,b` (or empty) is split below, item by item, as raw text
+        elif origin not in (typing.Union, types.UnionType) or value.parsed is None:
+            value = value.parsed
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -171,7 +193,9 @@ def parse_args(cls: type[T], argv: list[str]) -> T:
             if not key:
                 raise ConfigError(f"malformed override '{arg}': expected key=value")
             overrides: dict[str, Any] = {}
-            _set_dotted(overrides, key, _parse_scalar(text))
+            value = _CliText(text)
+            # a mapping merges into the section like a YAML file would; anything else keeps its raw text
+            _set_dotted(overrides, key, value.parsed if isinstance(value.parsed, dict) else value)
             tree = _merge(tree, overrides)
         elif arg.endswith((".yaml", ".yml")):
             tree = _merge(tree, load_yaml(arg))

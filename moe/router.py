@@ -93,12 +93,14 @@ def mixture_log_probs(expert_logp: torch.Tensor, gate_logits: torch.Tensor, mask
     missing expert is averaged out rather than poisoning the mixture. Positions where no expert answered get
     the uniform distribution.
     """
-    if mask is not None:
-        gate_logits = gate_logits.masked_fill(~mask, float("-inf"))
+    if mask is None:
+        mask = torch.ones_like(gate_logits, dtype=torch.bool)
+    none = ~mask.any(-1, keepdim=True)  # (B, T, 1) nobody answered
+    # note: log_softmax over an all -inf row is NaN, so such rows get finite logits and are replaced below
+    gate_logits = gate_logits.masked_fill(~mask & ~none, float("-inf"))
     log_w = torch.log_softmax(gate_logits, dim=-1)  # (B, T, J)
-    none = torch.isinf(log_w).all(-1, keepdim=True)  # (B, T, 1) nobody answered
-    log_w = torch.where(none, torch.zeros_like(log_w), log_w)
-    safe_logp = torch.where(torch.isfinite(log_w).unsqueeze(-1), expert_logp, torch.zeros_like(expert_logp))
+    keep = (torch.isfinite(log_w) & ~none).unsqueeze(-1)  # (B, T, J, 1) unanswered slots may hold anything
+    safe_logp = torch.where(keep, expert_logp, torch.zeros_like(expert_logp))
     mixed = torch.logsumexp(log_w.unsqueeze(-1) + safe_logp, dim=2)  # (B, T, 256)
     uniform = torch.full_like(mixed, -torch.log(torch.tensor(256.0)).item())
     return torch.where(none, uniform, mixed)

@@ -83,11 +83,11 @@ class RunConfig:
     seed_checkpoint: str = ""
     """A local seed checkpoint to branch from instead of fetching it from the network."""
     hotkey_path: str = ""
+    """This node's key file; empty keeps it under the run directory."""
     uid: int = 0
     """This expert's uid on its subnet (the ledger assigns it at registration in a full network)."""
     baseline: str = "solo"
     """Which baseline role=baseline trains: solo or dense."""
-    """This node's key file; empty keeps it under the run directory."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     seed_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from moe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from moe.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 from moe.metrics import evaluate_model_bpb
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def train_lm(
     optimizer = make_optimizer(model, cfg)
     checkpoint_dir = Path(checkpoint_dir)
     start_step = 0
-    if resume and (checkpoint_dir / "state.json").exists():
+    if resume and has_checkpoint(checkpoint_dir):
         state = load_checkpoint(checkpoint_dir, model, optimizer, expect_config=model_config)
         start_step = int(state["step"])
         logger.info("[%s] resumed from %s at step %d", tag, checkpoint_dir, start_step)
@@ -176,9 +176,19 @@ def train_lm(
             progress.update(1)
         if done % cfg.log_interval == 0 or done == cfg.steps:
             rate = tokens / max(1e-9, time.perf_counter() - t0)
-            logger.info("[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s", tag, done, cfg.steps, loss_value, lr_at(step, cfg), rate)
+            logger.info(
+                "[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                tag,
+                done,
+                cfg.steps,
+                loss_value,
+                lr_at(step, cfg),
+                rate,
+            )
             if tracker is not None:
-                tracker.log({f"{tag}/loss": loss_value, f"{tag}/lr": lr_at(step, cfg), f"{tag}/tokens_per_s": rate}, step=done)
+                tracker.log(
+                    {f"{tag}/loss": loss_value, f"{tag}/lr": lr_at(step, cfg), f"{tag}/tokens_per_s": rate}, step=done
+                )
         if cfg.eval_interval and done % cfg.eval_interval == 0 and done != cfg.steps:
             eval_bpb = evaluate()
             _log_eval(tag, done, eval_bpb, tracker)

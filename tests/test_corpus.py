@@ -219,7 +219,7 @@ def test_malformed_ar_archive_is_rejected():
 
 
 def test_local_text_and_jsonl_files(tmp_path):
-    """A user's text files (one document each) and jsonl rows are read through datasets, in order."""
+    """A user's text files (one document each), jsonl and parquet rows are read through datasets, in order."""
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("first file\nsecond line\n")
     b.write_text("another file\n")
@@ -227,6 +227,11 @@ def test_local_text_and_jsonl_files(tmp_path):
     j = tmp_path / "rows.jsonl"
     j.write_text("\n".join(json.dumps({"body": f"row {i}", "id": i}) for i in range(5)) + "\n")
     assert list(LocalFiles((str(j),), text_field="body").documents(tmp_path)) == [f"row {i}" for i in range(5)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["pq one", "pq two"]}), tmp_path / "rows.parquet")
+    assert list(LocalFiles((str(tmp_path / "rows.parquet"),)).documents(tmp_path)) == ["pq one", "pq two"]
     with pytest.raises(CorpusError, match="no column 'text'"):
         list(LocalFiles((str(j),)).documents(tmp_path))
     with pytest.raises(CorpusError, match="not found"):

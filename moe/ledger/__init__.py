@@ -16,7 +16,8 @@ Typical use by nodes (all amounts are integer rao, 1 TAO = 10**9 rao)::
 wrong netuid, unknown uid, stale epoch, rate limit, insufficient balance); rejected records are never stored.
 Every `tempo` blocks each subnet runs `yuma_epoch` on the signed weights and stakes and pays its pending emission:
 miners by incentive, validators by dividends. `verify_ledger(path)` (or `hivemoe ledger verify PATH`) re-derives
-everything and names the first bad block.
+everything and names the first bad block (on long ledgers it checks signatures in one worker process per core).
+`ledger.state` is a live object updated in place by later blocks; `ledger.state.copy()` keeps a snapshot.
 """
 
 from moe.ledger.chain import Block, Ledger, LedgerError

@@ -4,6 +4,10 @@ Each block is written in one SQLite transaction (WAL journal), so a crash or `ki
 progress and the file always verifies. Peers' records go through `submit`, which checks them against the state the
 next block will have and rejects (logs, never stores) anything invalid; `produce_block` then writes the accepted
 records plus the ledger's own emission and epoch records. State is derived by replaying blocks, never edited.
+
+Speed: accepted records are applied to the live state at once (the state's undo journal takes back a rejected
+record, a failed block write, or the queue when a caller reads the committed state), and each block's records are
+serialized once, for its hash and its row alike.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +67,30 @@ def block_hash(height: int, prev_hash: str, timestamp: float, records: list[Reco
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+def block_hash_from_json(height: int, prev_hash: str, timestamp: float, records_json: bytes) -> str:
+    """`block_hash` given the records' canonical JSON, without serializing them again.
+
+    Equal to `block_hash` whenever `records_json` is canonical_json(records): the canonical body is that text
+    spliced between the other fields in sorted-key order.
+    """
+    h = hashlib.sha256(b'{"height":' + _scalar_json(height) + b',"prev_hash":' + _scalar_json(prev_hash))
+    h.update(b',"records":')
+    h.update(records_json)
+    h.update(b',"timestamp":' + _scalar_json(timestamp) + b"}")
+    return h.hexdigest()
+
+
+def _scalar_json(x: object) -> bytes:
+    """canonical_json(x), short-cut for the ints, finite floats and hex strings of a block header."""
+    if type(x) is int:
+        return str(x).encode()
+    if type(x) is float and math.isfinite(x):
+        return repr(x).encode()  # what json writes for a float
+    if type(x) is str and x.isascii() and x.isalnum():
+        return b'"' + x.encode() + b'"'  # nothing to escape
+    return canonical_json(x)
+
+
 @dataclass
 class Block:
     """One block as stored."""
@@ -71,9 +100,27 @@ class Block:
     timestamp: float
     records: list[Record] = field(default_factory=list)
     hash: str = ""
+    records_json: bytes | str | None = field(default=None, repr=False, compare=False)
+    """The records column as stored, when read from a file (lets `hash_ok` skip re-serializing)."""
 
     def compute_hash(self) -> str:
         return block_hash(self.height, self.prev_hash, self.timestamp, self.records)
+
+    def hash_ok(self) -> bool:
+        """True when `hash` is the hash of the block's contents.
+
+        Fast path: hash the stored text directly, which matches when it is canonical (as written by `Ledger`);
+        otherwise fall back to re-serializing the parsed records, so the verdict never differs from `compute_hash`.
+        """
+        raw = self.records_json
+        if raw is not None:
+            try:
+                data = raw.encode("ascii") if isinstance(raw, str) else bytes(raw)
+                if block_hash_from_json(self.height, self.prev_hash, self.timestamp, data) == self.hash:
+                    return True
+            except (UnicodeEncodeError, TypeError, ValueError):
+                pass
+        return self.compute_hash() == self.hash
 
 
 def connect(path: str | os.PathLike, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -95,7 +142,7 @@ def read_blocks(conn: sqlite3.Connection, start: int = 0) -> Iterator[Block]:
             records = json.loads(recs)
         except (json.JSONDecodeError, TypeError) as e:
             raise LedgerError(f"block {height}: records are not valid JSON ({e})") from None
-        yield Block(height=height, prev_hash=prev, timestamp=ts, records=records, hash=h)
+        yield Block(height=height, prev_hash=prev, timestamp=ts, records=records, hash=h, records_json=recs)
 
 
 class Ledger:
@@ -107,9 +154,9 @@ class Ledger:
     def __init__(self, path: Path, conn: sqlite3.Connection, state: LedgerState, last_timestamp: float):
         self.path = path
         self._conn = conn
-        self._state = state
-        self._pending: LedgerState | None = None
+        self._state = state  # the latest block's state, plus the queued records while _staged (journaled)
         self._queue: list[Record] = []
+        self._staged = True
         self.last_timestamp = last_timestamp
 
     # ---- opening -------------------------------------------------------------------------------------------------
@@ -136,7 +183,8 @@ class Ledger:
                 blk.hash = blk.compute_hash()
                 state = genesis_state(rec)
                 state.remember_hash(0, blk.hash)
-                _write_block(conn, blk, state)
+                _write_block(conn, blk, canonical_json(blk.records), state)
+                state.commit()
                 logger.info("created ledger %s (genesis %s)", path, blk.hash[:16])
                 return cls(path, conn, state, ts)
             if genesis is not None and json.loads(row[0]) != [json.loads(canonical_json(genesis.record()))]:
@@ -161,7 +209,30 @@ class Ledger:
 
     @property
     def state(self) -> LedgerState:
-        """State after the latest written block (queued records are not in it)."""
+        """State after the latest written block (queued records are not in it).
+
+        A live object, updated in place by later blocks: take `.copy()` to keep a snapshot.
+        """
+        return self._committed()
+
+    def _committed(self) -> LedgerState:
+        """The live state with queued records taken back out (they are re-applied on the next submit or block)."""
+        if self._staged and self._queue:
+            self._state.rollback()
+            self._staged = False
+        return self._state
+
+    def _pending(self) -> LedgerState:
+        """The live state with the queued records applied: what the next block starts from."""
+        if not self._staged:
+            st, height, kept = self._state, self.height + 1, []
+            for rec in self._queue:  # already checked against this very state, unless a caller changed it
+                try:
+                    apply_signed(st, rec, height, check_signature=False)
+                    kept.append(rec)
+                except RecordError as e:
+                    logger.warning("dropped queued %s record: no longer valid (%s)", rec.get("kind"), e)
+            self._queue, self._staged = kept, True
         return self._state
 
     @property
@@ -178,7 +249,7 @@ class Ledger:
 
     @property
     def total_issuance(self) -> int:
-        return self._state.total_issuance
+        return self._committed().total_issuance
 
     @property
     def current_epoch(self) -> int:
@@ -186,13 +257,13 @@ class Ledger:
         return self._state.epoch_of(self.height + 1)
 
     def balance(self, address: str) -> int:
-        return self._state.balances.get(address, 0)
+        return self._committed().balances.get(address, 0)
 
     def stake_of(self, address: str) -> int:
-        return self._state.stakes.get(address, 0)
+        return self._committed().stakes.get(address, 0)
 
     def uid(self, netuid: int, address: str) -> int | None:
-        sub = self._state.subnets.get(netuid)
+        sub = self._committed().subnets.get(netuid)
         return sub.registry.uid_of(address) if sub else None
 
     def next_block_due(self) -> float:
@@ -213,10 +284,8 @@ class Ledger:
         except (TypeError, ValueError) as e:
             logger.warning("rejected record: not canonical JSON (%s)", e)
             return False
-        if self._pending is None:
-            self._pending = self._state.copy()
         try:
-            apply_signed(self._pending, record, self.height + 1)
+            apply_signed(self._pending(), record, self.height + 1)  # leaves the state untouched if it raises
         except RecordError as e:
             kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
             logger.warning("rejected %s record: %s", kind, e)
@@ -233,13 +302,20 @@ class Ledger:
         if ts < self.last_timestamp:
             raise ValueError(f"block timestamp {ts} is before the previous block's {self.last_timestamp}")
         height = self.height + 1
-        st = self._pending if self._pending is not None else self._state.copy()
-        records = self._queue + end_block(st, height)
-        blk = Block(height, self.head_hash, ts, records)
-        blk.hash = blk.compute_hash()
-        st.remember_hash(height, blk.hash)
-        _write_block(self._conn, blk, st)
-        self._state, self._pending, self._queue, self.last_timestamp = st, None, [], ts
+        st = self._pending()
+        mark = st.mark()
+        try:
+            records = self._queue + end_block(st, height)
+            records_json = canonical_json(records)
+            blk = Block(height, self.head_hash, ts, records)
+            blk.hash = block_hash_from_json(height, blk.prev_hash, ts, records_json)
+            st.remember_hash(height, blk.hash)
+            _write_block(self._conn, blk, records_json, st)
+        except BaseException:
+            st.rollback(mark)  # back to the queued records applied; the queue is kept
+            raise
+        st.commit()
+        self._queue, self.last_timestamp = [], ts
         return blk
 
     # ---- conveniences for nodes: build, sign and submit ---------------------------------------------------------
@@ -260,8 +336,7 @@ class Ledger:
         return self.submit(registration_record(hotkey, netuid, head, nonce=nonce))
 
     def _next_nonce(self, address: str) -> int:
-        st = self._pending if self._pending is not None else self._state
-        return st.nonces.get(address, 0)
+        return self._pending().nonces.get(address, 0)
 
     def add_stake(self, hotkey: Hotkey, amount: int) -> bool:
         """Move `amount` rao of the hotkey's balance into its stake (negative unstakes)."""
@@ -280,14 +355,14 @@ class Ledger:
         return self.submit(sub)
 
 
-def _write_block(conn: sqlite3.Connection, blk: Block, st: LedgerState) -> None:
+def _write_block(conn: sqlite3.Connection, blk: Block, records_json: bytes, st: LedgerState) -> None:
     """Insert the block and the accounts it changed in one transaction; on failure roll back and re-raise."""
     rows = [(a, st.balances.get(a, 0), st.stakes.get(a, 0)) for a in sorted(st.dirty)]
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
             "INSERT INTO blocks (height, prev_hash, hash, timestamp, records) VALUES (?, ?, ?, ?, ?)",
-            (blk.height, blk.prev_hash, blk.hash, blk.timestamp, canonical_json(blk.records).decode()),
+            (blk.height, blk.prev_hash, blk.hash, blk.timestamp, records_json.decode()),
         )
         conn.executemany(
             "INSERT INTO accounts (address, balance, stake) VALUES (?, ?, ?) "
@@ -316,20 +391,31 @@ def replay(conn: sqlite3.Connection, *, check_signatures: bool = True) -> tuple[
 
 
 def check_block(
-    blk: Block, state: LedgerState | None, prev_hash: str, last_ts: float, *, check_signatures: bool = True
+    blk: Block,
+    state: LedgerState | None,
+    prev_hash: str,
+    last_ts: float,
+    *,
+    check_signatures: bool = True,
+    bad_signatures: Container[int] | None = None,
 ) -> LedgerState | str:
-    """Apply one stored block to `state` (mutated); the new state, or a one-line reason the block is bad."""
+    """Apply one stored block to `state` (mutated); the new state, or a one-line reason the block is bad.
+
+    A bad block leaves `state` as it was after the previous block. `bad_signatures`, when given, replaces the
+    signature checks: the indices of this block's records whose signatures were already found bad elsewhere.
+    """
     expected_height = 0 if state is None else state.height + 1
     if blk.height != expected_height:
         return f"height {blk.height} where {expected_height} was expected (missing block)"
     if blk.prev_hash != prev_hash:
         return "prev_hash does not match the previous block's hash"
-    if blk.compute_hash() != blk.hash:
+    if not blk.hash_ok():
         return "hash does not match the block's contents"
     if not isinstance(blk.timestamp, float | int) or blk.timestamp < last_ts:
         return "timestamp goes backwards"
     if not isinstance(blk.records, list):
         return "records are not a list"
+    mark = 0 if state is None else state.mark()
     try:
         if state is None:
             first = blk.records[0] if len(blk.records) == 1 else None
@@ -341,10 +427,24 @@ def check_block(
             for rec in blk.records:
                 if isinstance(rec, dict) and rec.get("kind") in ("emission", "epoch", "genesis"):
                     break
-                apply_signed(state, rec, blk.height, check_signature=check_signatures)
+                sig: bool | Callable[[Record], bool] = check_signatures
+                if bad_signatures is not None:
+                    sig = _refuse if n_signed in bad_signatures else False
+                apply_signed(state, rec, blk.height, check_signature=sig)
                 n_signed += 1
             end_block(state, blk.height, recorded=blk.records[n_signed:])
     except RecordError as e:
+        if state is not None:
+            state.rollback(mark)
         return str(e)
+    except BaseException:
+        if state is not None:
+            state.rollback(mark)
+        raise
     state.remember_hash(blk.height, blk.hash)
+    state.commit()
     return state
+
+
+def _refuse(record: Record) -> bool:
+    return False

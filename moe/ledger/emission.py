@@ -77,6 +77,8 @@ def split_by_weights(amount: int, weights: Sequence[Share]) -> list[int]:
     """
     if amount < 0:
         raise ValueError(f"amount must be >= 0 rao, got {amount}")
+    if all(type(w) is int or type(w) is float for w in weights):
+        return _split_decimal(amount, [_decimal(w, "weight") for w in weights])
     fs = [_fraction(w, "weight") for w in weights]
     total = sum(fs, Fraction(0))
     if total == 0:
@@ -86,6 +88,41 @@ def split_by_weights(amount: int, weights: Sequence[Share]) -> list[int]:
     left = amount - sum(parts)
     order = sorted(range(len(fs)), key=lambda i: (-(exact[i] - parts[i]), i))
     for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+def _decimal(share: int | float, name: str) -> tuple[int, int]:
+    """(n, e) with n * 10**e equal to `_fraction(share)`, by reading the float's repr digits (no Fraction objects)."""
+    if type(share) is int:
+        n, e = share, 0
+    else:
+        if not math.isfinite(share):
+            raise ValueError(f"{name} must be finite, got {share}")
+        mantissa, _, exp = repr(share).partition("e")
+        whole, _, frac = mantissa.partition(".")
+        n, e = int(whole + frac), int(exp or 0) - len(frac)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {share}")
+    return n, e
+
+
+def _split_decimal(amount: int, shares: list[tuple[int, int]]) -> list[int]:
+    """`split_by_weights` on exact decimals n * 10**e, in integers: same floors, same largest-remainder order."""
+    if not shares:
+        return []
+    k = min(e for _, e in shares)
+    ns = [n * 10 ** (e - k) for n, e in shares]  # all scaled by the same 10**-k: ratios unchanged
+    total = sum(ns)
+    if total == 0:
+        return [0] * len(ns)
+    parts, rems = [], []
+    for n in ns:
+        q, r = divmod(amount * n, total)
+        parts.append(q)
+        rems.append(r)
+    left = amount - sum(parts)
+    for i in sorted(range(len(ns)), key=lambda i: (-rems[i], i))[:left]:
         parts[i] += 1
     return parts
 

@@ -72,9 +72,9 @@ def adjust_toward_target(value: int, registrations: int, target: int, lo: int, h
     return max(lo, min(hi, value * (registrations + target) // (2 * target)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class UidSlot:
-    """One occupied uid."""
+    """One occupied uid (immutable, so copies of a uid table can share slots)."""
 
     hotkey: str
     """Hex hotkey address holding the uid."""
@@ -134,7 +134,14 @@ class SubnetRegistry:
         self._by_hotkey[hotkey] = uid
         return uid, pruned
 
+    def copy(self) -> SubnetRegistry:
+        """An independent table; slots are shared, which is safe as they are replaced, never changed in place."""
+        out = SubnetRegistry(self.max_uids, self.immunity_period)
+        out.slots, out._by_hotkey = dict(self.slots), dict(self._by_hotkey)
+        return out
+
     def set_scores(self, scores: dict[int, float]) -> None:
         for uid, score in scores.items():
-            if uid in self.slots:
-                self.slots[uid].score = float(score)
+            slot = self.slots.get(uid)
+            if slot is not None:
+                self.slots[uid] = UidSlot(slot.hotkey, slot.registered_at, float(score))

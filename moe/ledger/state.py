@@ -3,14 +3,20 @@
 The state is never stored as truth; it is derived by replaying blocks through `apply_signed` and `end_block`, the
 same code the producer runs, so replicas fed the same records agree and `verify` can re-derive everything.
 Invalid records raise RecordError (one line naming the reason) and leave the state untouched.
+
+Every change goes through an undo journal (`put`, `drop`, `assign`), so the producer applies records to the live
+state and rolls back a rejected record or a failed block write in O(changes), instead of copying the whole state
+per block. Objects too rich to journal field by field (a subnet's uid table, its bonds) are replaced, not mutated.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +46,7 @@ from moe.ledger.yuma import yuma_epoch
 logger = logging.getLogger(__name__)
 
 FLOAT_TOLERANCE = 1e-9
+_MISSING = object()
 
 
 @dataclass
@@ -88,22 +95,75 @@ class LedgerState:
     dirty: set[str] = field(default_factory=set)
     """Addresses changed since the caller last cleared this (to update the accounts table)."""
 
+    _undo: list[tuple[Callable[..., Any], tuple]] = field(default_factory=list, repr=False, compare=False)
+    """Undo journal since the last `commit`: (function, args) calls that restore what changed, newest last."""
+
     def copy(self) -> LedgerState:
-        return copy.deepcopy(self)
+        """A deep, independent snapshot (with an empty journal)."""
+        undo, self._undo = self._undo, []
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self._undo = undo
+
+    # ---- journaled changes ---------------------------------------------------------------------------------------
+
+    def put(self, d: dict, key: Any, value: Any) -> None:
+        """d[key] = value, undoably."""
+        old = d.get(key, _MISSING)
+        self._undo.append((d.pop, (key,)) if old is _MISSING else (d.__setitem__, (key, old)))
+        d[key] = value
+
+    def drop(self, d: dict, key: Any) -> None:
+        """del d[key] if present, undoably."""
+        if key in d:
+            self._undo.append((d.__setitem__, (key, d.pop(key))))
+
+    def assign(self, obj: object, name: str, value: Any) -> None:
+        """setattr(obj, name, value), undoably."""
+        self._undo.append((setattr, (obj, name, getattr(obj, name))))
+        setattr(obj, name, value)
+
+    def mark(self) -> int:
+        """A point to `rollback` to."""
+        return len(self._undo)
+
+    def rollback(self, mark: int = 0) -> None:
+        """Undo every change made since `mark`, newest first."""
+        undo = self._undo
+        while len(undo) > mark:
+            fn, args = undo.pop()
+            fn(*args)
+
+    def commit(self) -> None:
+        """Forget the journal: changes so far can no longer be undone."""
+        self._undo.clear()
+
+    # ---- reading and small updates -------------------------------------------------------------------------------
 
     def epoch_of(self, height: int) -> int:
         return height // self.config.tempo
 
     def credit(self, address: str, amount: int) -> None:
-        self.balances[address] = self.balances.get(address, 0) + amount
-        self.dirty.add(address)
+        self.put(self.balances, address, self.balances.get(address, 0) + amount)
+        self._touch(address)
+
+    def _touch(self, address: str) -> None:
+        if address not in self.dirty:
+            self.dirty.add(address)
+            self._undo.append((self.dirty.discard, (address,)))
 
     def remember_hash(self, height: int, block_hash: str) -> None:
-        self.height, self.head_hash = height, block_hash
-        self.recent_hashes[block_hash] = height
-        self._recent_order.append(block_hash)
-        while len(self._recent_order) > self.config.registration_window:
-            self.recent_hashes.pop(self._recent_order.popleft(), None)
+        self.assign(self, "height", height)
+        self.assign(self, "head_hash", block_hash)
+        self.put(self.recent_hashes, block_hash, height)
+        order = self._recent_order
+        order.append(block_hash)
+        self._undo.append((order.pop, ()))
+        while len(order) > self.config.registration_window:
+            old = order.popleft()
+            self._undo.append((order.appendleft, (old,)))
+            self.drop(self.recent_hashes, old)
 
 
 def genesis_state(record: Record) -> LedgerState:
@@ -126,6 +186,7 @@ def genesis_state(record: Record) -> LedgerState:
             difficulty=cfg.initial_difficulty,
             burn=cfg.initial_burn,
         )
+    st.commit()
     return st
 
 
@@ -142,10 +203,13 @@ def _check_nonce(st: LedgerState, address: str, record: Record) -> None:
         raise RecordError(f"nonce {nonce} of {address[:16]} is not the expected {st.nonces.get(address, 0)}")
 
 
-def apply_signed(st: LedgerState, record: Record, height: int, *, check_signature: bool = True) -> None:
+def apply_signed(
+    st: LedgerState, record: Record, height: int, *, check_signature: bool | Callable[[Record], bool] = True
+) -> None:
     """Validate `record` against `st` at block `height` and apply it; raises RecordError (state unchanged) if invalid.
 
     `check_signature=False` only for replaying a local file already verified; peers' records are always checked.
+    A callable stands in for the signature check (`verify` passes the verdicts its worker processes computed).
     """
     if not isinstance(record, dict):
         raise RecordError(f"record must be a JSON object, got {type(record).__name__}")
@@ -153,9 +217,18 @@ def apply_signed(st: LedgerState, record: Record, height: int, *, check_signatur
     handler = _HANDLERS.get(kind)
     if handler is None:
         raise RecordError(f"unknown or non-signed record kind {kind!r}")
-    if check_signature and not signature_ok(record):
+    if callable(check_signature):
+        sig_ok = check_signature(record)
+    else:
+        sig_ok = not check_signature or signature_ok(record)
+    if not sig_ok:
         raise RecordError(f"bad signature on {kind} record")
-    handler(st, record, height)
+    mark = st.mark()
+    try:
+        handler(st, record, height)
+    except BaseException:
+        st.rollback(mark)
+        raise
 
 
 def _apply_register(st: LedgerState, rec: Record, height: int) -> None:
@@ -186,18 +259,30 @@ def _apply_register(st: LedgerState, rec: Record, height: int) -> None:
             raise RecordError(f"balance of {hotkey[:16]} cannot cover a burn of {burn} rao")
     else:
         raise RecordError("register record needs exactly one of nonce or burn")
-    uid, pruned = sub.registry.register(hotkey, height)
+    uid, pruned = _writable_registry(st, sub).register(hotkey, height)
     if pruned is not None:
-        sub.weights.pop(pruned, None)
-        sub.last_set.pop(pruned, None)
-        sub.bonds.pop(pruned, None)
-    for bonds in sub.bonds.values():
-        bonds[uid] = 0.0  # the uid's new holder inherits no bonds
+        st.drop(sub.weights, pruned)
+        st.drop(sub.last_set, pruned)
+    if sub.bonds:  # the uid's new holder inherits no bonds; fresh arrays, as the old ones stay in the journal
+        st.assign(sub, "bonds", {hk: _zero_column(b, uid) for hk, b in sub.bonds.items() if hk != pruned})
     if burn:
         st.credit(hotkey, -burn)
-        st.total_issuance -= burn
-        st.burned += burn
-    sub.registrations += 1
+        st.assign(st, "total_issuance", st.total_issuance - burn)
+        st.assign(st, "burned", st.burned + burn)
+    st.assign(sub, "registrations", sub.registrations + 1)
+
+
+def _writable_registry(st: LedgerState, sub: SubnetState) -> SubnetRegistry:
+    """Copy-on-write: swap in a copy of the subnet's uid table (the original stays in the journal) and return it."""
+    reg = sub.registry.copy()
+    st.assign(sub, "registry", reg)
+    return reg
+
+
+def _zero_column(bonds: np.ndarray, uid: int) -> np.ndarray:
+    out = bonds.copy()
+    out[uid] = 0.0
+    return out
 
 
 def _apply_stake(st: LedgerState, rec: Record, height: int) -> None:
@@ -213,8 +298,8 @@ def _apply_stake(st: LedgerState, rec: Record, height: int) -> None:
     if amount < 0 and st.stakes.get(hotkey, 0) < -amount:
         raise RecordError(f"stake of {hotkey[:16]} cannot cover an unstake of {-amount} rao")
     st.credit(hotkey, -amount)
-    st.stakes[hotkey] = st.stakes.get(hotkey, 0) + amount
-    st.nonces[hotkey] = st.nonces.get(hotkey, 0) + 1
+    st.put(st.stakes, hotkey, st.stakes.get(hotkey, 0) + amount)
+    st.put(st.nonces, hotkey, st.nonces.get(hotkey, 0) + 1)
 
 
 def _apply_transfer(st: LedgerState, rec: Record, height: int) -> None:
@@ -227,7 +312,7 @@ def _apply_transfer(st: LedgerState, rec: Record, height: int) -> None:
         raise RecordError(f"balance of {src[:16]} cannot cover a transfer of {amount} rao")
     st.credit(src, -amount)
     st.credit(dst, amount)
-    st.nonces[src] = st.nonces.get(src, 0) + 1
+    st.put(st.nonces, src, st.nonces.get(src, 0) + 1)
 
 
 def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
@@ -253,8 +338,8 @@ def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
         raise RecordError(f"rate limit: {v[:16]} already set weights on netuid {netuid} in epoch {epoch}")
     if last is not None and height - last[1] < st.config.weights_rate_limit:
         raise RecordError(f"rate limit: {v[:16]} set weights {height - last[1]} blocks ago")
-    sub.weights[v] = (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True)))
-    sub.last_set[v] = (epoch, height)
+    st.put(sub.weights, v, (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True))))
+    st.put(sub.last_set, v, (epoch, height))
 
 
 _HANDLERS = {
@@ -335,15 +420,15 @@ def _apply_epoch(st: LedgerState, rec: Record, bonds: dict[str, np.ndarray], hei
         if amt:
             st.credit(hk, amt)
             paid += amt
-    sub.pending -= paid
-    sub.bonds = bonds
+    st.assign(sub, "pending", sub.pending - paid)
+    st.assign(sub, "bonds", bonds)
     scores = {u: i for u, i in zip(rec["uids"], rec["incentive"], strict=True)}
     div = dict(zip(rec["validators"], rec["dividends"], strict=True))
     for u, hk in zip(rec["uids"], rec["hotkeys"], strict=True):
         scores[u] += div.get(hk, 0.0)
-    sub.registry.set_scores(scores)
-    sub.last_epoch_height = height
-    sub.latest_epoch = rec
+    _writable_registry(st, sub).set_scores(scores)
+    st.assign(sub, "last_epoch_height", height)
+    st.assign(sub, "latest_epoch", rec)
 
 
 def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None) -> list[Record]:
@@ -356,7 +441,7 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
     out: list[Record] = []
     expected: list[tuple[Record, Any]] = []
     minted = block_emission(st.total_issuance)
-    per = split_between_subnets(minted, cfg.subnet_shares)
+    per = _subnet_split(minted, tuple(cfg.subnet_shares.items()))
     expected.append(({"kind": "emission", "minted": minted, "subnets": {str(n): a for n, a in per.items()}}, None))
     if (height + 1) % cfg.tempo == 0:  # epochs run after the mint, so they pay out this block's emission too
         expected.extend((None, n) for n in sorted(st.subnets))
@@ -366,9 +451,10 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
         if rec is not None:  # emission
             if recorded is not None and recorded[i] != rec:
                 raise RecordError(f"emission record differs from replay: {recorded[i]!r} != {rec!r}")
-            st.total_issuance += minted
+            st.assign(st, "total_issuance", st.total_issuance + minted)
             for n, a in per.items():
-                st.subnets[n].pending += a
+                sub = st.subnets[n]
+                st.assign(sub, "pending", sub.pending + a)
             out.append(rec)
             continue
         rec, bonds = _epoch(st, netuid, height)
@@ -379,10 +465,20 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
     if (height + 1) % cfg.adjustment_interval == 0:
         for sub in st.subnets.values():
             args = (sub.registrations, cfg.target_registrations)
-            sub.difficulty = adjust_toward_target(sub.difficulty, *args, cfg.min_difficulty, cfg.max_difficulty)
-            sub.burn = adjust_toward_target(sub.burn, *args, cfg.min_burn, cfg.max_burn)
-            sub.registrations = 0
+            difficulty = adjust_toward_target(sub.difficulty, *args, cfg.min_difficulty, cfg.max_difficulty)
+            st.assign(sub, "difficulty", difficulty)
+            st.assign(sub, "burn", adjust_toward_target(sub.burn, *args, cfg.min_burn, cfg.max_burn))
+            st.assign(sub, "registrations", 0)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _subnet_split(minted: int, shares: tuple[tuple[int, float], ...]) -> dict[int, int]:
+    """Cached `split_between_subnets`: the shares are fixed at genesis and `minted` changes only at halvings.
+
+    Callers must not mutate the returned dict (it is shared between blocks).
+    """
+    return split_between_subnets(minted, dict(shares))
 
 
 def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
@@ -395,7 +491,10 @@ def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
     for key in ("consensus", "incentive", "dividends"):
         if not _close(got[key], want[key]):
             raise RecordError(f"epoch record field {key!r} differs from replay")
-    pay = _payouts(got["emission"], miner_share, got["incentive"], got["dividends"], got["validator_stakes"])
+    if got["incentive"] == want["incentive"] and got["dividends"] == want["dividends"]:
+        pay = {k: want[k] for k in ("miner_payouts", "validator_payouts")}  # same figures, same payouts
+    else:
+        pay = _payouts(got["emission"], miner_share, got["incentive"], got["dividends"], got["validator_stakes"])
     for key, value in pay.items():
         if got[key] != value:
             raise RecordError(f"epoch record field {key!r} differs from the payouts its own figures imply")

@@ -111,7 +111,8 @@ class SeedServer:
     """Serves registered blobs chunk by chunk from this process over the DHT's own p2p daemon.
 
     It runs its own asyncio loop in a daemon thread, so training code can keep the main thread. Requests for an
-    unknown sha256 or an out-of-range offset get an error reply; the server keeps running.
+    unknown sha256 or an out-of-range offset get an error reply; the server keeps running. One server per DHT
+    (the handler name is fixed): `add` more blobs to serve several.
     """
 
     def __init__(self, dht: hivemind.DHT, start_timeout: float = 15.0):
@@ -168,6 +169,8 @@ class SeedServer:
                 logger.debug("seed server shutdown: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10.0)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
 
 def announce_seed(dht: hivemind.DHT, record: SeedRecord, hotkey: Hotkey, ttl: float) -> bool:
@@ -193,11 +196,15 @@ class SeedPublisher(_Periodic):
         super().__init__("hivemoe-seed-publisher", interval)
         self.dht, self.hotkey, self.ttl = dht, hotkey, ttl
         self.server = SeedServer(dht)
-        sha = self.server.add(blob)
-        self.record = SeedRecord(hotkey.address, sha, len(blob), self.server.peer_id, chunk_bytes, name)
-        validate_seed_payload(dataclasses.asdict(self.record))
-        if not announce_seed(dht, self.record, hotkey, ttl):
-            logger.warning("seed record %s was not stored by any peer yet", sha[:16])
+        try:
+            sha = self.server.add(blob)
+            self.record = SeedRecord(hotkey.address, sha, len(blob), self.server.peer_id, chunk_bytes, name)
+            validate_seed_payload(dataclasses.asdict(self.record))  # bad name/chunk_bytes/empty blob: fail here
+            if not announce_seed(dht, self.record, hotkey, ttl):
+                logger.warning("seed record %s was not stored by any peer yet", sha[:16])
+        except BaseException:
+            self.server.shutdown()
+            raise
 
     def step(self) -> None:
         announce_seed(self.dht, self.record, self.hotkey, self.ttl)

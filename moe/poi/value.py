@@ -11,7 +11,7 @@ Two mixtures, both with prior weights π (uniform unless given):
 - "equal": fixed weights π at every position, −Σ_t log Σ_e π_e p_e(x_t).
 
 An expert absent from a window (timeout, malformed reply) is left out of every coalition there; a window where no
-member of S is present is coded with the reference and so adds 0 to v(S). All sums are logsumexp in float64.
+member of S is present is coded with the reference and so adds 0 to v(S). All sums are shifted (stable) in float64.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LN2 = math.log(2.0)
 UNIFORM_LOGP = -math.log(256.0)
 MAX_EXACT_PLAYERS = 20
+_MAX_SPREAD = 600.0  # nats; exp(−600) is still a normal float64
 _CHUNK_ELEMENTS = 1 << 22  # bound on the (coalitions × units) working set: 32 MiB of float64
 
 
@@ -83,16 +84,17 @@ def expert_bpb(logp: torch.Tensor, present: torch.Tensor | None = None, min_logp
     lp, pr = as_windows(logp, present)
     lp = lp.nan_to_num(nan=min_logp).clamp(min=min_logp)
     T = lp.shape[-1]
-    n = pr.sum(1) * T  # (E,) positions answered
+    n = (pr.sum(1) * T).to(torch.float64)  # (E,) positions answered
     nats = -(lp * pr.unsqueeze(-1)).sum((1, 2))  # (E,)
     return torch.where(n > 0, nats / (n.clamp(min=1) * LN2), torch.full_like(nats, float("nan")))
 
 
-def gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Experts' (E, W, T, 256) raw outputs and (W, T) next bytes → (E, W, T) log p_e(target), (E, W) presence.
+def gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Experts' (E, W, T, 256) raw outputs and (W, T) next bytes → (E, W, T) log p_e(target).
 
-    Outputs are re-normalized with log_softmax here, so an expert cannot gain by returning unnormalized scores.
-    A window with any non-finite output is marked absent for that expert (and logged) rather than raising.
+    Outputs are re-normalized with log_softmax here, so an expert cannot gain by returning unnormalized scores
+    (−inf logits are allowed: zero probability). A window with NaN, +inf or an all −inf row is malformed: its
+    log-probs are NaN, for moe.poi.cheats.screen_replies to mark absent and flag (the value function rejects NaN).
     """
     x = torch.as_tensor(logits).detach().to(torch.float64)
     tg = torch.as_tensor(targets).long()
@@ -103,23 +105,31 @@ def gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     if tg.numel() and (tg.min() < 0 or tg.max() > 255):
         raise ValueError("targets must be bytes in [0, 255]")
     E, W, T, _ = x.shape
-    ok = torch.isfinite(x).flatten(2).all(-1)  # (E, W)
-    if not ok.all():
-        logger.warning(
-            "non-finite outputs from experts %s; their windows count as missing",
-            ok.all(1).logical_not().nonzero().flatten().tolist(),
-        )
-    x = torch.where(ok[..., None, None], x, torch.zeros((), dtype=torch.float64))
-    lq = torch.log_softmax(x, dim=-1)  # (E, W, T, 256)
+    lq = torch.log_softmax(x, dim=-1)  # (E, W, T, 256); NaN rows wherever the input was malformed
+    bad = torch.isnan(lq).flatten(2).any(-1)  # (E, W)
     lp = lq.gather(-1, tg.expand(E, W, T).unsqueeze(-1)).squeeze(-1)  # (E, W, T)
-    return lp, ok
+    return torch.where(bad.unsqueeze(-1), torch.full((), float("nan"), dtype=torch.float64), lp)
+
+
+def _column_shift(x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """(E, u) → ((u,) max finite term per column, widest span of finite terms in nats), or None if that span exceeds
+    _MAX_SPREAD (probability space could underflow; the log-space path is used instead)."""
+    if x.shape[0] == 0:
+        return None
+    fin = torch.isfinite(x)
+    any_fin = fin.any(0)  # (u,)
+    hi = torch.where(fin, x, float("-inf")).amax(0)  # (u,)
+    lo = torch.where(fin, x, float("inf")).amin(0)  # (u,)
+    spread = float(torch.where(any_fin, hi - lo, 0.0).max()) if x.numel() else 0.0
+    if spread > _MAX_SPREAD:
+        return None
+    return torch.where(any_fin, hi, 0.0), spread
 
 
 def _subset_logsumexp(x: torch.Tensor) -> torch.Tensor:
     """(E, u) terms → (2^E, u) logsumexp over the members of every coalition (row = bitmask; row 0 is −inf).
 
-    The doubling recursion: adding player i to every coalition of players < i costs one logaddexp each, 2^E − 1 in
-    all (cheaper here than a matmul in probability space, and exact at any spread of the terms).
+    The doubling recursion: adding player i to every coalition of players < i costs one logaddexp each.
     """
     E, u = x.shape
     out = torch.full((1, u), float("-inf"), dtype=torch.float64)  # (1, u)
@@ -128,12 +138,39 @@ def _subset_logsumexp(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _subset_sums(p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(E, u) → (2^E, u) sums over the members of every coalition, the same doubling recursion with additions,
+    written in place into `out` (reused across chunks: fresh 32 MiB buffers cost more in page faults than the sums)."""
+    E, u = p.shape
+    out = torch.empty(1 << E, u, dtype=torch.float64) if out is None else out[:, :u]
+    out[0] = 0.0
+    for i in range(E):
+        torch.add(out[: 1 << i], p[i], out=out[1 << i : 2 << i])  # rows with bit i = rows without it + p_i
+    return out
+
+
+def _sum_log(s: torch.Tensor, span: float, has_zeros: bool) -> torch.Tensor:
+    """(..., u) positive sums (0 = no member present, counted as log 1) → (...) Σ log s, with 1 log per g entries.
+
+    Each entry lies in [e^−span, 2^20], so products of g ≤ 700 / span entries cannot over- or underflow float64;
+    multiplying before the log cuts the number of logs, the costly part, by g. `has_zeros` False skips the fill.
+    """
+    if has_zeros:
+        s = s.masked_fill(s == 0, 1.0)
+    u = s.shape[-1]
+    g = int(max(1, min(32, 700 // max(span, 15.0))))
+    full = u - u % g
+    out = s[..., :full].unflatten(-1, (full // g, g)).prod(-1).log().sum(-1)  # (...)
+    return out + s[..., full:].log().sum(-1)
+
+
 class MixtureGame:
     """The coalition game v(S) of a set of experts' log-probs; players are the E experts, coalitions are bitmasks.
 
     `value(S)` takes a bitmask or an iterable of expert indices and is memoized; `all_values()` gives every one of
-    the 2^E values at once (a subset recursion: 2^E − 1 logaddexps over the data, chunked to bound memory);
-    `prefix_values(perms)` gives v of every prefix of a batch of permutations (logcumsumexp), for sampled Shapley.
+    the 2^E values at once (a subset recursion, 2^E − 1 vector additions over the data, chunked to bound memory);
+    `prefix_values(perms)` gives v of every prefix of a batch of permutations, for sampled Shapley. Sums run in
+    probability space after a per-unit shift when the terms span ≤ 600 nats, in log space otherwise.
     Raises ValueError on malformed input (see `check_logp`).
     """
 
@@ -163,7 +200,10 @@ class MixtureGame:
         if reference_logp is None:
             ref = torch.full((W, T), UNIFORM_LOGP, dtype=torch.float64)
         else:
-            ref = torch.as_tensor(reference_logp, dtype=torch.float64).reshape(W, T)
+            ref = torch.as_tensor(reference_logp, dtype=torch.float64)
+            if ref.numel() != W * T:
+                raise ValueError(f"reference_logp must hold W·T = {W * T} log-probs, got shape {tuple(ref.shape)}")
+            ref = ref.reshape(W, T)
             if not torch.isfinite(ref).all() or (ref > cfg.max_logp).any():
                 raise ValueError("reference_logp must be finite log-probabilities ≤ 0")
         neg_inf = torch.tensor(float("-inf"), dtype=torch.float64)
@@ -184,6 +224,14 @@ class MixtureGame:
     def _num_gain(self, num: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """(..., u) log Σ_S π p over units → (...) Σ (num − ref) in nats over units where some member is present."""
         return (num - ref).nan_to_num_(neginf=0.0).sum(-1)  # −inf only where no member is present
+
+    def _shift_gain(self, valid: torch.Tensor, shift: torch.Tensor, u0: int) -> torch.Tensor:
+        """Σ (shift − ref) over units [u0, u0 + u) in windows where a coalition is present: (..., W) → (...)."""
+        u = shift.shape[0]
+        win = torch.arange(u0, u0 + u) // self._K  # (u,) window of each unit
+        per_window = torch.zeros(valid.shape[-1], dtype=torch.float64)
+        per_window.index_add_(0, win, shift - self._ref[u0 : u0 + u])  # (W,)
+        return valid @ per_window
 
     def _den_cost(self, den: torch.Tensor) -> torch.Tensor:
         """(..., W) log Σ_S π per window → (...) the prior normalization, K units per window, in nats."""
@@ -229,11 +277,23 @@ class MixtureGame:
         if E > MAX_EXACT_PLAYERS:
             raise ValueError(f"{E} experts means 2^{E} coalitions; use sampled Shapley above {MAX_EXACT_PLAYERS}")
         C, U = 1 << E, self._num.shape[1]
-        out = -self._den_cost(_subset_logsumexp(self._den))  # (C,)
+        den = _subset_logsumexp(self._den)  # (C, W)
+        valid = torch.isfinite(den).to(torch.float64)  # (C, W) some member present in the window
+        out = -self._den_cost(den)  # (C,)
         step = max(1, _CHUNK_ELEMENTS // C)
+        buf = None
         for u0 in range(0, U, step):
-            sl = slice(u0, u0 + step)
-            out += self._num_gain(_subset_logsumexp(self._num[:, sl]), self._ref[sl])  # (C, u) → (C,)
+            x = self._num[:, u0 : u0 + step]  # (E, u)
+            shifted = _column_shift(x)
+            if shifted is None:  # terms too far apart for probability space
+                out += self._num_gain(_subset_logsumexp(x), self._ref[u0 : u0 + step])  # (C, u) → (C,)
+            else:
+                shift, span = shifted
+                buf = torch.empty(C, x.shape[1], dtype=torch.float64) if buf is None else buf
+                s = _subset_sums(torch.exp(x - shift), buf)  # (C, u) Σ_S π p / e^shift
+                s[0] = 1.0  # the empty coalition: log 1 = 0, its value is set below
+                has_zeros = bool(torch.isinf(x).any())  # an absent expert: some coalitions have no member
+                out += _sum_log(s, span, has_zeros) + self._shift_gain(valid, shift, u0)
         out = self._to_bits(out)
         out[0] = 0.0
         self._all = out
@@ -244,13 +304,25 @@ class MixtureGame:
         perms = torch.as_tensor(perms).long()
         P, E = perms.shape
         out = torch.zeros(P, E + 1, dtype=torch.float64)
-        out[:, 1:] -= self._den_cost(torch.logcumsumexp(self._den[perms], dim=1))  # (P, E, W) → (P, E)
+        den = torch.logcumsumexp(self._den[perms], dim=1)  # (P, E, W) log Σ π over each prefix
+        valid = torch.isfinite(den).to(torch.float64)  # (P, E, W)
+        out[:, 1:] -= self._den_cost(den)
         U = self._num.shape[1]
         step = max(1, _CHUNK_ELEMENTS // max(1, P * E))
         for u0 in range(0, U, step):
-            sl = slice(u0, u0 + step)
-            num = torch.logcumsumexp(self._num[:, sl][perms], dim=1)  # (P, E, u) log Σ over each prefix
-            out[:, 1:] += self._num_gain(num, self._ref[sl])
+            x = self._num[:, u0 : u0 + step]  # (E, u)
+            shifted = _column_shift(x)
+            if shifted is None:
+                num = torch.logcumsumexp(x[perms], dim=1)  # (P, E, u) log Σ over each prefix
+                out[:, 1:] += self._num_gain(num, self._ref[u0 : u0 + step])
+            else:
+                shift, span = shifted
+                px = torch.exp(x - shift)  # (E, u)
+                s = torch.empty(P, E, x.shape[1], dtype=torch.float64)  # (P, E, u) prefix sums
+                s[:, 0] = px[perms[:, 0]]
+                for k in range(1, E):  # a loop of adds: torch's cumsum over a strided axis is far slower
+                    torch.add(s[:, k - 1], px[perms[:, k]], out=s[:, k])
+                out[:, 1:] += _sum_log(s, span, bool(torch.isinf(x).any())) + self._shift_gain(valid, shift, u0)
         return self._to_bits(out)
 
 

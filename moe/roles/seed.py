@@ -38,20 +38,18 @@ def run_seed(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
     if not cfg.initial_peers:
         return 0
     from moe.net.join import start_dht
-    from moe.net.seed import SeedPublisher, SeedServer
+    from moe.net.seed import SeedPublisher
 
     hotkey = Hotkey.load_or_create(cfg.hotkey_path or run_dir / "keys" / "seed.key")
     net = cfg.network
     dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
-    server = SeedServer(dht)
-    sha = server.add(blob)
-    publisher = SeedPublisher(dht, server, hotkey, interval=net.heartbeat_interval, ttl=net.announce_ttl).start()
+    publisher = SeedPublisher(dht, hotkey, blob, interval=net.heartbeat_interval, ttl=net.announce_ttl).start()
+    sha = publisher.record.sha256
     write_json(out / "published.json", {"sha256": sha, "bytes": len(blob), "publisher": hotkey.address})
     status.update(phase="publishing", sha256=sha[:16])
     logger.info("seed %s published (%d bytes); serving until stopped", sha[:16], len(blob))
     wait_for_stop()
     publisher.stop()
-    server.shutdown()
     dht.shutdown()
     return 0
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import random
+import sqlite3
 
 import pytest
 
-from moe.ledger.chain import Ledger, LedgerError
+from moe.ledger.chain import Block, Ledger, LedgerError, block_hash, block_hash_from_json
 from moe.ledger.records import registration_record, stake_record, transfer_record, weights_record
 from moe.ledger.registration import registration_prefix, solve_pow
-from moe.ledger.weights import WeightSubmission
+from moe.ledger.verify import verify_ledger
+from moe.ledger.weights import WeightSubmission, canonical_json
 
 TAO = 10**9
 
@@ -188,3 +192,63 @@ def test_malformed_records_are_rejected(tmp_path, keys, genesis):
     for bad in ({"kind": "mint", "amount": 5}, [1, 2], {**rec, "amount": float("nan")}, {**rec, "amount": True}):
         assert not led.submit(bad)
     assert led.produce_block(1001.0).records[0]["kind"] == "emission"
+
+
+def test_failed_block_write_changes_nothing(tmp_path, keys, genesis):
+    """A block whose SQLite write fails leaves state and queue as they were; the retry equals a replica's block."""
+    led, replica = Ledger.open(tmp_path / "a.db", genesis), Ledger.open(tmp_path / "b.db", genesis)
+    t = network(led, keys[:4])
+    assert network(replica, keys[:4]) == t and led.head_hash == replica.head_hash
+    for ledger in (led, replica):
+        assert ledger.set_weights(keys[0], 1, [2, 3], [1.0, 2.0])
+        assert ledger.transfer(keys[2], keys[5].address, 7 * TAO)
+    before = (dict(led.state.balances), dict(led.state.nonces), led.height, led.head_hash, led.total_issuance)
+    with sqlite3.connect(tmp_path / "a.db") as c:
+        c.execute("CREATE TRIGGER fail BEFORE INSERT ON blocks BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk on fire"):
+        led.produce_block(t)  # height 3 ends epoch 0: emission, Yuma and payouts are all taken back
+    assert (led.height, led.head_hash) == before[2:4]
+    with sqlite3.connect(tmp_path / "a.db") as c:
+        c.execute("DROP TRIGGER fail")
+    assert led.produce_block(t).hash == replica.produce_block(t).hash  # no read in between: straight from the retry
+    assert led.state.balances == replica.state.balances and led.state.subnets[1].latest_epoch is not None
+    with sqlite3.connect(tmp_path / "a.db") as c:
+        c.execute("CREATE TRIGGER fail BEFORE INSERT ON blocks BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    assert led.transfer(keys[2], keys[5].address, 7 * TAO)
+    before = (dict(led.state.balances), dict(led.state.nonces), led.height, led.head_hash, led.total_issuance)
+    with pytest.raises(sqlite3.DatabaseError, match="disk on fire"):
+        led.produce_block(t + 1)
+    assert (dict(led.state.balances), dict(led.state.nonces), led.height, led.head_hash, led.total_issuance) == before
+    assert verify_ledger(tmp_path / "a.db").ok
+
+
+def test_reads_between_submits_see_the_last_block(tmp_path, keys, genesis):
+    """Balances read between submits are the last block's; queued records still count for later submits."""
+    led, replica = Ledger.open(tmp_path / "a.db", genesis), Ledger.open(tmp_path / "b.db", genesis)
+    a, b = keys[0], keys[5]
+    base = led.balance(a.address)
+    for ledger in (led, replica):
+        assert ledger.transfer(a, b.address, 5 * TAO)
+    assert led.balance(a.address) == base and led.state.nonces.get(a.address, 0) == 0
+    for ledger in (led, replica):
+        assert ledger.transfer(a, b.address, 6 * TAO)  # nonce 1: the first transfer is back in force
+    assert led.uid(1, a.address) is None and led.total_issuance == 8000 * TAO
+    assert not led.transfer(a, b.address, base - 10 * TAO)  # only base - 11 TAO is left after the queue
+    assert led.produce_block(1001.0).hash == replica.produce_block(1001.0).hash
+    assert led.balance(a.address) == base - 11 * TAO and led.balance(b.address) == 1011 * TAO
+
+
+def test_hash_from_stored_json_equals_block_hash():
+    """Hashing a block from its records' canonical JSON gives block_hash exactly; other text falls back safely."""
+    rng = random.Random(3)
+    for _ in range(300):
+        recs = [
+            {"kind": "x", "f": rng.random() * 10 ** rng.randrange(-20, 20), "i": rng.randrange(-(10**30), 10**30)}
+            | {"s": "".join(rng.choice('aé"\\\n\u2603z') for _ in range(rng.randrange(6))), "l": [rng.random(), None]}
+            for _ in range(rng.randrange(4))
+        ]
+        height, prev, ts = rng.randrange(10**9), rng.randbytes(32).hex(), rng.random() * 10**9
+        h = block_hash(height, prev, ts, recs)
+        assert block_hash_from_json(height, prev, ts, canonical_json(recs)) == h
+        assert Block(height, prev, ts, recs, h, records_json=json.dumps(recs, indent=1)).hash_ok()  # not canonical
+        assert not Block(height + 1, prev, ts, recs, h, records_json=canonical_json(recs).decode()).hash_ok()

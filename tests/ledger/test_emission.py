@@ -104,6 +104,20 @@ def test_split_by_weights_is_exact_and_deterministic():
         assert all(p == 0 for p, w in zip(parts, ws, strict=True) if w == 0)
 
 
+def test_split_by_float_weights_matches_exact_fractions():
+    """Float and int weights split exactly as their decimal Fractions (repr) do, including tiny and huge exponents."""
+    rng = random.Random(5)
+    pools = [lambda: rng.random(), lambda: rng.random() * 10.0 ** rng.randrange(-30, 30), lambda: rng.randrange(0, 9)]
+    for _ in range(400):
+        ws = [rng.choice(pools)() if rng.random() > 0.2 else 0.0 for _ in range(rng.randrange(0, 12))]
+        amt = rng.randrange(0, 10**15)
+        ref = split_by_weights(amt, [Fraction(repr(w)) if isinstance(w, float) else Fraction(w) for w in ws])
+        assert split_by_weights(amt, ws) == ref
+    for bad in (float("nan"), float("inf"), -0.5, -1):
+        with pytest.raises(ValueError, match="weight"):
+            split_by_weights(10, [1.0, bad])
+
+
 def test_split_between_subnets():
     """Subnet parts sum to the amount in share proportion; all-zero shares are refused rather than losing rao."""
     parts = split_between_subnets(10**9 + 1, {3: 1.0, 1: 1.0, 2: 2.0})

@@ -109,3 +109,17 @@ def test_registry_tie_prunes_oldest_and_immunity_protects_low_scores():
     assert reg.register("d", height=25) == (1, "b")  # b (height 0) is older than a (height 5)
     with pytest.raises(RegistrationError, match="already holds"):
         reg.register("a", 26)
+
+
+def test_registry_copy_is_independent():
+    """Registering, pruning or scoring in a copy of a uid table leaves the original exactly as it was."""
+    reg = SubnetRegistry(max_uids=2, immunity_period=1)
+    reg.register("a", 0)
+    reg.register("b", 0)
+    reg.set_scores({0: 0.3, 1: 0.7})
+    dup = reg.copy()
+    dup.set_scores({0: 0.9, 1: 0.1})
+    assert dup.register("c", 5) == (1, "b")
+    assert reg.uid_of("b") == 1 and reg.uid_of("c") is None and reg.slots[0].score == 0.3
+    assert reg.register("d", 5) == (0, "a")  # the original still prunes by its own scores
+    assert dup.uid_of("a") == 0 and dup.uid_of("d") is None

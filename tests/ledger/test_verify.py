@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from moe.ledger.chain import Ledger, block_hash
 from moe.ledger.cli import main
+from moe.ledger.sigcheck import ParallelSignatures, check_range
 from moe.ledger.verify import verify_ledger
 
 TAO = 10**9
@@ -64,6 +66,10 @@ def rewrite_from(p: Path, height: int, edit) -> None:
             prev = new
 
 
+def inflate_payout(records):
+    next(r for r in records if r["kind"] == "epoch")["miner_payouts"][2] += 1
+
+
 def test_clean_ledger_verifies(ledger_path, capsys):
     """An untouched ledger verifies, and the CLI exits 0 for verify and prints tables for show."""
     r = verify_ledger(ledger_path)
@@ -111,10 +117,7 @@ def test_replaced_signature_named(ledger_path):
 def test_inflated_payout_named(ledger_path):
     """An epoch payout raised by one rao (hashes recomputed) is caught by replaying the epoch."""
 
-    def edit(records):
-        next(r for r in records if r["kind"] == "epoch")["miner_payouts"][2] += 1
-
-    rewrite_from(ledger_path, 7, edit)
+    rewrite_from(ledger_path, 7, inflate_payout)
     r = verify_ledger(ledger_path)
     assert not r.ok and r.bad_height == 7 and "payouts" in r.reason
 
@@ -193,3 +196,43 @@ def test_kill_minus_nine_mid_append_leaves_valid_file(writer):
     assert r.ok, str(r)
     assert r.blocks - 1 >= seen
     assert [h for h, *_ in rows(path)] == list(range(r.blocks))
+
+
+def test_report_state_is_the_last_good_blocks(ledger_path, tmp_path):
+    """After a bad block, the report's state is the state after the block before it, not a half-applied one."""
+    good = tmp_path / "good.db"
+    shutil.copy(ledger_path, good)
+    with sqlite3.connect(good) as c:
+        c.execute("DELETE FROM blocks WHERE height >= 7")
+    ref = verify_ledger(good)  # fails on the accounts table, with the state after block 6
+    rewrite_from(ledger_path, 7, inflate_payout)  # block 7 mints, then its epoch record is refused
+    r = verify_ledger(ledger_path)
+    assert r.bad_height == 7 and r.state.height == ref.state.height == 6
+    assert r.state.balances == ref.state.balances and r.state.total_issuance == ref.state.total_issuance
+
+
+def test_signature_workers_find_what_inline_checks_find(ledger_path, tmp_path):
+    """Signature checks in worker processes give the same reports as inline checks, and name a forged signature."""
+
+    def forge(records):
+        w = [r for r in records if r["kind"] == "weights"][1]
+        w["signature"] = ("00" if w["signature"][:2] != "00" else "11") + w["signature"][2:]
+
+    def summary(r):
+        return (r.ok, r.blocks, r.head_hash, r.bad_height, r.reason)
+
+    clean = [verify_ledger(ledger_path, workers=w, chunk_blocks=2) for w in (0, 2)]
+    assert clean[0].ok and summary(clean[0]) == summary(clean[1])
+    assert check_range(str(ledger_path), 0, 12) == (list(range(13)), {})
+    forged = tmp_path / "forged.db"
+    shutil.copy(ledger_path, forged)
+    rewrite_from(forged, 3, forge)  # block 3 lies in a chunk the workers check
+    assert check_range(str(forged), 2, 5) == ([2, 3, 4, 5], {3: [1]})
+    sigs = ParallelSignatures(forged, 0, 12, workers=1, chunk_blocks=2)
+    try:
+        assert sigs.bad_at(1) is None and list(sigs.bad_at(3)) == [1] and not sigs.bad_at(4)
+    finally:
+        sigs.close()
+    reports = [verify_ledger(forged, workers=w, chunk_blocks=2) for w in (0, 2)]
+    assert reports[0].bad_height == 3 and "signature" in reports[0].reason
+    assert summary(reports[0]) == summary(reports[1])

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 
 import pytest
+from hivemind.p2p import P2PHandlerError, PeerID
+from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
+from moe.net.records import MalformedRecord
 from moe.net.seed import (
+    HANDLER_NAME,
     SEED_KEY,
     SeedError,
     SeedPublisher,
@@ -129,3 +134,39 @@ def test_malformed_seed_records_are_skipped(pair, blob, caplog):
     with SeedPublisher(a, PUBLISHER, blob, chunk_bytes=4096):
         assert fetch_seed(b, timeout=20) == blob
     assert "junk-subkey" in caplog.text
+
+
+def test_bad_chunk_requests_get_errors_and_server_survives(pair, blob):
+    """Malformed or out-of-range chunk requests are answered with errors and the seed is still served after."""
+    a, b = pair
+
+    async def probe(peer: PeerID, sha: str) -> list[str]:
+        p2p = await b.replicate_p2p()
+        errors = []
+        for uid, metadata in [
+            (sha, b"not json"),
+            (sha, b'{"offset":-1,"length":10}'),
+            (sha, b'{"offset":0,"length":999999999}'),
+            ("0" * 64, b'{"offset":0,"length":10}'),
+        ]:
+            request = runtime_pb2.ExpertRequest(uid=uid, metadata=metadata)
+            try:
+                await p2p.call_protobuf_handler(peer, HANDLER_NAME, request, runtime_pb2.ExpertResponse)
+            except P2PHandlerError as e:
+                errors.append(str(e))
+        return errors
+
+    with SeedPublisher(a, PUBLISHER, blob, chunk_bytes=4096) as publisher:
+        errors = asyncio.run(probe(PeerID.from_base58(publisher.record.peer_id), publisher.record.sha256))
+        assert len(errors) == 4
+        assert fetch_seed(b, timeout=20) == blob
+
+
+def test_empty_seed_is_refused():
+    """Publishing zero bytes is refused before anything is announced."""
+    a = start_bootstrap_dht()
+    try:
+        with pytest.raises(MalformedRecord, match="size"):
+            SeedPublisher(a, PUBLISHER, b"")
+    finally:
+        a.shutdown()

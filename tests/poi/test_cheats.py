@@ -1,0 +1,221 @@
+"""Tests for moe/poi/cheats.py and moe/poi/receipts.py: every kind of cheater is flagged and ends with zero weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe.identity import Hotkey
+from moe.poi.cheats import (
+    CheatConfig,
+    TrafficSample,
+    detect_cheats,
+    flag_copies,
+    flag_router_mismatch,
+    flag_timeouts,
+    flag_uninformative,
+    js_divergence,
+    screen_replies,
+)
+from moe.poi.receipts import Receipt, sign_receipt, tensor_digest
+from moe.poi.scoring import shapley_weights
+from moe.poi.shapley import shapley
+from moe.poi.value import MixtureGame, gather_logp
+
+E_HONEST_A, E_HONEST_B, E_UNIFORM, E_RANDOM, E_COPY, E_TIMEOUT, E_MALFORMED = range(7)
+
+
+def _scenario(W: int = 4, T: int = 32, seed: int = 0):
+    """Seven experts' logits on W windows: two honest, then uniform, random, copier of 0, silent, NaN-sending."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 256, (W, T), generator=g)
+    onehot = torch.nn.functional.one_hot(targets, 256).double()  # (W, T, 256)
+
+    def skilled(bonus: float) -> torch.Tensor:
+        return 1.5 * torch.randn(W, T, 256, generator=g, dtype=torch.float64) + bonus * onehot
+
+    logits = torch.stack(
+        [
+            skilled(4.0),
+            skilled(3.0),
+            torch.zeros(W, T, 256, dtype=torch.float64),
+            3 * torch.randn(W, T, 256, generator=g, dtype=torch.float64),
+            torch.zeros(W, T, 256, dtype=torch.float64),  # filled below: a copy of expert 0
+            skilled(4.0),
+            skilled(4.0),
+        ]
+    )
+    logits[E_COPY] = logits[E_HONEST_A]
+    logits[E_TIMEOUT] = float("nan")  # never answered
+    logits[E_MALFORMED, 1, 3, 5] = float("nan")
+    lp = gather_logp(logits, targets)
+    present = torch.ones(7, W, dtype=torch.bool)
+    present[E_TIMEOUT] = False
+    return logits, lp, present
+
+
+def test_uninformative_flagged_and_shapley_near_zero():
+    """Uniform and random experts reach ≥ 7.9 bits per byte, are flagged, and earn ~0 Shapley anyway."""
+    _, lp, present = _scenario()
+    lp, present, _ = screen_replies(lp, present)
+    flags = flag_uninformative(lp, present)
+    assert flags.tolist() == [False, False, True, True, False, False, False]
+    for cheat in (E_UNIFORM, E_RANDOM):  # among honest experts
+        phi = shapley(MixtureGame(lp[[E_HONEST_A, E_HONEST_B, cheat]])).values
+        assert phi[2].item() < 0.05 * phi[0].item()  # ~0 for uniform, negative (clipped to 0) for random
+
+
+def test_copier_flagged_by_logp_and_by_js():
+    """An exact copy is flagged, the earlier-registered original credited; the same with full distributions."""
+    logits, lp, present = _scenario()
+    blocks = [10, 11, 12, 13, 20, 14, 15]
+    flags, pairs = flag_copies(lp[:5], blocks[:5], present[:5])
+    assert flags.tolist() == [False, False, False, False, True]
+    assert (E_COPY, E_HONEST_A) in pairs
+    dists = torch.log_softmax(logits[:5], -1)
+    flags_js, pairs_js = flag_copies(lp[:5], blocks[:5], present[:5], dists=dists)
+    assert (E_COPY, E_HONEST_A) in pairs_js and not flags_js[E_HONEST_A]
+
+
+def test_copy_credit_follows_registration_not_index():
+    """If the copy registered first it keeps credit and the later original is flagged (order is by block)."""
+    _, lp, present = _scenario()
+    flags, pairs = flag_copies(lp[[0, 4]], [30, 5], present[[0, 4]])
+    assert flags.tolist() == [True, False] and pairs == [(0, 1)]
+
+
+def test_noisy_near_copy_flagged_but_distinct_expert_not():
+    """Outputs within the JS threshold count as a copy; an independently trained expert does not."""
+    logits, lp, present = _scenario()
+    g = torch.Generator().manual_seed(9)
+    near = logits[E_HONEST_A] + 1e-4 * torch.randn(logits.shape[1:], generator=g, dtype=torch.float64)
+    dists = torch.log_softmax(torch.stack([logits[E_HONEST_A], near, logits[E_HONEST_B]]), -1)
+    trio = torch.stack([lp[E_HONEST_A], lp[E_HONEST_A] + 1e-5, lp[E_HONEST_B]])
+    flags, _ = flag_copies(trio, [1, 2, 3], dists=dists)
+    assert flags.tolist() == [False, True, False]
+
+
+def test_timeouts_are_absent_and_flagged():
+    """A silent expert is flagged; its missing windows make it a dummy player with zero Shapley value."""
+    _, lp, present = _scenario()
+    assert flag_timeouts(present).tolist() == [False] * 5 + [True, False]
+    phi = shapley(MixtureGame(lp[[0, 1, 5]], present=present[[0, 1, 5]])).values
+    assert phi[2].item() == 0.0 and phi[0].item() > 0
+
+
+def test_partial_timeouts_not_flagged_below_threshold():
+    """Missing one window of four is tolerated (not flagged) but still counts as absent there."""
+    present = torch.ones(2, 4, dtype=torch.bool)
+    present[1, 0] = False
+    assert flag_timeouts(present, 0.5).tolist() == [False, False]
+
+
+def test_screen_replies_drops_malformed_windows():
+    """NaN or p > 1 windows become missing and their expert is flagged; clean windows are kept."""
+    _, lp, present = _scenario()
+    with pytest.raises(ValueError, match="NaN"):
+        MixtureGame(lp, present=present)
+    raw = lp.clone()
+    raw[E_HONEST_B, 2, 0] = 0.7  # claims p > 1
+    clean, pr, flagged = screen_replies(raw, present)
+    assert flagged.tolist() == [False, True, False, False, False, False, True]
+    assert not pr[E_HONEST_B, 2] and pr[E_HONEST_B, 1] and not pr[E_MALFORMED, 1]
+    MixtureGame(clean, present=pr)  # the value function accepts the screened replies
+
+
+def _traffic(honest_key: Hotkey, cheat_key: Hotkey, n: int = 4):
+    g = torch.Generator().manual_seed(3)
+    samples = []
+    for _ in range(n):
+        request = torch.randint(0, 256, (16,), generator=g, dtype=torch.uint8)
+        good = torch.randn(16, 256, generator=g)
+        noisy = good + 1e-4 * torch.randn(16, 256, generator=g)  # re-query on other hardware
+        bad = torch.zeros(16, 256)  # what the two-faced expert serves the router
+        samples.append(
+            TrafficSample(1, honest_key.address, request, sign_receipt(honest_key, request, good), noisy, good)
+        )
+        samples.append(TrafficSample(2, cheat_key.address, request, sign_receipt(cheat_key, request, bad), good, bad))
+        # hash-only: the router kept no reply; a deterministic expert's fresh reply hashes the same
+        samples.append(TrafficSample(3, honest_key.address, request, sign_receipt(honest_key, request, good), good))
+    return samples
+
+
+def test_router_mismatch_flags_two_faced_expert_only():
+    """An expert serving the router worse replies than the validator is flagged; honest ones are not."""
+    honest, cheat = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x02" * 32)
+    flagged = flag_router_mismatch(_traffic(honest, cheat))
+    assert flagged == {2: 1.0}
+
+
+def test_router_cannot_frame_expert():
+    """Forged receipts and recordings that don't match the signed digest are ignored, so nobody is flagged."""
+    honest, router = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x03" * 32)
+    samples = []
+    for s in _traffic(honest, honest):
+        if s.uid != 1:
+            continue
+        forged = sign_receipt(router, s.request, torch.zeros(16, 256))  # router signs in the expert's name
+        samples.append(TrafficSample(1, honest.address, s.request, forged, s.fresh_reply, torch.zeros(16, 256)))
+        samples.append(TrafficSample(1, honest.address, s.request, s.receipt, s.fresh_reply, torch.zeros(16, 256)))
+    assert flag_router_mismatch(samples) == {}
+
+
+def test_receipt_roundtrip_and_tamper():
+    """A receipt survives JSON; changing any digest breaks its signature; malformed records raise ValueError."""
+    key = Hotkey.from_seed(b"\x04" * 32)
+    r = sign_receipt(key, torch.arange(4), torch.ones(2, 3))
+    r2 = Receipt.from_json(r.to_json())
+    assert r2 == r and r2.verify()
+    assert not Receipt(r.expert, r.request, tensor_digest(torch.zeros(2, 3)), r.signature).verify()
+    assert tensor_digest(torch.ones(2, 3)) != tensor_digest(torch.ones(3, 2))
+    with pytest.raises(ValueError, match="malformed receipt"):
+        Receipt.from_json({"expert": r.expert})
+
+
+def test_js_divergence_properties():
+    """JS is 0 for identical distributions, symmetric, and 1 bit for disjoint ones."""
+    a = torch.log_softmax(torch.randn(5, 256, dtype=torch.float64), -1)
+    b = torch.log_softmax(torch.randn(5, 256, dtype=torch.float64), -1)
+    assert js_divergence(a, a).abs().max() < 1e-12
+    assert torch.allclose(js_divergence(a, b), js_divergence(b, a))
+    p = torch.full((256,), float("-inf"), dtype=torch.float64)
+    q = p.clone()
+    p[0], q[1] = 0.0, 0.0
+    assert js_divergence(p, q).item() == pytest.approx(1.0)
+
+
+def test_end_to_end_cheaters_get_zero_weight():
+    """After screening, Shapley and scoring, every cheater's weight is 0 and the honest experts share it all."""
+    honest, cheat = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x02" * 32)
+    logits, lp, present = _scenario()
+    uids = [100, 101, 102, 103, 104, 105, 106]
+    blocks = [10, 11, 12, 13, 20, 14, 15]
+    traffic = [
+        TrafficSample(
+            101 if s.uid == 2 else 100, s.receipt.expert, s.request, s.receipt, s.fresh_reply, s.recorded_reply
+        )
+        for s in _traffic(honest, cheat)
+        if s.uid in (1, 2)
+    ]
+    report, lp2, pr2 = detect_cheats(uids, lp, blocks, present, dists=torch.log_softmax(logits, -1), traffic=traffic)
+    assert report.reasons[101] == ["router_mismatch"]
+    assert report.flagged == {101, 102, 103, 104, 105, 106}
+    est = shapley(MixtureGame(lp2, present=pr2), config=None)
+    w = shapley_weights(uids, est.values, est.stderr, report.flagged)
+    assert w[100] == pytest.approx(1.0) and all(w[u] == 0.0 for u in uids[1:])
+    assert detect_cheats(uids[:6], lp[:6], blocks[:6], present[:6], config=CheatConfig(max_bpb=99))[0].reasons[
+        104
+    ] == ["copy"]
+
+
+def test_router_mismatch_needs_enough_samples_and_hash_only_is_exact():
+    """Two mismatches out of two are below `min_traffic_samples` (not flagged); without a recording any change
+    to the reply is a mismatch."""
+    cheat = Hotkey.from_seed(b"\x02" * 32)
+    samples = [s for s in _traffic(cheat, cheat, n=2) if s.uid == 2]
+    assert flag_router_mismatch(samples) == {}
+    assert flag_router_mismatch(samples, CheatConfig(min_traffic_samples=2)) == {2: 1.0}
+    key = Hotkey.from_seed(b"\x05" * 32)
+    req, reply = torch.arange(8), torch.randn(8, 256)
+    s = [TrafficSample(9, key.address, req, sign_receipt(key, req, reply), reply + 1e-6) for _ in range(3)]
+    assert flag_router_mismatch(s) == {9: 1.0}
