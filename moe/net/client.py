@@ -38,6 +38,7 @@ from moe.net.wire import (
     encode_request,
     validate_reply,
 )
+from moe.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +183,10 @@ class ExpertClient:
                 raise ValueError(
                     f"byte batch must be an integer (B, T) tensor, got {inputs.dtype} {tuple(inputs.shape)}"
                 )
-            if bool(((inputs < 0) | (inputs > 255)).any()):
-                raise ValueError("byte batch holds values outside 0..255")
-            inputs = inputs.to(torch.uint8)  # 8x less upload than int64
+            if bool(((inputs < 0) | (inputs >= VOCAB_SIZE)).any()):
+                raise ValueError(f"token batch holds ids outside 0..{VOCAB_SIZE - 1}")
+            # 8x less upload than int64; a batch with special ids (EOS between documents) needs int32
+            inputs = inputs.to(torch.uint8 if bool((inputs < 256).all()) else torch.int32)
         raw = encode_request(inputs.detach().cpu(), wire_format, cfg.topk)
         try:
             payload = await asyncio.wait_for(self._request(peer_id, raw), timeout=timeout)

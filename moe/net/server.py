@@ -38,6 +38,7 @@ from moe.net.wire import (
     encode_activations,
     encode_logp,
 )
+from moe.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -274,8 +275,8 @@ class ExpertServer:
             raise WireError(
                 f"batch {B}x{T} outside limits (max_tokens={cfg.max_tokens}, max_seq_len={cfg.max_seq_len})"
             )
-        if x.dtype != torch.uint8 and bool(((x < 0) | (x > 255)).any()):
-            raise WireError("byte ids outside 0..255")
+        if x.dtype != torch.uint8 and bool(((x < 0) | (x >= VOCAB_SIZE)).any()):
+            raise WireError(f"token ids outside 0..{VOCAB_SIZE - 1}")
 
     def _check_hidden(self, x: torch.Tensor) -> None:
         cfg = self.config

@@ -33,7 +33,7 @@ def evaluate_mixture(mixture: Mixture, windows_by_subnet, k_best: int, probe_len
     """Bits per byte of the mixture on each subnet's validation windows (the same windows the experts saw)."""
     from moe.metrics import bits_per_byte
 
-    out = {}
+    out, answered, wanted = {}, 0, 0
     for name, windows in windows_by_subnet.items():
         bits, count = 0.0, 0
         for x, y in windows():
@@ -41,7 +41,10 @@ def evaluate_mixture(mixture: Mixture, windows_by_subnet, k_best: int, probe_len
                 mix = route_and_mix(mixture.gate, x, mixture.entries(), mixture.call, k_best, probe_len)
             b, n = bits_per_byte(mix.logp, y)
             bits, count = bits + b, count + n
+            answered += int(mix.answered[:, -1].sum())
+            wanted += int(mix.chosen.sum())
         out[name] = bits / max(1, count)
+    logger.info("chosen experts that answered: %d of %d", answered, wanted)
     return macro_bpb(out)
 
 
