@@ -12,6 +12,7 @@ one-line error before any work starts. Every run writes under `<out_dir>/<run_id
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,7 +42,29 @@ def main(argv: list[str]) -> int:
     run_dir = run_directory(cfg)
     node = cfg.role if cfg.role not in ("expert",) else f"expert-{cfg.subnet}"
     setup_logging(run_dir, node)
+    try:
+        return run_role(cfg, subnets, run_dir)
+    except Exception as e:
+        if not isinstance(e, _one_line_errors()):
+            raise
+        logging.getLogger("train").info("%s failed", node, exc_info=True)  # the traceback goes to the log file only
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
+
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """Failures a user causes or can fix (bad address, unreachable peers, bad checkpoint or seed): no traceback.
+
+    Imported only when something failed, so a run that never touches the network never imports hivemind here.
+    """
+    from moe.checkpoint import CheckpointError
+    from moe.net.join import BadMultiaddr, JoinError
+    from moe.net.seed import SeedError
+
+    return (JoinError, BadMultiaddr, CheckpointError, SeedError)
+
+
+def run_role(cfg: RunConfig, subnets: dict, run_dir: Path) -> int:
     if cfg.role == "network":
         from moe.roles.network import run_network
 

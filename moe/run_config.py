@@ -10,6 +10,7 @@ from moe.train_loop import TrainConfig
 
 ROLES = ("network", "expert", "seed", "router", "validator", "bootstrap", "baseline")
 DEFAULT_SUBNETS = ["english", "code", "math", "persian"]
+ADVERSARIES = ("copycat", "noise")
 
 
 @dataclass
@@ -65,6 +66,48 @@ class RouterConfig:
 
 
 @dataclass
+class ValidatorConfig:
+    stake: float = 1000.0
+    """TAO this validator stakes on the ledger (held as integer rao); its weights count in proportion."""
+    epochs: int = 2
+    """Evaluation epochs before the validator exits; 0 runs until stopped."""
+    windows_per_epoch: int = 32
+    """Evaluation windows drawn per epoch from the subnets' validation splits."""
+    seq_len: int = 64
+    """Bytes per evaluation window."""
+    batch_size: int = 8
+    """Windows per expert call (an expert missing one call is absent from those windows only)."""
+    epoch_interval: float = 5.0
+    """Seconds between the starts of two evaluation epochs."""
+    copy_max_js: float = 1e-4
+    """Two experts whose mean Jensen–Shannon divergence (bits) is at most this are copies; the later one is flagged."""
+    max_bpb: float = 7.9
+    """An expert scoring this many bits per byte or more is uninformative (uniform is 8) and flagged."""
+    max_missing_fraction: float = 0.5
+    """An expert missing more than this fraction of windows is flagged for timeouts."""
+    register_timeout: float = 60.0
+    """Seconds to wait for the ledger to confirm this validator's registration and stake."""
+
+
+@dataclass
+class LedgerHostConfig:
+    enabled: bool = False
+    """Register nodes on the ledger through the DHT (set by the local network, which hosts the ledger)."""
+    netuid: int = 0
+    """Ledger subnet the mixture's miners register on and validators weigh (domains are discovery netuids in it)."""
+    block_interval: float = 0.25
+    """Wall seconds between blocks (the accelerated clock of a local run)."""
+    tempo: int = 20
+    """Blocks per ledger epoch (Yuma consensus and payout at its last block)."""
+    difficulty: int = 64
+    """Proof-of-work difficulty of a registration (expected hashes)."""
+    host: str = ""
+    """Hex hotkey address of the ledger host whose signed head nodes trust; empty trusts any signed head."""
+    register_timeout: float = 60.0
+    """Seconds an expert waits for its registration to appear in the ledger head before serving unregistered."""
+
+
+@dataclass
 class RunConfig:
     role: str = "network"
     """network (a whole local network), expert, seed, router, validator, bootstrap or baseline."""
@@ -99,9 +142,20 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     baselines: bool = True
     """Train the solo and dense baselines of the summary."""
+    validator: ValidatorConfig = field(default_factory=ValidatorConfig)
+    ledger: LedgerHostConfig = field(default_factory=LedgerHostConfig)
+    validators: list[float] = field(default_factory=lambda: [1000.0, 300.0])
+    """Stakes (TAO) of the validators the local network starts after the router; empty starts none."""
+    adversaries: list[str] = field(default_factory=list)
+    """Adversarial experts the local network adds: copycat (serves another expert's outputs), noise (random)."""
+    adversary: str = ""
+    """This expert node's adversarial behaviour (copycat or noise); empty is an honest expert."""
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got '{self.role}'")
         if self.role == "expert" and not self.subnet:
             raise ValueError("role=expert needs subnet=NAME")
+        bad = [a for a in [*self.adversaries, *([self.adversary] if self.adversary else [])] if a not in ADVERSARIES]
+        if bad:
+            raise ValueError(f"unknown adversary {bad[0]!r}; known: {', '.join(ADVERSARIES)}")

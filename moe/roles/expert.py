@@ -72,6 +72,10 @@ def _branch_from_seed(cfg: RunConfig, run_dir: Path, dht) -> tuple[callable, str
 
 
 def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: int = 0) -> int:
+    if cfg.adversary:
+        from moe.roles.adversary import run_adversary
+
+        return run_adversary(cfg, subnets, run_dir)
     subnet = subnets[cfg.subnet]
     name = f"expert-{subnet.name}"
     out = expert_dir(run_dir, subnet.name)
@@ -89,6 +93,16 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         status.update(phase="joining")
         net = cfg.network
         dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
+    registered_at = 0
+    if dht is not None and cfg.ledger.enabled:  # the ledger gives the uid this expert announces
+        from moe.net.ledger_feed import register_on_ledger
+
+        status.update(phase="registering")
+        try:
+            lc = cfg.ledger
+            uid, registered_at, _ = register_on_ledger(dht, hotkey, 0, lc.register_timeout, lc.host or None)
+        except TimeoutError as e:
+            logger.warning("%s; serving as uid %d, unregistered (validators give it no weight)", e, uid)
     status.update(phase="fetching seed")
     init, origin = _branch_from_seed(cfg, run_dir, dht)
     logger.info("%s branches from %s", name, origin)
@@ -128,6 +142,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
                 train_step=progress["step"],
                 claimed_eval_bpb=progress["bpb"],
                 signature_centroid=centroid,
+                registered_at=float(registered_at),
                 expiration=get_dht_time() + cfg.network.announce_ttl,
             )
 

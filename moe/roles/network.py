@@ -21,6 +21,7 @@ import yaml
 
 from moe.config import to_dict
 from moe.corpus import Subnet, SourceUnavailable
+from moe.roles.adversary import adversary_dir
 from moe.roles.baseline import baseline_dir
 from moe.roles.common import StatusBoard, subnet_folder, write_json
 from moe.roles.expert import expert_dir
@@ -128,6 +129,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
     peers = visible_maddrs(dht, cfg.network.host)
     write_json(run_dir / "bootstrap.json", {"initial_peers": peers})
     base = [f"run_id={cfg.run_id}", f"out_dir={cfg.out_dir}", f"initial_peers={','.join(peers)}"]
+    feed, validators = _start_ledger(cfg, run_dir, dht, base)
     nodes = Nodes(run_dir, entry, config_path, base)
     display = _Display(run_dir, console)
     try:
@@ -142,8 +144,20 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
                 nodes.start(f"baseline-{kind}", ["role=baseline", f"baseline={kind}"], _child_env(len(experts)))
                 baselines.append(f"baseline-{kind}")
         nodes.wait_for(experts, lambda n: (expert_dir(run_dir, n.split("-", 1)[1]) / "serving.json").exists(), 7200, display)
+        adversaries = [f"expert-{cfg.subnets[0]}-{kind}" for kind in cfg.adversaries]
+        for kind, name in zip(cfg.adversaries, adversaries, strict=True):  # after the honest experts registered
+            nodes.start(name, ["role=expert", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
+        adversary_done = lambda n: (adversary_dir(run_dir, n.rsplit("-", 1)[1]) / "result.json").exists()  # noqa: E731
+        nodes.wait_for(adversaries, adversary_done, 600, display)
         nodes.start("router", ["role=router"], _child_env(0))
         nodes.wait_for(["router"], lambda n: (router_dir(run_dir) / "result.json").exists(), 3600, display)
+        for name, (key, stake) in validators.items():
+            nodes.start(name, ["role=validator", f"validator.stake={stake}", f"hotkey_path={key}"], _child_env(0))
+        nodes.wait_for(list(validators), lambda n: nodes.procs[n].poll() == 0, 3600, display)
+        if feed is not None:  # one more ledger epoch, so the last weights are paid out
+            tempo = cfg.ledger.tempo
+            paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo  # noqa: E731
+            feed.wait(paid, 60 + tempo * cfg.ledger.block_interval)
         nodes.wait_for(baselines, lambda n: (baseline_dir(run_dir, n.split("-", 1)[1]) / "result.json").exists(), 7200, display)
     except NodeFailed as e:
         display.stop()
@@ -152,12 +166,36 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
     finally:
         display.stop()
         nodes.stop_all()
+        if feed is not None:
+            feed.stop()
         dht.shutdown()
     summary = build_summary(cfg, run_dir, wall_seconds=time.time() - t0)
     write_json(run_dir / "summary.json", summary)
     print_summary(summary, console)
     console.print(f"summary: {run_dir / 'summary.json'}")
     return 0
+
+
+def _start_ledger(cfg: RunConfig, run_dir: Path, dht, base: list[str]):
+    """Host the ledger in this process when the run has validators: their keys, a genesis funding their stakes, and
+    the DHT feed; children are told to register. Returns (feed or None, {validator name: (key path, stake TAO)})."""
+    if not cfg.validators:
+        return None, {}
+    from moe.identity import Hotkey
+    from moe.ledger import RAO_PER_TAO
+    from moe.net.ledger_feed import LedgerFeed, local_genesis
+
+    lc = cfg.ledger
+    validators, balances = {}, {}
+    for k, stake in enumerate(cfg.validators):
+        key = run_dir / "keys" / f"validator-{k}.key"
+        balances[Hotkey.load_or_create(key).address] = int(round(stake * RAO_PER_TAO))
+        validators[f"validator-{k}"] = (key, stake)
+    host = Hotkey.load_or_create(run_dir / "keys" / "ledger.key")
+    genesis = local_genesis(lc.netuid, lc.block_interval, lc.tempo, lc.difficulty, balances)
+    feed = LedgerFeed(dht, run_dir / "ledger.sqlite", genesis, host, lc.netuid, lc.block_interval).start()
+    base += ["ledger.enabled=true", f"ledger.host={host.address}"]
+    return feed, validators
 
 
 class _Display:

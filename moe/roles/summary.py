@@ -16,6 +16,7 @@ from moe.roles.baseline import baseline_dir
 from moe.roles.expert import expert_dir
 from moe.roles.router_node import router_dir
 from moe.roles.seed import seed_dir
+from moe.roles.validation_summary import validation_checks, validation_summary
 from moe.run_config import RunConfig
 
 
@@ -44,6 +45,9 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
                 "adversary": r.get("adversary"),
             }
         )
+    for r in sorted((_read(p) for p in (run_dir / "adversaries").glob("*/result.json")), key=lambda r: r["adversary"]):
+        keep = ("uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "train_flops", "eval_bpb", "adversary")
+        experts.append({k: r.get(k) for k in keep})
     router = _read(router_dir(run_dir) / "result.json") or {}
     mixture = {"eval_bpb": router.get("eval_bpb", {})}
     honest = [e for e in experts if not e.get("adversary")]
@@ -64,7 +68,9 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
         summary[f"{kind}_baseline"] = (
             {"eval_bpb": b["eval_bpb"], "params": b["params"], "train_flops": seed_flops + b["train_flops"]} if b else None
         )
+    summary.update(validation_summary(run_dir, experts))
     summary["checks"] = _checks(summary)
+    summary["checks"].update(validation_checks(summary))
     return summary
 
 

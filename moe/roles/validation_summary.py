@@ -1,0 +1,93 @@
+"""The validation part of `summary.json`: what validators measured, what they weighed, and what the ledger paid.
+
+Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `weights` {validator hotkey: {uid:
+u16}}, `rewards` {hotkey: TAO earned by each expert (display float; the ledger holds rao)}, `ledger` {path, height,
+head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators` [{hotkey, stake_tao, flags}]. Checks:
+`rewards_rank_like_contributions` (Spearman ≥ 0.9 over honest experts) and `adversaries_emission_share` (< 1% of
+the miners' emission) with the figures behind them. A run without validators adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MIN_SPEARMAN = 0.9
+MAX_ADVERSARY_SHARE = 0.01
+
+
+def validation_summary(run_dir: Path, experts: list[dict]) -> dict[str, Any]:
+    results = [json.loads(p.read_text()) for p in sorted((run_dir / "validators").glob("*/result.json"))]
+    if not results:
+        return {}
+    total_stake = sum(r["stake_tao"] for r in results) or 1.0
+    keys = sorted({hk for r in results for hk in r["contribution"]})
+    contribution = {
+        hk: sum(r["stake_tao"] * r["contribution"].get(hk, 0.0) for r in results) / total_stake for hk in keys
+    }
+    out: dict[str, Any] = {
+        "contribution": contribution,
+        "weights": {r["hotkey"]: r["weights"] for r in results},
+        "validators": [{"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"]} for r in results],
+    }
+    path = run_dir / "ledger.sqlite"
+    if path.is_file():
+        out.update(_ledger_figures(path, [e["hotkey"] for e in experts]))
+    return out
+
+
+def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
+    """Experts' earnings and the chain's head, read from a replay of the file (and a full verification)."""
+    from moe.ledger import RAO_PER_TAO, Ledger, verify_ledger
+
+    report = verify_ledger(path, workers=0)
+    with Ledger.open(path) as ledger:
+        miner_emission = 0
+        for blk in ledger.blocks():
+            for rec in blk.records:
+                if rec.get("kind") == "epoch":
+                    miner_emission += sum(rec["miner_payouts"])
+        return {
+            "rewards": {hk: ledger.balance(hk) / RAO_PER_TAO for hk in hotkeys},
+            "ledger": {
+                "path": str(path),
+                "height": ledger.height,
+                "head_hash": ledger.head_hash,
+                "total_issuance": ledger.total_issuance,
+                "total_issuance_tao": ledger.total_issuance / RAO_PER_TAO,
+                "miner_emission_tao": miner_emission / RAO_PER_TAO,
+                "verified": str(report),
+            },
+        }
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation with average ranks for ties; NaN when either side is constant or too short."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def validation_checks(s: dict[str, Any]) -> dict[str, Any]:
+    if "rewards" not in s:
+        return {}
+    honest = [e["hotkey"] for e in s["experts"] if not e.get("adversary")]
+    adversaries = [e["hotkey"] for e in s["experts"] if e.get("adversary")]
+    rho = spearman([s["rewards"].get(hk, 0.0) for hk in honest], [s["contribution"].get(hk, 0.0) for hk in honest])
+    miners = s["ledger"]["miner_emission_tao"]
+    adv = sum(s["rewards"].get(hk, 0.0) for hk in adversaries)
+    share = adv / miners if miners > 0 else math.nan
+    return {
+        "rewards_spearman_honest": None if math.isnan(rho) else round(rho, 4),
+        "rewards_rank_like_contributions": (not math.isnan(rho)) and rho >= MIN_SPEARMAN,
+        "adversaries_emission_share": None if math.isnan(share) else round(share, 6),
+        "adversaries_below_1pct": (not math.isnan(share)) and share < MAX_ADVERSARY_SHARE,
+        "ledger_verifies": s["ledger"]["verified"].startswith("ok"),
+    }

@@ -1,0 +1,135 @@
+"""The tiny local network end to end: `python train.py configs/tiny.yaml` as a real multi-process hivemind run.
+
+One run (seed, four expert nodes and a router, each its own OS process, talking over loopback) is shared by the
+tests of this module; the solo baseline role is then run alone on the same run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from moe.config import parse_args
+from moe.roles.summary import build_summary
+from moe.run_config import RunConfig
+
+from .conftest import Procs
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT = 300.0
+"""Seconds the whole tiny network may take (about 40 on 2 busy cores)."""
+
+
+@dataclass
+class NetworkRun:
+    run_dir: Path
+    result: object
+    summary: dict
+    leftovers: list
+    procs: Procs
+
+
+@pytest.fixture(scope="module")
+def network_run(tmp_path_factory) -> Iterator[NetworkRun]:
+    out = tmp_path_factory.mktemp("net")
+    procs = Procs(out / "proc-logs")
+    try:
+        result = procs.run([f"out_dir={out}", "run_id=t", "baselines=false"], timeout=RUN_TIMEOUT)
+        leftovers = procs.wait_gone(timeout=15.0)  # the network must stop all its nodes and daemons itself
+        summary_path = out / "t" / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        yield NetworkRun(out / "t", result, summary, [(p.pid, p.name()) for p in leftovers], procs)
+    finally:
+        procs.reap()
+
+
+def _ok(run: NetworkRun) -> None:
+    assert run.result.returncode == 0, f"train.py exited {run.result.returncode}:\n{run.result.stderr[-3000:]}"
+
+
+def test_network_exits_zero_and_leaves_no_process(network_run):
+    """The local network exits 0 and no node, DHT process or p2pd daemon of it outlives it."""
+    _ok(network_run)
+    assert network_run.leftovers == []
+
+
+def test_summary_schema(network_run):
+    """summary.json carries the run, its config, every expert's identity and scores, the mixture and the baselines."""
+    _ok(network_run)
+    s = network_run.summary
+    subnets = s["config"]["subnets"]
+    assert s["run_id"] == "t"
+    assert len(subnets) >= 2
+    assert sorted(e["subnet"] for e in s["experts"]) == sorted(subnets)
+    for e in s["experts"]:
+        assert {"uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "eval_bpb"} <= set(e)
+        assert len(e["hotkey"]) == 64 and int(e["hotkey"], 16) >= 0
+        assert e["peer_id"].startswith("12D3Koo")
+        assert e["params"] > 0 and e["train_steps"] == s["config"]["expert_train"]["steps"]
+        assert set(e["eval_bpb"]) == {*subnets, "all"}
+        assert all(math.isfinite(v) and v > 0 for v in e["eval_bpb"].values())
+    assert len({e["hotkey"] for e in s["experts"]}) == len(s["experts"])
+    assert len({e["peer_id"] for e in s["experts"]}) == len(s["experts"])
+    mix = s["mixture"]["eval_bpb"]
+    assert set(mix) == {*subnets, "all"}
+    assert all(math.isfinite(v) and v > 0 for v in mix.values())
+    assert s["best_single"]["subnet"] in subnets
+    assert s["best_single"]["eval_bpb"]["all"] == min(e["eval_bpb"]["all"] for e in s["experts"])
+    assert "solo_baseline" in s and s["solo_baseline"] is None
+    assert "dense_baseline" in s and s["dense_baseline"] is None
+
+
+def test_mixture_beats_every_expert(network_run):
+    """The routed mixture's mean bits per byte over all subnets is below every single expert's."""
+    _ok(network_run)
+    s = network_run.summary
+    mix = s["mixture"]["eval_bpb"]["all"]
+    for e in s["experts"]:
+        assert mix < e["eval_bpb"]["all"], (e["subnet"], mix, e["eval_bpb"]["all"])
+    assert s["checks"]["mixture_beats_every_expert"] is True
+
+
+def test_checkpoints_gate_and_private_keys(network_run):
+    """Every expert's final checkpoint and the router's gate are on disk, and every node key is mode 0600."""
+    _ok(network_run)
+    run_dir, s = network_run.run_dir, network_run.summary
+    for subnet in s["config"]["subnets"]:
+        ckpt = run_dir / "experts" / subnet / "checkpoint"
+        assert (ckpt / "model.safetensors").stat().st_size > 0
+        state = json.loads((ckpt / "state.json").read_text())
+        assert state["step"] == s["config"]["expert_train"]["steps"]
+    gate = run_dir / "router"
+    assert (gate / "gate.safetensors").stat().st_size > 0
+    meta = json.loads((gate / "gate.json").read_text())
+    assert set(meta["slots"]) == {e["hotkey"] for e in s["experts"]}
+    keys = sorted((run_dir / "keys").glob("*.key"))
+    assert {k.stem for k in keys} >= {"seed", *(f"expert-{n}" for n in s["config"]["subnets"])}
+    for k in keys:
+        assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
+
+
+def test_solo_baseline_role_on_the_run(network_run):
+    """`role=baseline baseline=solo` on a finished run trains from its seed and fills solo_baseline in the summary."""
+    _ok(network_run)
+    run_dir = network_run.run_dir
+    args = [f"out_dir={run_dir.parent}", f"run_id={run_dir.name}", "role=baseline", "baseline=solo"]
+    r = network_run.procs.run(args, timeout=180.0)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = parse_args(RunConfig, [str(run_dir / "config.yaml")])
+    summary = build_summary(cfg, run_dir, wall_seconds=0.0)
+    solo = summary["solo_baseline"]
+    assert set(solo["eval_bpb"]) == {*cfg.subnets, "all"}
+    assert solo["params"] == summary["experts"][0]["params"]
+    seed_flops = summary["seed"]["train_flops"]
+    assert seed_flops > 0
+    # the solo baseline has one expert's compute on top of the seed: the same as any single expert node
+    assert solo["train_flops"] == pytest.approx(seed_flops + summary["experts"][0]["train_flops"], rel=0.01)
+    assert isinstance(summary["checks"]["mixture_beats_solo"], bool)
+    assert summary["dense_baseline"] is None
