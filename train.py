@@ -41,6 +41,9 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir = run_directory(cfg)
     node = cfg.role if cfg.role not in ("expert",) else f"expert-{cfg.subnet}"
+    node += f"-{cfg.adversary}" if cfg.adversary else ""
+    if cfg.role == "validator" and cfg.hotkey_path:
+        node = Path(cfg.hotkey_path).stem  # several validators of one run log apart
     setup_logging(run_dir, node)
     try:
         return run_role(cfg, subnets, run_dir)

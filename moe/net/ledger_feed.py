@@ -17,6 +17,7 @@ one-line reason and counted in `rejected`, never stored. Blocks are produced on 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from moe.identity import Hotkey
 from moe.ledger import GenesisConfig, Ledger, WeightSubmission
 from moe.ledger.records import registration_record, stake_record
 from moe.ledger.registration import registration_prefix, solve_pow
+from moe.ledger.weights import canonical_json
 from moe.net.records import MalformedRecord, SignedValue
 
 logger = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ class LedgerFeed:
             head_ttl,
         )
         self.ledger: Ledger | None = None
-        self.seen: set[str] = set()  # signatures already handled, accepted or not
+        self.seen: set[str] = set()  # content hashes of items already handled, accepted or not
         self.accepted: list[tuple[str, str]] = []
         self.rejected: list[tuple[str, str, str]] = []
         self.last_weights_height = -1
@@ -223,6 +225,18 @@ class LedgerFeed:
             self._next_block = now + self.block_interval
             self.publish_head()
 
+    def _first_sight(self, address: str, item: object) -> bool:
+        """True the first time this signer posts this exact item (by content hash, so a tampered copy that keeps a
+        genuine signature cannot shadow the genuine record)."""
+        try:
+            digest = hashlib.sha256(address.encode() + canonical_json(item)).hexdigest()
+        except (TypeError, ValueError):
+            digest = f"{address}:{item!r}"
+        if digest in self.seen:
+            return False
+        self.seen.add(digest)
+        return True
+
     def _reject(self, kind: str, who: str, reason: str) -> None:
         logger.warning("rejected %s from %s: %s", kind, who[:16], reason)
         self.rejected.append((kind, who, reason))
@@ -235,11 +249,11 @@ class LedgerFeed:
                 self._reject("inbox", address, "payload has no list of records")
                 continue
             for rec in records:
-                sig = rec.get("signature") if isinstance(rec, dict) else None
-                if not isinstance(sig, str) or sig in self.seen:
+                if not self._first_sight(address, rec):
                     continue
-                self.seen.add(sig)
-                if rec.get("hotkey") != address:
+                if not isinstance(rec, dict):
+                    self._reject("inbox", address, "record is not a JSON object")
+                elif rec.get("hotkey") != address:
                     self._reject(str(rec.get("kind")), address, "record acts for another hotkey")
                 elif self.ledger.submit(rec):
                     self.accepted.append((str(rec.get("kind")), address))
@@ -254,10 +268,8 @@ class LedgerFeed:
                 self._reject("weights", address, "payload has no list of submissions")
                 continue
             for d in subs:
-                sig = d.get("signature") if isinstance(d, dict) else None
-                if not isinstance(sig, str) or sig in self.seen:
+                if not self._first_sight(address, d):
                     continue
-                self.seen.add(sig)
                 try:
                     sub = WeightSubmission.from_dict(d)
                 except ValueError as e:

@@ -29,7 +29,7 @@ from moe.poi.cheats import CheatConfig, detect_cheats
 from moe.poi.commit import draw_windows, make_commit, new_seed
 from moe.poi.scoring import shapley_weights
 from moe.poi.shapley import ShapleyConfig, shapley
-from moe.poi.value import MixtureGame, expert_bpb
+from moe.poi.value import UNIFORM_LOGP, MixtureGame, expert_bpb
 from moe.roles.common import StatusBoard, subnet_tokens, write_json
 from moe.run_config import RunConfig, ValidatorConfig
 
@@ -74,7 +74,11 @@ def score_experts(
     value of the expert it copies.
     """
     E, W, T, V = dists.shape
-    logp = dists.gather(-1, y.long()[None, :, :, None].expand(E, W, T, 1)).squeeze(-1)  # (E, W, T)
+    byte = y < V  # (W, T) special-token targets (EOS) are not bytes: p = 1 for everyone and the reference alike
+    yc = y.long().clamp(max=V - 1)
+    logp = dists.gather(-1, yc[None, :, :, None].expand(E, W, T, 1)).squeeze(-1)  # (E, W, T)
+    logp = torch.where(byte, logp, torch.zeros(()))
+    ref = torch.where(byte, UNIFORM_LOGP, 0.0).double()  # (W, T)
     order = sorted(range(E), key=lambda i: registration[i])
     rank = [order.index(i) for i in range(E)]
     cheat_cfg = CheatConfig(
@@ -86,7 +90,7 @@ def score_experts(
     se = torch.zeros(E, dtype=torch.float64)
     mix_bpb = 8.0
     if players:
-        game = MixtureGame(lp[players], pr[players])
+        game = MixtureGame(lp[players], pr[players], reference_logp=ref)
         est = shapley(game, ShapleyConfig(seed=seed))
         phi[players], se[players] = est.values, est.stderr
         mix_bpb = 8.0 - game.value((1 << len(players)) - 1)
