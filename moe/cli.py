@@ -37,6 +37,7 @@ def cmd_generate(argv: list[str]) -> int:
     p.add_argument("--subnets", default="", help="comma-separated subnet names (default: all declared)")
     p.add_argument("--max-new-bytes", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--context", type=int, default=128, help="bytes of context per step (<= the experts' max_seq_len)")
     p.add_argument("--gate", default="", help="a router's saved gate directory (e.g. runs/<id>/router)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the experts to be discovered")
     args = p.parse_args(argv)
@@ -59,7 +60,9 @@ def cmd_generate(argv: list[str]) -> int:
         if args.gate:
             mixture.load(args.gate)
         mixture.wait_for_experts(1, args.timeout)
-        out = mixture.generate(args.prompt, args.max_new_bytes, temperature=args.temperature)
+        out = mixture.generate(
+            args.prompt, args.max_new_bytes, temperature=args.temperature, context_bytes=args.context
+        )
         sys.stdout.write(args.prompt + out.decode("utf-8", errors="replace") + "\n")
     except TimeoutError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -66,7 +66,9 @@ class Hotkey:
             return key
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise IdentityError(f"hotkey file {path} has mode {oct(mode)}; it must be readable by its owner only (0600)")
+            raise IdentityError(
+                f"hotkey file {path} has mode {oct(mode)}; it must be readable by its owner only (0600)"
+            )
         try:
             raw = bytes.fromhex(path.read_text().strip())
             return cls.from_seed(raw)

@@ -145,7 +145,9 @@ def route_and_mix(
     return MixOutput(logp=mixed, gate_logits=scores.logits, chosen=chosen, answered=answered, keys=keys)
 
 
-def gate_loss(out: MixOutput, y: torch.Tensor, probe_len: int, balance_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gate_loss(
+    out: MixOutput, y: torch.Tensor, probe_len: int, balance_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixture NLL (nats per byte, bytes only) plus the load-balancing term; returns (total, nll)."""
     mask = y < 256
     picked = out.logp.gather(-1, y.clamp(max=255).unsqueeze(-1)).squeeze(-1)  # (B, T)

@@ -155,8 +155,9 @@ class ByteLM(nn.Module):
         B, T = idx.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} bytes exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[:T].to(self.embed_tokens.weight.dtype), self.rope_sin[:T].to(
-            self.embed_tokens.weight.dtype
+        cos, sin = (
+            self.rope_cos[:T].to(self.embed_tokens.weight.dtype),
+            self.rope_sin[:T].to(self.embed_tokens.weight.dtype),
         )
         x = self.embed_tokens(idx)  # (B, T, C)
         aux = x.new_zeros((), dtype=torch.float32)
@@ -167,7 +168,7 @@ class ByteLM(nn.Module):
         return (logits, aux) if return_aux else logits
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the active non-embedding weights and the head, plus 12·L·d·T attention (PaLM, appendix B)."""
+        """Training FLOPs per token: 6N for the active weights and the head, plus 12·L·d·T attention (PaLM, app. B)."""
         cfg = self.config
         n = self.num_params() - self.embed_tokens.weight.numel()
         if cfg.moe_experts > 0:  # only top_k of the experts' FFN weights are active per token

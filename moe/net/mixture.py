@@ -103,13 +103,16 @@ class Mixture:
         return route_and_mix(self.gate, x, entries, self.call, self.rc.k_best, self.rc.probe_len).logp
 
     @torch.no_grad()
-    def generate(self, prompt: str, max_new_bytes: int, temperature: float = 1.0, seed: int = 0) -> bytes:
-        """Sample bytes after `prompt`, one mixture call per byte (each call re-routes on the longer context)."""
+    def generate(
+        self, prompt: str, max_new_bytes: int, temperature: float = 1.0, seed: int = 0, context_bytes: int = 128
+    ) -> bytes:
+        """Sample bytes after `prompt`, one mixture call per byte (each call re-routes on the last `context_bytes`,
+        which must not exceed the experts' max_seq_len: servers refuse longer sequences)."""
         g = torch.Generator().manual_seed(seed)
         ids = encode(prompt).astype("int64").tolist() or [ord("\n")]
         out = []
         for _ in range(max_new_bytes):
-            x = torch.tensor([ids[-256:]], dtype=torch.long)
+            x = torch.tensor([ids[-context_bytes:]], dtype=torch.long)
             logp = self.log_probs(x)[0, -1] / max(temperature, 1e-6)
             nxt = int(torch.multinomial(torch.softmax(logp, -1), 1, generator=g))
             ids.append(nxt)
@@ -139,14 +142,22 @@ class Mixture:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.gate.state_dict().items()}, directory / "gate.safetensors")
-        meta = {"slots": self.slots.slot_of, "d_gate": self.rc.d_gate, "records": [r.payload() for r in self.records()]}
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.gate.state_dict().items()}, directory / "gate.safetensors"
+        )
+        meta = {
+            "slots": self.slots.slot_of,
+            "d_gate": self.rc.d_gate,
+            "records": [r.payload() for r in self.records()],
+        }
         (directory / "gate.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
     def load(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.gate.load_state_dict(load_file(directory / "gate.safetensors"))
-        self.slots.slot_of = {str(k): int(v) for k, v in json.loads((directory / "gate.json").read_text())["slots"].items()}
+        self.slots.slot_of = {
+            str(k): int(v) for k, v in json.loads((directory / "gate.json").read_text())["slots"].items()
+        }
 
     def shutdown(self) -> None:
         self.directory.stop()

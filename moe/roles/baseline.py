@@ -53,6 +53,10 @@ def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, kind
         blended_batches_from(cfg, subnets, train, seed=cfg.seed + 2000),
         baseline_dir(run_dir, kind),
         init=lambda model: load_model_bytes(model, seed_blob.read_bytes(), expected, source=str(seed_blob)),
-        extra_result={"kind": kind, "seed_flops": seed_flops, "expert_equivalents": expert_steps / cfg.expert_train.steps},
+        extra_result={
+            "kind": kind,
+            "seed_flops": seed_flops,
+            "expert_equivalents": expert_steps / cfg.expert_train.steps,
+        },
     )
     return 0

@@ -127,7 +127,9 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         from moe.net.records import ExpertRecord
         from moe.net.server import ExpertServer, ServerConfig
 
-        server = ExpertServer(model, ServerConfig(kind="lm"), dht=dht).start()
+        # the direct TCP path listens where the node does; a wildcard host cannot be advertised, so P2P only then
+        direct_host = None if cfg.network.host in ("0.0.0.0", "::", "") else cfg.network.host
+        server = ExpertServer(model, ServerConfig(kind="lm", direct_host=direct_host), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
         summary = model_summary(model)
 

@@ -33,7 +33,9 @@ def validation_sets(cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConf
     return eval_windows(tokens, train.seq_len, train.batch_size, train.eval_batches)
 
 
-def blended_batches_from(cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConfig, seed: int, split: str = "train"):
+def blended_batches_from(
+    cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConfig, seed: int, split: str = "train"
+):
     """Batches drawn evenly from every subnet of the run (the union of the data), positioned at any step."""
     tokens = [subnet_tokens(subnets[name], split, cfg.data) for name in cfg.subnets]
 

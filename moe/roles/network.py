@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from moe.config import to_dict
-from moe.corpus import Subnet, SourceUnavailable
+from moe.corpus import SourceUnavailable, Subnet
 from moe.roles.adversary import adversary_dir
 from moe.roles.baseline import baseline_dir
 from moe.roles.common import StatusBoard, subnet_folder, write_json
@@ -143,7 +143,9 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
             for kind in ("dense", "solo"):
                 nodes.start(f"baseline-{kind}", ["role=baseline", f"baseline={kind}"], _child_env(len(experts)))
                 baselines.append(f"baseline-{kind}")
-        nodes.wait_for(experts, lambda n: (expert_dir(run_dir, n.split("-", 1)[1]) / "serving.json").exists(), 7200, display)
+        nodes.wait_for(
+            experts, lambda n: (expert_dir(run_dir, n.split("-", 1)[1]) / "serving.json").exists(), 7200, display
+        )
         adversaries = [f"expert-{cfg.subnets[0]}-{kind}" for kind in cfg.adversaries]
         for kind, name in zip(cfg.adversaries, adversaries, strict=True):  # after the honest experts registered
             nodes.start(name, ["role=expert", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
@@ -158,7 +160,9 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
             tempo = cfg.ledger.tempo
             paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo  # noqa: E731
             feed.wait(paid, 60 + tempo * cfg.ledger.block_interval)
-        nodes.wait_for(baselines, lambda n: (baseline_dir(run_dir, n.split("-", 1)[1]) / "result.json").exists(), 7200, display)
+        nodes.wait_for(
+            baselines, lambda n: (baseline_dir(run_dir, n.split("-", 1)[1]) / "result.json").exists(), 7200, display
+        )
     except NodeFailed as e:
         display.stop()
         console.print(f"[red]error:[/red] {e}")

@@ -56,7 +56,11 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
         "run_id": cfg.run_id,
         "config": to_dict(cfg),
         "wall_seconds": round(wall_seconds, 1),
-        "seed": {"eval_bpb": seed.get("eval_bpb", {}), "train_steps": seed.get("train_steps"), "train_flops": seed_flops},
+        "seed": {
+            "eval_bpb": seed.get("eval_bpb", {}),
+            "train_steps": seed.get("train_steps"),
+            "train_flops": seed_flops,
+        },
         "experts": experts,
         "mixture": mixture,
         "best_single": (
@@ -66,7 +70,9 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
     for kind in ("solo", "dense"):
         b = _read(baseline_dir(run_dir, kind) / "result.json")
         summary[f"{kind}_baseline"] = (
-            {"eval_bpb": b["eval_bpb"], "params": b["params"], "train_flops": seed_flops + b["train_flops"]} if b else None
+            {"eval_bpb": b["eval_bpb"], "params": b["params"], "train_flops": seed_flops + b["train_flops"]}
+            if b
+            else None
         )
     summary.update(validation_summary(run_dir, experts))
     summary["checks"] = _checks(summary)

@@ -56,14 +56,16 @@ class Procs:
         self.procs[name] = p
         return p
 
-    def run(self, args: list[str], timeout: float, netns: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, args: list[str], timeout: float, netns: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a node to completion, capturing its output; its process group is killed if it overruns `timeout`."""
         p = subprocess.Popen(
             self.command(args, netns),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.env(),
+            env=self.env(**(env or {})),
             cwd=ROOT,
             start_new_session=True,
         )
@@ -116,6 +118,8 @@ class Procs:
             try:
                 if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
                     continue
+                if p.name() == "torch_shm_manager" and p.ppid() == os.getpid():
+                    continue  # ours, spawned with the tag while a DHT started; killing it aborts us at exit
                 if p.environ().get(TAG_VAR) == self.tag:
                     out.append(p)
             except (psutil.Error, OSError):

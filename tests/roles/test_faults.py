@@ -138,7 +138,7 @@ def _batch() -> torch.Tensor:
 
 @pytest.mark.slow
 def test_killed_expert_is_skipped_then_expires(mini):
-    """After SIGKILL of one expert the mixture still returns normalized log-probs without it, and its record expires."""
+    """After SIGKILL of one expert the mixture still gives normalized log-probs without it; its record then expires."""
     m, x = mini.mixture, _batch()
     _assert_distribution(m.log_probs(x), tuple(x.shape))
     victim = _serving(mini.run_dir, VICTIM)
@@ -169,7 +169,7 @@ def test_killed_expert_is_skipped_then_expires(mini):
 
 @pytest.mark.slow
 def test_restarted_expert_rejoins_with_same_hotkey(mini):
-    """A crashed expert restarted on its run directory resumes its checkpoint and rejoins under its hotkey, new peer id."""
+    """A crashed expert restarted on its run dir resumes its checkpoint and rejoins: same hotkey, new peer id."""
     m, x = mini.mixture, _batch()
     name = f"expert-{VICTIM}"
     if mini.procs.procs[name].poll() is None:
