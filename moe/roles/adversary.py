@@ -73,8 +73,8 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
     from moe.net.join import start_dht
     from moe.net.ledger_feed import register_on_ledger
     from moe.net.records import ExpertRecord
-    from moe.net.server import ExpertServer, ServerConfig
-    from moe.roles.expert import model_summary
+    from moe.net.server import ExpertServer
+    from moe.roles.expert import model_summary, serving_config
 
     kind, subnet = cfg.adversary, subnets[cfg.subnet]
     name = f"expert-{subnet.name}-{kind}"
@@ -103,7 +103,7 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
             logger.info("copycat relays expert %s", victim.hotkey[:16])
         else:
             module = NoiseLM(cfg.seed)
-        server = ExpertServer(module, ServerConfig(kind="lm"), dht=dht).start()
+        server = ExpertServer(module, serving_config(cfg.network), dht=dht).start()
         summary = model_summary(ByteLM(cfg.model))  # claims an honest expert's shape
 
         def record() -> ExpertRecord:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moe.checkpoint import CheckpointError, load_checkpoint, load_model_bytes
+from moe.checkpoint import load_checkpoint, load_model_bytes
 from moe.corpus import Subnet
 from moe.data import ByteBatches
 from moe.identity import Hotkey
@@ -20,7 +20,7 @@ from moe.model import ByteLM, config_dict
 from moe.roles.common import StatusBoard, batches_from, subnet_tokens, write_json
 from moe.roles.lm_job import run_lm_job
 from moe.roles.seed import seed_dir, wait_for_stop
-from moe.run_config import RunConfig
+from moe.run_config import NetworkConfig, RunConfig
 from moe.signature import domain_centroid
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 def expert_dir(run_dir: Path, subnet: str) -> Path:
     return run_dir / "experts" / subnet
+
+
+def serving_config(network: NetworkConfig):
+    """How a node serves its LM: the direct TCP path listens where the node does; a wildcard host cannot be
+    advertised to peers, so such a node is reached over P2P only."""
+    from moe.net.server import ServerConfig
+
+    direct_host = None if network.host in ("0.0.0.0", "::", "") else network.host
+    return ServerConfig(kind="lm", direct_host=direct_host)
 
 
 def model_summary(model: ByteLM) -> dict:
@@ -125,11 +134,9 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
 
         from moe.net.discovery import Heartbeat
         from moe.net.records import ExpertRecord
-        from moe.net.server import ExpertServer, ServerConfig
+        from moe.net.server import ExpertServer
 
-        # the direct TCP path listens where the node does; a wildcard host cannot be advertised, so P2P only then
-        direct_host = None if cfg.network.host in ("0.0.0.0", "::", "") else cfg.network.host
-        server = ExpertServer(model, ServerConfig(kind="lm", direct_host=direct_host), dht=dht).start()
+        server = ExpertServer(model, serving_config(cfg.network), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
         summary = model_summary(model)
 
@@ -179,9 +186,6 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
             write_json(out / "serving.json", {"peer_id": str(server.peer_id), "hotkey": hotkey.address})
             status.update(phase="serving")
             wait_for_stop()
-    except CheckpointError as e:
-        logger.error("%s", e)
-        raise
     finally:
         if heartbeat is not None:
             heartbeat.stop()

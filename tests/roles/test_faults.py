@@ -31,7 +31,7 @@ SUBNETS = ["english", "code", "math"]
 VICTIM = "math"
 FORWARD_TIMEOUT = 4.0
 """Seconds the mixture waits for an expert before skipping it."""
-ANNOUNCE_TTL = 4.0
+ANNOUNCE_TTL = 6.0
 """Seconds an expert's DHT record outlives its last heartbeat."""
 GOOD_PEER_ID = "12D3KooWHnXW9WRA1WkkdHa1o5ahz6jVG39Z3eMovjEvXTFW9rN1"
 """A well-formed peer id nobody here owns."""
@@ -229,3 +229,15 @@ def test_malformed_initial_peer_is_a_one_line_error(procs, tmp_path, addr):
     assert r.returncode == 1, r.stderr[-3000:]
     line = _error_line(r)
     assert line.startswith("error: bad initial peer") and addr in line
+
+
+def test_corrupt_seed_checkpoint_is_a_one_line_error(procs, tmp_path):
+    """An expert given a corrupt seed checkpoint exits 1 with one `error:` line naming the file, nothing else."""
+    seed = tmp_path / "seed.bin"
+    noise = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    seed.write_bytes(noise.numpy().tobytes())
+    args = ["role=expert", "subnet=english", f"out_dir={tmp_path}", "run_id=c", f"seed_checkpoint={seed}"]
+    r = procs.run(args, timeout=120.0)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [_error_line(r)]
+    assert _error_line(r).startswith("error: seed ") and str(seed) in _error_line(r)
