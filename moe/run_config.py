@@ -141,8 +141,6 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     baselines: bool = True
-    dense_cpu_threads: int = 0
-    """CPU threads of the dense baseline, which runs on alone once the experts are done; 0 keeps expert_train's."""
     """Train the solo and dense baselines of the summary."""
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     ledger: LedgerHostConfig = field(default_factory=LedgerHostConfig)

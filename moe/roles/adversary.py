@@ -66,15 +66,13 @@ class RelayLM(nn.Module):
 
 def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
     from hivemind.p2p import PeerID
-    from hivemind.utils import get_dht_time
 
     from moe.net.client import ClientConfig, SyncExpertClient
-    from moe.net.discovery import ExpertDirectory, Heartbeat
+    from moe.net.discovery import ExpertDirectory
     from moe.net.join import start_dht
     from moe.net.ledger_feed import register_on_ledger
-    from moe.net.records import ExpertRecord
     from moe.net.server import ExpertServer
-    from moe.roles.expert import model_summary, serving_config
+    from moe.roles.expert import model_summary, serving_config, start_heartbeat
 
     kind, subnet = cfg.adversary, subnets[cfg.subnet]
     name = f"expert-{subnet.name}-{kind}"
@@ -105,23 +103,9 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
             module = NoiseLM(cfg.seed)
         server = ExpertServer(module, serving_config(cfg.network), dht=dht).start()
         summary = model_summary(ByteLM(cfg.model))  # claims an honest expert's shape
-
-        def record() -> ExpertRecord:
-            return ExpertRecord(
-                uid=uid,
-                hotkey=hotkey.address,
-                subnet=subnet.name,
-                netuid=subnet.netuid,
-                peer_id=str(server.peer_id),
-                model=summary,
-                train_step=cfg.expert_train.steps,
-                claimed_eval_bpb=1.0,
-                signature_centroid=centroid,
-                registered_at=float(registered_at),
-                expiration=get_dht_time() + net.announce_ttl,
-            )
-
-        heartbeat = Heartbeat(dht, record, hotkey, interval=net.heartbeat_interval, ttl=net.announce_ttl).start()
+        claims = (cfg.expert_train.steps, 1.0)  # and a trained expert's progress and score
+        identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
+        heartbeat = start_heartbeat(dht, server, hotkey, summary, net, lambda: claims, **identity)
         result = {
             "uid": uid,
             "hotkey": hotkey.address,

@@ -37,8 +37,6 @@ def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, kind
         raise FileNotFoundError(f"baseline {kind} needs the run's seed at {seed_blob}; train the seed first")
     expert_steps = cfg.expert_train.steps * (1 if kind == "solo" else n_experts)
     train = dataclasses.replace(cfg.expert_train, steps=expert_steps)
-    if kind == "dense" and cfg.dense_cpu_threads > 0:
-        train.cpu_threads = cfg.dense_cpu_threads
     if train.eval_interval:
         train.eval_interval = max(train.eval_interval, expert_steps // 4)
     seed_result = seed_dir(run_dir) / "result.json"

@@ -39,6 +39,44 @@ def serving_config(network: NetworkConfig):
     return ServerConfig(kind="lm", direct_host=direct_host)
 
 
+def start_heartbeat(
+    dht,
+    server,
+    hotkey: Hotkey,
+    summary: dict,
+    network: NetworkConfig,
+    progress,
+    *,
+    uid,
+    subnet,
+    centroid,
+    registered_at,
+):
+    """Announce a served expert in the DHT by heartbeat; `progress()` gives (train_step, claimed bpb) at each beat."""
+    from hivemind.utils import get_dht_time
+
+    from moe.net.discovery import Heartbeat
+    from moe.net.records import ExpertRecord
+
+    def record() -> ExpertRecord:
+        step, bpb = progress()
+        return ExpertRecord(
+            uid=uid,
+            hotkey=hotkey.address,
+            subnet=subnet.name,
+            netuid=subnet.netuid,
+            peer_id=str(server.peer_id),
+            model=summary,
+            train_step=step,
+            claimed_eval_bpb=bpb,
+            signature_centroid=centroid,
+            registered_at=float(registered_at),
+            expiration=get_dht_time() + network.announce_ttl,
+        )
+
+    return Heartbeat(dht, record, hotkey, interval=network.heartbeat_interval, ttl=network.announce_ttl).start()
+
+
 def model_summary(model: ByteLM) -> dict:
     c = model.config
     return {
@@ -130,33 +168,20 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         nonlocal server, heartbeat
         if dht is None:
             return
-        from hivemind.utils import get_dht_time
-
-        from moe.net.discovery import Heartbeat
-        from moe.net.records import ExpertRecord
         from moe.net.server import ExpertServer
 
         server = ExpertServer(model, serving_config(cfg.network), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
-        summary = model_summary(model)
-
-        def record() -> ExpertRecord:
-            return ExpertRecord(
-                uid=uid,
-                hotkey=hotkey.address,
-                subnet=subnet.name,
-                netuid=subnet.netuid,
-                peer_id=str(server.peer_id),
-                model=summary,
-                train_step=progress["step"],
-                claimed_eval_bpb=progress["bpb"],
-                signature_centroid=centroid,
-                registered_at=float(registered_at),
-                expiration=get_dht_time() + cfg.network.announce_ttl,
-            )
-
-        net = cfg.network
-        heartbeat = Heartbeat(dht, record, hotkey, interval=net.heartbeat_interval, ttl=net.announce_ttl).start()
+        identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
+        heartbeat = start_heartbeat(
+            dht,
+            server,
+            hotkey,
+            model_summary(model),
+            cfg.network,
+            lambda: (progress["step"], progress["bpb"]),
+            **identity,
+        )
 
     def init_and_serve(model: ByteLM) -> None:
         init(model)
