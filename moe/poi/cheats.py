@@ -72,10 +72,27 @@ def screen_replies(
     return lp, pr, flagged
 
 
-def flag_uninformative(logp: torch.Tensor, present: torch.Tensor | None = None, max_bpb: float = 7.9) -> torch.Tensor:
-    """(E,) True for experts whose own bits per byte on the windows they answered is ≥ `max_bpb` (noise, uniform)."""
-    bpb = expert_bpb(logp, present)
-    return torch.nan_to_num(bpb, nan=0.0) >= max_bpb
+def flag_uninformative(
+    logp: torch.Tensor,
+    present: torch.Tensor | None = None,
+    max_bpb: float = 7.9,
+    groups: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(E,) True for experts whose own bits per byte is ≥ `max_bpb` (noise, uniform) on every group of windows.
+
+    `groups` (W,) labels each window with its domain: a specialist is terrible outside its domain (a Persian
+    expert scores 10+ bits per byte on code), so only an expert that beats uniform on no domain is uninformative.
+    Without groups all windows form one group.
+    """
+    lp, pr = as_windows(logp, present)
+    if groups is None:
+        return torch.nan_to_num(expert_bpb(lp, pr), nan=0.0) >= max_bpb
+    g = torch.as_tensor(groups)
+    best = torch.full((lp.shape[0],), float("inf"), dtype=torch.float64)
+    for label in g.unique().tolist():
+        bpb = expert_bpb(lp, pr & (g == label).view(1, -1))  # (E,) NaN where an expert answered none of the group
+        best = torch.minimum(best, torch.nan_to_num(bpb.double(), nan=float("inf")))
+    return torch.where(torch.isinf(best), torch.zeros_like(best), best) >= max_bpb
 
 
 def js_divergence(lq1: torch.Tensor, lq2: torch.Tensor) -> torch.Tensor:
@@ -237,6 +254,7 @@ def detect_cheats(
     dists: torch.Tensor | None = None,
     traffic: Sequence[TrafficSample] = (),
     config: CheatConfig | None = None,
+    groups: Sequence[int] | torch.Tensor | None = None,
 ) -> tuple[CheatReport, torch.Tensor, torch.Tensor]:
     """Run every detector → (report, screened (E, W, T) logp, (E, W) presence to pass to the value function)."""
     cfg = config or CheatConfig()
@@ -246,7 +264,7 @@ def detect_cheats(
     lp, pr, malformed = screen_replies(logp, present, cfg.max_logp)
     checks = {
         "malformed": malformed,
-        "uninformative": flag_uninformative(lp, pr, cfg.max_bpb),
+        "uninformative": flag_uninformative(lp, pr, cfg.max_bpb, groups),
         "copy": flag_copies(lp, registration, pr, dists, cfg)[0],
         "timeout": flag_timeouts(pr, cfg.max_missing_fraction),
     }

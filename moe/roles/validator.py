@@ -66,6 +66,7 @@ def score_experts(
     present: torch.Tensor,
     vc: ValidatorConfig,
     seed: int = 0,
+    groups: list[int] | None = None,
 ) -> EpochScore:
     """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
 
@@ -84,7 +85,7 @@ def score_experts(
     cheat_cfg = CheatConfig(
         copy_max_js=vc.copy_max_js, max_bpb=vc.max_bpb, max_missing_fraction=vc.max_missing_fraction
     )
-    report, lp, pr = detect_cheats(list(range(E)), logp, rank, present, dists, config=cheat_cfg)
+    report, lp, pr = detect_cheats(list(range(E)), logp, rank, present, dists, config=cheat_cfg, groups=groups)
     players = [i for i in range(E) if i not in report.flagged]
     phi = torch.zeros(E, dtype=torch.float64)
     se = torch.zeros(E, dtype=torch.float64)
@@ -193,7 +194,11 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
             hotkeys = [r.hotkey for r in records]
             dists, present = query_windows(mixture.call, hotkeys, x, vc.batch_size)
             reg = _registration(records, head)
-            score = score_experts(hotkeys, reg, dists, y, present, vc, seed=int.from_bytes(seed[:4], "big"))
+            domains = sorted(val)
+            groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
+            score = score_experts(
+                hotkeys, reg, dists, y, present, vc, seed=int.from_bytes(seed[:4], "big"), groups=groups
+            )
             weights: dict[int, int] = {}
             if lc.enabled and head is not None:
                 uids = [head.uids[hk][0] for hk in hotkeys if hk in head.uids]

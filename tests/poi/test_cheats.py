@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -219,3 +221,14 @@ def test_router_mismatch_needs_enough_samples_and_hash_only_is_exact():
     req, reply = torch.arange(8), torch.randn(8, 256)
     s = [TrafficSample(9, key.address, req, sign_receipt(key, req, reply), reply + 1e-6) for _ in range(3)]
     assert flag_router_mismatch(s) == {9: 1.0}
+
+
+def test_specialist_judged_on_its_best_domain_is_not_uninformative():
+    """With window domains given, an expert great on one domain and hopeless elsewhere is kept; noise is not."""
+    W, T = 8, 16
+    groups = [0] * 4 + [1] * 4
+    specialist = torch.cat([torch.full((4, T), -0.7), torch.full((4, T), -12.0)])  # 1 bit/byte vs ~17 bits/byte
+    noise = torch.full((W, T), -8.0 * math.log(2) - 0.2)  # a little worse than uniform everywhere
+    logp = torch.stack([specialist, noise])  # (E, W, T)
+    assert flag_uninformative(logp, groups=groups).tolist() == [False, True]
+    assert flag_uninformative(logp).tolist() == [True, True]  # pooled over domains the specialist looks useless
