@@ -142,8 +142,12 @@ def start_dht(
 
 
 def start_bootstrap_dht(host: str = "127.0.0.1", port: int = 0, timeout: float = 15.0, **dht_kwargs) -> hivemind.DHT:
-    """Start the first peer of a new network (no initial peers); raises JoinError if it cannot start in time."""
-    return start_dht([], host=host, port=port, attempts=1, timeout=timeout, **dht_kwargs)
+    """Start the first peer of a new network (no initial peers); raises JoinError if it cannot start in time.
+
+    Three attempts: hivemind forks the DHT's process, and a fork taken while another thread of a busy parent holds
+    a lock can hang at start (seen about once in a hundred starts in our test suite); a fresh fork recovers.
+    """
+    return start_dht([], host=host, port=port, attempts=3, timeout=timeout, **dht_kwargs)
 
 
 def visible_maddrs(dht: hivemind.DHT, host: str | None = "127.0.0.1") -> list[str]:

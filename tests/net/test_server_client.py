@@ -258,16 +258,12 @@ def test_hidden_expert_serves_activations():
 @pytest.mark.slow
 def test_serving_through_a_dht():
     """Server and client attached to two real DHT nodes reach each other by peer id through the DHT's daemons."""
-    import hivemind
+    from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
 
-    dht_a = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    dht_a = start_bootstrap_dht()
     dht_b = None
     try:
-        dht_b = hivemind.DHT(
-            start=True,
-            host_maddrs=["/ip4/127.0.0.1/tcp/0"],
-            initial_peers=[str(m) for m in dht_a.get_visible_maddrs()],
-        )
+        dht_b = start_dht(visible_maddrs(dht_a))
         with ExpertServer(_lm(0), dht=dht_a) as srv, SyncExpertClient(dht=dht_b) as client:
             with torch.no_grad():
                 ref = torch.log_softmax(_lm(0)(X)[..., :256], -1)
