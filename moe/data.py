@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +25,6 @@ logger = logging.getLogger(__name__)
 
 IGNORE = PAD
 """Target id of positions an eval window must not score (scored elsewhere); metrics skip every id >= 256."""
-
-
-@dataclass
-class DataConfig:
-    """How training and evaluation windows are cut from the token streams."""
-
-    seq_len: int = 256
-    """Tokens (bytes) a window holds; targets are the same window shifted by one."""
-    batch_size: int = 16
-    """Windows a training batch holds."""
-    seed: int = 0
-    """Seed of the window sampler; the same seed gives the same batches."""
-    eval_windows: int = 64
-    """At most this many windows (spread evenly over the val split) per evaluation; 0 means the whole split."""
 
 
 def _source_stamp(path: Path) -> dict:
