@@ -20,9 +20,9 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # data comes from the local cache; nothing is downloaded here
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from moe.config import ConfigError, parse_args, to_dict  # noqa: E402
-from moe.roles.common import run_directory, setup_logging, write_json  # noqa: E402
-from moe.run_config import RunConfig  # noqa: E402
+from moe.config_loader import ConfigError, parse_args, to_dict  # noqa: E402
+from moe.roles.layout import run_directory, setup_logging, write_json  # noqa: E402
+from moe.roles.run_config import RunConfig  # noqa: E402
 from subnets import all_subnets  # noqa: E402
 
 
@@ -60,9 +60,9 @@ def _one_line_errors() -> tuple[type[Exception], ...]:
 
     Imported only when something failed, so a run that never touches the network never imports hivemind here.
     """
-    from moe.checkpoint import CheckpointError
+    from moe.training.checkpoint import CheckpointError
     from moe.net.join import BadMultiaddr, JoinError
-    from moe.net.seed import SeedError
+    from moe.net.seed_transfer import SeedError
 
     return (JoinError, BadMultiaddr, CheckpointError, SeedError)
 
@@ -86,7 +86,7 @@ def run_role(cfg: RunConfig, subnets: dict, run_dir: Path) -> int:
 
         return run_baseline(cfg, subnets, run_dir, cfg.baseline, n_experts=len(cfg.subnets))
     if cfg.role == "router":
-        from moe.roles.router_node import run_router
+        from moe.roles.router import run_router
 
         return run_router(cfg, subnets, run_dir)
     if cfg.role == "validator":

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moe.config import parse_args
-from moe.model import ByteLM, config_dict
-from moe.roles.common import batches_from
-from moe.run_config import RunConfig
-from moe.train_loop import train_lm
+from moe.config_loader import parse_args
+from moe.model.transformer import ByteLM, config_dict
+from moe.roles.layout import batches_from
+from moe.roles.run_config import RunConfig
+from moe.training.loop import train_lm
 
 
 def bare_loop(model: ByteLM, batches, steps: int, lr: float, device: str) -> float:

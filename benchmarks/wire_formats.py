@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from moe.corpus import SLICE_BYTES, fetch_subnet
-from moe.data import ByteBatches, iter_eval_windows, load_tokens
+from moe.corpus.batches import ByteBatches, iter_eval_windows, load_tokens
 from moe.metrics import byte_log_probs
-from moe.model import ByteLM, ModelConfig
+from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.wire import wire_cost
 from subnets import get_subnet
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe.identity import Hotkey
-from moe.ledger.config import GenesisConfig, LedgerConfig
+from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import (
     Record,
     RecordError,

@@ -38,7 +38,7 @@ from moe.net.wire import (
     encode_request,
     validate_reply,
 )
-from moe.tokenizer import VOCAB_SIZE
+from moe.model.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.records import ExpertRecord, MalformedRecord
+from moe.net.signed import ExpertRecord, MalformedRecord
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from moe.net.wire import (
     encode_activations,
     encode_logp,
 )
-from moe.tokenizer import VOCAB_SIZE
+from moe.model.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 

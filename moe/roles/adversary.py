@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from moe.corpus import Subnet
-from moe.data import ByteBatches
+from moe.corpus.batches import ByteBatches
 from moe.identity import Hotkey
-from moe.model import ByteLM
-from moe.roles.common import StatusBoard, subnet_tokens, write_json
+from moe.model.transformer import ByteLM
+from moe.roles.layout import StatusBoard, subnet_tokens, write_json
 from moe.roles.seed import wait_for_stop
-from moe.run_config import RunConfig
-from moe.signature import domain_centroid
+from moe.roles.run_config import RunConfig
+from moe.routing.signature import domain_centroid
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
     from moe.net.client import ClientConfig, SyncExpertClient
     from moe.net.discovery import ExpertDirectory
     from moe.net.join import start_dht
-    from moe.net.ledger_feed import register_on_ledger
+    from moe.net.ledger_host import register_on_ledger
     from moe.net.server import ExpertServer
     from moe.roles.expert import model_summary, serving_config, start_heartbeat
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moe.checkpoint import load_checkpoint, load_model_bytes
+from moe.training.checkpoint import load_checkpoint, load_model_bytes
 from moe.corpus import Subnet
-from moe.data import ByteBatches
+from moe.corpus.batches import ByteBatches
 from moe.identity import Hotkey
-from moe.model import ByteLM, config_dict
-from moe.roles.common import StatusBoard, batches_from, subnet_tokens, write_json
+from moe.model.transformer import ByteLM, config_dict
+from moe.roles.layout import StatusBoard, batches_from, subnet_tokens, write_json
 from moe.roles.lm_job import run_lm_job
 from moe.roles.seed import seed_dir, wait_for_stop
-from moe.run_config import NetworkConfig, RunConfig
-from moe.signature import domain_centroid
+from moe.roles.run_config import NetworkConfig, RunConfig
+from moe.routing.signature import domain_centroid
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def start_heartbeat(
     from hivemind.utils import get_dht_time
 
     from moe.net.discovery import Heartbeat
-    from moe.net.records import ExpertRecord
+    from moe.net.signed import ExpertRecord
 
     def record() -> ExpertRecord:
         step, bpb = progress()
@@ -103,7 +103,7 @@ def _branch_from_seed(cfg: RunConfig, run_dir: Path, dht) -> tuple[callable, str
 
         return init_local, f"local seed {cfg.seed_checkpoint}"
     if dht is not None:
-        from moe.net.seed import fetch_seed
+        from moe.net.seed_transfer import fetch_seed
 
         blob = fetch_seed(dht, timeout=cfg.network.join_timeout * 4)
 
@@ -142,7 +142,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
     registered_at = 0
     if dht is not None and cfg.ledger.enabled:  # the ledger gives the uid this expert announces
-        from moe.net.ledger_feed import register_on_ledger
+        from moe.net.ledger_host import register_on_ledger
 
         status.update(phase="registering")
         try:

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from moe.corpus import Subnet
-from moe.data import BlendedBatches, ByteBatches
-from moe.model import ByteLM, config_dict
-from moe.roles.common import StatusBoard, eval_windows, subnet_tokens, write_json
-from moe.run_config import RunConfig
-from moe.tracking import Tracker
-from moe.train_loop import TrainConfig, TrainResult, train_lm
+from moe.corpus.batches import BlendedBatches, ByteBatches
+from moe.model.transformer import ByteLM, config_dict
+from moe.roles.layout import StatusBoard, eval_windows, subnet_tokens, write_json
+from moe.roles.run_config import RunConfig
+from moe.training.tracking import Tracker
+from moe.training.loop import TrainConfig, TrainResult, train_lm
 
 logger = logging.getLogger(__name__)
 

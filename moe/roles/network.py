@@ -19,16 +19,16 @@ from pathlib import Path
 
 import yaml
 
-from moe.config import to_dict
+from moe.config_loader import to_dict
 from moe.corpus import SourceUnavailable, Subnet
 from moe.roles.adversary import adversary_dir
 from moe.roles.baseline import baseline_dir
-from moe.roles.common import StatusBoard, subnet_folder, write_json
+from moe.roles.layout import StatusBoard, subnet_folder, write_json
 from moe.roles.expert import expert_dir
-from moe.roles.router_node import router_dir
+from moe.roles.router import router_dir
 from moe.roles.seed import seed_dir, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
-from moe.run_config import RunConfig
+from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _start_ledger(cfg: RunConfig, run_dir: Path, dht, base: list[str]):
         return None, {}
     from moe.identity import Hotkey
     from moe.ledger import RAO_PER_TAO
-    from moe.net.ledger_feed import LedgerFeed, local_genesis
+    from moe.net.ledger_host import LedgerFeed, local_genesis
 
     lc = cfg.ledger
     validators, balances = {}, {}

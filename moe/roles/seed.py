@@ -12,13 +12,13 @@ import signal
 import threading
 from pathlib import Path
 
-from moe.checkpoint import model_to_bytes, sha256_file
+from moe.training.checkpoint import model_to_bytes, sha256_file
 from moe.corpus import Subnet
 from moe.identity import Hotkey
-from moe.model import config_dict
-from moe.roles.common import StatusBoard, write_json
+from moe.model.transformer import config_dict
+from moe.roles.layout import StatusBoard, write_json
 from moe.roles.lm_job import blended_batches_from, run_lm_job
-from moe.run_config import RunConfig
+from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_seed(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
     if not cfg.initial_peers:
         return 0
     from moe.net.join import start_dht
-    from moe.net.seed import SeedPublisher
+    from moe.net.seed_transfer import SeedPublisher
 
     hotkey = Hotkey.load_or_create(cfg.hotkey_path or run_dir / "keys" / "seed.key")
     net = cfg.network

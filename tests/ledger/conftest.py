@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moe.identity import Hotkey
-from moe.ledger.config import GenesisConfig, LedgerConfig
+from moe.ledger.genesis import GenesisConfig, LedgerConfig
 
 TAO = 10**9
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from moe.ledger.chain import Ledger, block_hash
-from moe.ledger.cli import main
+from moe.cli.ledger_commands import main
 from moe.ledger.sigcheck import ParallelSignatures, check_range
 from moe.ledger.verify import verify_ledger
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from moe.config import parse_args
+from moe.config_loader import parse_args
 from moe.roles.summary import build_summary
-from moe.run_config import RunConfig
+from moe.roles.run_config import RunConfig
 
 from .conftest import Procs
 

@@ -10,7 +10,7 @@ import torch
 
 from moe.identity import Hotkey
 from moe.ledger import RAO_PER_TAO, Ledger, WeightSubmission, verify_ledger
-from moe.net.ledger_feed import (
+from moe.net.ledger_host import (
     INBOX_CONTEXT,
     INBOX_KEY,
     WEIGHTS_CONTEXT,
@@ -23,7 +23,7 @@ from moe.net.ledger_feed import (
     register_on_ledger,
 )
 from moe.roles.validator import query_windows, score_experts
-from moe.run_config import ValidatorConfig
+from moe.roles.run_config import ValidatorConfig
 
 
 def _replies(seed: int = 0, W: int = 12, T: int = 16):
@@ -127,7 +127,7 @@ def test_ledger_feed_accepts_signed_weights_and_rejects_forged_ones(feed_net, tm
     tampered = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])
     tampered.weights = [123]  # altered after signing
     impostor = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])  # genuine, but relayed by another
-    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_feed"):
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
         publish_signed(
             dht, WEIGHTS_KEY, attacker, {"submissions": [impostor.to_dict()]}, WEIGHTS_CONTEXT, 30
         )  # filed under the attacker's own key
@@ -158,7 +158,7 @@ def test_inbox_refuses_records_acting_for_another_hotkey(feed_net, caplog):
     dht, feed, validator, miner, host = feed_net
     head = read_head(dht, host.address) or (feed.wait(lambda f: read_head(dht) is not None, 10) and read_head(dht))
     rec = registration_record(miner, 0, head.head_hash, nonce=0)
-    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_feed"):
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
         publish_signed(dht, INBOX_KEY, validator, {"records": [rec]}, INBOX_CONTEXT, 30)
         assert feed.wait(lambda f: len(f.rejected) >= 1, 10)
     assert "acts for another hotkey" in caplog.text

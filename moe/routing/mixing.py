@@ -1,0 +1,157 @@
+"""A mixture of experts that live anywhere: probe-then-route, causal, tolerant of experts that fail.
+
+For a batch of byte sequences x (B, T):
+1. probe: every known expert scores the first `probe_len` bytes (a small request);
+2. route: at position probe_len - 1 the gate (which by then has each expert's likelihood of the probe bytes)
+   picks the top-k experts per sequence, and only those are called on the whole sequence;
+3. mix: at every position the gate's weights over the experts that answered combine their next-byte
+   distributions in probability space.
+Each prediction uses only bytes at or before its position, so the mixture is a proper causal byte model and its
+bits per byte compare fairly with any single expert's. Experts that time out, fail or send malformed replies are
+averaged out (the gate renormalizes over those that answered); the caller reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from moe.metrics import byte_log_probs
+from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
+
+logger = logging.getLogger(__name__)
+
+Caller = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+"""{expert key: x (B_k, T)} -> {key: (B_k, T, 256) log-probs}, called in parallel; only valid answers come back."""
+
+
+@dataclass
+class ExpertEntry:
+    key: str
+    """The expert's hotkey address."""
+    slot: int
+    """Its row in the gate's learned keys."""
+    centroid: list[float]
+    """Its published domain signature centroid."""
+    subnet: str = ""
+
+
+@dataclass
+class MixOutput:
+    logp: torch.Tensor
+    """(B, T, 256) mixture log-probs of the next byte."""
+    gate_logits: torch.Tensor
+    """(B, T, J) gate scores."""
+    chosen: torch.Tensor
+    """(B, J) experts called on the whole sequence."""
+    answered: torch.Tensor
+    """(B, T, J) experts whose distribution entered each position."""
+    keys: list[str] = field(default_factory=list)
+
+
+def local_caller(models: dict[str, torch.nn.Module]) -> Caller:
+    """Caller over in-process models (offline evaluation, tests, baselines)."""
+
+    @torch.no_grad()
+    def call(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: byte_log_probs(models[k](x)) for k, x in inputs.items() if k in models}
+
+    return call
+
+
+class ExpertSlots:
+    """Assigns gate slots to expert keys: a newcomer takes the lowest free slot, a departed one frees nothing
+    until the table is full (so an expert that blinks keeps what the gate learned about it)."""
+
+    def __init__(self, max_experts: int):
+        self.max_experts = max_experts
+        self.slot_of: dict[str, int] = {}
+
+    def assign(self, key: str, active: set[str]) -> int | None:
+        if key in self.slot_of:
+            return self.slot_of[key]
+        used = set(self.slot_of.values())
+        free = [s for s in range(self.max_experts) if s not in used]
+        if not free:
+            stale = [k for k in self.slot_of if k not in active]
+            if not stale:
+                logger.warning("gate is full (%d experts); ignoring %s", self.max_experts, key[:12])
+                return None
+            free = [self.slot_of.pop(stale[0])]
+        self.slot_of[key] = free[0]
+        return free[0]
+
+
+def _gather_targets(logp: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, J, 256) log-probs and bytes x -> (B, T, J) log-prob of the byte that actually came next (0 at end)."""
+    nxt = torch.nn.functional.pad(x[:, 1:], (0, 1)).clamp(max=255)  # (B, T)
+    J = logp.shape[2]
+    picked = logp.gather(-1, nxt.view(*nxt.shape, 1, 1).expand(-1, -1, J, 1)).squeeze(-1)  # (B, T, J)
+    picked[:, -1] = 0.0
+    return picked
+
+
+def route_and_mix(
+    gate: Gate,
+    x: torch.Tensor,
+    experts: list[ExpertEntry],
+    call: Caller,
+    k_best: int,
+    probe_len: int,
+    call_all: bool = False,
+) -> MixOutput:
+    """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
+    full counterfactual); the mixing itself is identical either way."""
+    B, T = x.shape
+    J = len(experts)
+    P = max(1, min(probe_len, T))
+    keys = [e.key for e in experts]
+    slots = torch.tensor([e.slot for e in experts], dtype=torch.long)
+    centroids = torch.tensor([e.centroid for e in experts], dtype=torch.float32).view(J, -1)
+    logp = torch.zeros(B, T, J, 256)
+    answered = torch.zeros(B, T, J, dtype=torch.bool)
+
+    first = x if call_all else x[:, :P]
+    replies = call({k: first for k in keys})
+    for j, k in enumerate(keys):
+        if k in replies:
+            r = replies[k]
+            logp[:, : r.shape[1], j] = r
+            answered[:, : r.shape[1], j] = True
+    if not call_all:
+        answered[:, P:] = False
+    # note: gate scores need the probe likelihoods, so selection waits for the probe round
+    with torch.no_grad():
+        probe_scores = gate(x[:, :P], slots, centroids, prefix_loglik(_gather_targets(logp[:, :P], x[:, :P]))).logits
+    decision = probe_scores[:, -1].masked_fill(~answered[:, P - 1], float("-inf"))  # (B, J)
+    k = min(k_best, J)
+    top = decision.topk(k, dim=-1).indices  # (B, k)
+    chosen = torch.zeros(B, J, dtype=torch.bool).scatter_(1, top, True) & torch.isfinite(decision)
+    if not call_all and T > P:
+        rows = {key: chosen[:, j].nonzero().squeeze(-1) for j, key in enumerate(keys) if chosen[:, j].any()}
+        replies = call({key: x[r] for key, r in rows.items()})  # one parallel round to the chosen experts
+        for j, key in enumerate(keys):
+            if key in replies:
+                logp[rows[key], :, j] = replies[key]
+                answered[rows[key], P:, j] = True
+    else:
+        answered[:, P:] &= chosen.unsqueeze(1)
+    target_lp = _gather_targets(logp, x) * answered  # (B, T, J)
+    scores = gate(x, slots, centroids, prefix_loglik(target_lp))
+    mixed = mixture_log_probs(logp, scores.logits, answered)
+    return MixOutput(logp=mixed, gate_logits=scores.logits, chosen=chosen, answered=answered, keys=keys)
+
+
+def gate_loss(
+    out: MixOutput, y: torch.Tensor, probe_len: int, balance_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixture NLL (nats per byte, bytes only) plus the load-balancing term; returns (total, nll)."""
+    mask = y < 256
+    picked = out.logp.gather(-1, y.clamp(max=255).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    nll = -(picked * mask).sum() / mask.sum().clamp(min=1)
+    P = max(1, min(probe_len, y.shape[1]))
+    bal = balance_loss(out.gate_logits[:, P - 1], out.chosen)
+    return nll + balance_coef * bal, nll

@@ -1,0 +1,166 @@
+"""`Mixture`: the network's experts behind one causal byte-LM interface, for the router, validators and users.
+
+    mix = Mixture.from_dht(["/ip4/127.0.0.1/tcp/31337/p2p/12D3Koo..."], netuids=[1, 2])
+    logp = mix.log_probs(byte_batch)          # (B, T, 256)
+    text = mix.generate("To be, or ", 64)
+
+Experts come from a directory refreshed in the background (never a DHT lookup on the hot path). Calls go out in
+parallel with per-call timeouts; experts that fail, time out or reply with anything but a proper distribution are
+dropped from that batch (and reported in `faults()`), and the gate renormalizes over the rest. The gate's weights
+and its expert slots are saved as safetensors + JSON, so a router restarts with what it learned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix
+from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
+from moe.net.discovery import ExpertDirectory
+from moe.net.signed import ExpertRecord
+from moe.routing.gate import Gate
+from moe.roles.run_config import NetworkConfig, RouterConfig
+from moe.routing.signature import SIGNATURE_DIM
+from moe.model.tokenizer import encode
+
+logger = logging.getLogger(__name__)
+
+
+class Mixture:
+    """Route-and-mix over the experts a directory knows; see the module docstring for failure behaviour."""
+
+    def __init__(self, dht, directory: ExpertDirectory, client: SyncExpertClient, rc: RouterConfig, own_dht: bool):
+        self.dht, self.directory, self.client, self.rc, self._own_dht = dht, directory, client, rc, own_dht
+        self.gate = Gate(rc.d_gate)
+        self.slots = ExpertSlots(self.gate.max_experts)
+
+    @classmethod
+    def from_dht(
+        cls,
+        initial_peers: list[str],
+        netuids: Iterable[int],
+        router: RouterConfig | None = None,
+        network: NetworkConfig | None = None,
+        dht=None,
+    ) -> Mixture:
+        """Join the network (or reuse `dht`) and start discovering the experts of `netuids`."""
+        from moe.net.join import start_dht
+
+        rc, net = router or RouterConfig(), network or NetworkConfig()
+        own = dht is None
+        if own:
+            dht = start_dht(initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
+        directory = ExpertDirectory(dht, list(netuids), refresh_interval=max(0.5, net.heartbeat_interval / 2)).start()
+        client_cfg = ClientConfig(forward_timeout=rc.forward_timeout, k_min=rc.k_min, wire_format=rc.wire_format)
+        client = SyncExpertClient(client_cfg, dht=dht)
+        return cls(dht, directory, client, rc, own)
+
+    join = from_dht
+
+    def wait_for_experts(self, n: int, timeout: float) -> list[ExpertRecord]:
+        return self.directory.wait_for(n, timeout)
+
+    def records(self) -> list[ExpertRecord]:
+        return [r for r in self.directory.experts() if len(r.signature_centroid) == SIGNATURE_DIM]
+
+    def entries(self) -> list[ExpertEntry]:
+        records = self.records()
+        active = {r.hotkey for r in records}
+        out = []
+        for r in records:
+            slot = self.slots.assign(r.hotkey, active)
+            if slot is not None:
+                out.append(ExpertEntry(key=r.hotkey, slot=slot, centroid=r.signature_centroid, subnet=r.subnet))
+        return out
+
+    def call(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{hotkey: x} -> {hotkey: log-probs} for the experts that answered validly within the timeouts."""
+        from hivemind.p2p import PeerID
+
+        by_peer = {r.hotkey: PeerID.from_base58(r.peer_id) for r in self.records() if r.hotkey in inputs}
+        replies = self.client.call_many(
+            list(by_peer.values()),
+            {by_peer[k]: inputs[k] for k in by_peer},
+            k_min=len(by_peer) if self.rc.k_min <= 0 else min(self.rc.k_min, len(by_peer)),
+        )
+        return {k: replies[p] for k, p in by_peer.items() if p in replies}
+
+    def faults(self) -> list[FaultReport]:
+        return list(self.client.faults)
+
+    @torch.no_grad()
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) byte ids -> (B, T, 256) next-byte log-probs of the mixture."""
+        entries = self.entries()
+        if not entries:
+            raise RuntimeError("no experts known yet; wait_for_experts first")
+        return route_and_mix(self.gate, x, entries, self.call, self.rc.k_best, self.rc.probe_len).logp
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: str, max_new_bytes: int, temperature: float = 1.0, seed: int = 0, context_bytes: int = 128
+    ) -> bytes:
+        """Sample bytes after `prompt`, one mixture call per byte (each call re-routes on the last `context_bytes`,
+        which must not exceed the experts' max_seq_len: servers refuse longer sequences)."""
+        g = torch.Generator().manual_seed(seed)
+        ids = encode(prompt).astype("int64").tolist() or [ord("\n")]
+        out = []
+        for _ in range(max_new_bytes):
+            x = torch.tensor([ids[-context_bytes:]], dtype=torch.long)
+            logp = self.log_probs(x)[0, -1] / max(temperature, 1e-6)
+            nxt = int(torch.multinomial(torch.softmax(logp, -1), 1, generator=g))
+            ids.append(nxt)
+            out.append(nxt)
+        return bytes(out)
+
+    def train_gate(
+        self, batches: Iterable, steps: int, on_step: Callable[[int, float], None] | None = None
+    ) -> list[float]:
+        """Fit the gate on (x, y) batches by the mixture's own loss; experts are frozen and called remotely."""
+        opt = torch.optim.AdamW(self.gate.parameters(), lr=self.rc.lr, weight_decay=0.0)
+        losses = []
+        it = iter(batches)
+        for step in range(1, steps + 1):
+            x, y = next(it)
+            entries = self.entries()
+            out = route_and_mix(self.gate, x, entries, self.call, self.rc.k_best, self.rc.probe_len, call_all=True)
+            loss, nll = gate_loss(out, y, self.rc.probe_len, self.rc.balance_coef)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(nll))
+            if on_step is not None:
+                on_step(step, float(nll))
+        return losses
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.gate.state_dict().items()}, directory / "gate.safetensors"
+        )
+        meta = {
+            "slots": self.slots.slot_of,
+            "d_gate": self.rc.d_gate,
+            "records": [r.payload() for r in self.records()],
+        }
+        (directory / "gate.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def load(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.gate.load_state_dict(load_file(directory / "gate.safetensors"))
+        self.slots.slot_of = {
+            str(k): int(v) for k, v in json.loads((directory / "gate.json").read_text())["slots"].items()
+        }
+
+    def shutdown(self) -> None:
+        self.directory.stop()
+        self.client.shutdown()
+        if self._own_dht:
+            self.dht.shutdown()
