@@ -60,9 +60,9 @@ def _one_line_errors() -> tuple[type[Exception], ...]:
 
     Imported only when something failed, so a run that never touches the network never imports hivemind here.
     """
-    from moe.training.checkpoint import CheckpointError
     from moe.net.join import BadMultiaddr, JoinError
     from moe.net.seed_transfer import SeedError
+    from moe.training.checkpoint import CheckpointError
 
     return (JoinError, BadMultiaddr, CheckpointError, SeedError)
 

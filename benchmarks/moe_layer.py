@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moe.model.ffn import SwiGLU  # noqa: E402
-from moe.model.ffn import MoEFeedForward  # noqa: E402
+from moe.model.ffn import (
+    MoEFeedForward,  # noqa: E402
+    SwiGLU,  # noqa: E402
+)
 
 
 def per_token_loop(layer: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:

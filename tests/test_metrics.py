@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from moe.metrics import bits_per_byte, byte_log_probs, evaluate_model_bpb, target_log_probs
-from moe.model.transformer import ByteLM, ModelConfig
 from moe.model.tokenizer import EOS, PAD, VOCAB_SIZE
+from moe.model.transformer import ByteLM, ModelConfig
 
 
 def test_uniform_is_eight_bits_per_byte():

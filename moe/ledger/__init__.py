@@ -21,8 +21,8 @@ everything and names the first bad block (on long ledgers it checks signatures i
 """
 
 from moe.ledger.chain import Block, Ledger, LedgerError
-from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.emission import BLOCK_TIME_SECONDS, MAX_SUPPLY_RAO, RAO_PER_TAO, block_emission, split_emission
+from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import RecordError
 from moe.ledger.verify import VerifyReport, verify_ledger
 from moe.ledger.weights import WeightSubmission, to_u16

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from moe.ledger.genesis import LedgerConfig
 from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
+from moe.ledger.genesis import LedgerConfig
 from moe.ledger.records import (
     DERIVED_KINDS,
     Record,

@@ -26,6 +26,7 @@ from hivemind.p2p import P2P, P2PDaemonError, P2PHandlerError, PeerID
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
+from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, RemoteError
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.server import forward_handle, info_handle, session_handle
@@ -38,7 +39,6 @@ from moe.net.wire import (
     encode_request,
     validate_reply,
 )
-from moe.model.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import runtime_pb2
 from torch import nn
 
+from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import DirectServer
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.wire import (
@@ -38,7 +39,6 @@ from moe.net.wire import (
     encode_activations,
     encode_logp,
 )
-from moe.model.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from moe.corpus.batches import ByteBatches
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM
 from moe.roles.layout import StatusBoard, subnet_tokens, write_json
-from moe.roles.seed import wait_for_stop
 from moe.roles.run_config import RunConfig
+from moe.roles.seed import wait_for_stop
 from moe.routing.signature import domain_centroid
 
 logger = logging.getLogger(__name__)

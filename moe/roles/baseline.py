@@ -13,12 +13,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from moe.training.checkpoint import load_model_bytes
 from moe.corpus import Subnet
 from moe.model.transformer import config_dict
 from moe.roles.lm_job import blended_batches_from, run_lm_job
-from moe.roles.seed import seed_dir
 from moe.roles.run_config import RunConfig
+from moe.roles.seed import seed_dir
+from moe.training.checkpoint import load_model_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moe.training.checkpoint import load_checkpoint, load_model_bytes
 from moe.corpus import Subnet
 from moe.corpus.batches import ByteBatches
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import StatusBoard, batches_from, subnet_tokens, write_json
 from moe.roles.lm_job import run_lm_job
-from moe.roles.seed import seed_dir, wait_for_stop
 from moe.roles.run_config import NetworkConfig, RunConfig
+from moe.roles.seed import seed_dir, wait_for_stop
 from moe.routing.signature import domain_centroid
+from moe.training.checkpoint import load_checkpoint, load_model_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from moe.corpus.batches import BlendedBatches, ByteBatches
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import StatusBoard, eval_windows, subnet_tokens, write_json
 from moe.roles.run_config import RunConfig
-from moe.training.tracking import Tracker
 from moe.training.loop import TrainConfig, TrainResult, train_lm
+from moe.training.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from moe.config_loader import to_dict
 from moe.corpus import SourceUnavailable, Subnet
 from moe.roles.adversary import adversary_dir
 from moe.roles.baseline import baseline_dir
-from moe.roles.layout import StatusBoard, subnet_folder, write_json
 from moe.roles.expert import expert_dir
+from moe.roles.layout import StatusBoard, subnet_folder, write_json
 from moe.roles.router import router_dir
+from moe.roles.run_config import RunConfig
 from moe.roles.seed import seed_dir, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
-from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import torch
 
 from moe.corpus import Subnet
 from moe.corpus.batches import BlendedBatches, ByteBatches
-from moe.routing.mixing import route_and_mix
-from moe.routing.remote import Mixture
 from moe.roles.layout import StatusBoard, eval_windows, subnet_tokens, write_json
 from moe.roles.lm_job import macro_bpb
 from moe.roles.run_config import RunConfig
+from moe.routing.mixing import route_and_mix
+from moe.routing.remote import Mixture
 from moe.training.tracking import Tracker
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moe.model.transformer import ModelConfig
-from moe.training.tracking import WandbConfig
 from moe.training.loop import TrainConfig
+from moe.training.tracking import WandbConfig
 
 ROLES = ("network", "expert", "seed", "router", "validator", "bootstrap", "baseline")
 DEFAULT_SUBNETS = ["english", "code", "math", "persian"]

@@ -12,13 +12,13 @@ import signal
 import threading
 from pathlib import Path
 
-from moe.training.checkpoint import model_to_bytes, sha256_file
 from moe.corpus import Subnet
 from moe.identity import Hotkey
 from moe.model.transformer import config_dict
 from moe.roles.layout import StatusBoard, write_json
 from moe.roles.lm_job import blended_batches_from, run_lm_job
 from moe.roles.run_config import RunConfig
+from moe.training.checkpoint import model_to_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 

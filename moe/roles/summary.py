@@ -15,9 +15,9 @@ from moe.config_loader import to_dict
 from moe.roles.baseline import baseline_dir
 from moe.roles.expert import expert_dir
 from moe.roles.router import router_dir
+from moe.roles.run_config import RunConfig
 from moe.roles.seed import seed_dir
 from moe.roles.validation_summary import validation_checks, validation_summary
-from moe.roles.run_config import RunConfig
 
 
 def _read(path: Path) -> dict | None:

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moe.routing.signature import SIGNATURE_DIM, running_signature
 from moe.model.tokenizer import VOCAB_SIZE
+from moe.routing.signature import SIGNATURE_DIM, running_signature
 
 
 @dataclass

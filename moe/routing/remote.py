@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix
+from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.signed import ExpertRecord
-from moe.routing.gate import Gate
 from moe.roles.run_config import NetworkConfig, RouterConfig
+from moe.routing.gate import Gate
+from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix
 from moe.routing.signature import SIGNATURE_DIM
-from moe.model.tokenizer import encode
 
 logger = logging.getLogger(__name__)
 

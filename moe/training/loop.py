@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from moe.training.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 from moe.metrics import evaluate_model_bpb
+from moe.training.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 

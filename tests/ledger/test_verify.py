@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from moe.ledger.chain import Ledger, block_hash
 from moe.cli.ledger_commands import main
+from moe.ledger.chain import Ledger, block_hash
 from moe.ledger.sigcheck import ParallelSignatures, check_range
 from moe.ledger.verify import verify_ledger
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe.model.ffn import SwiGLU
-from moe.model.ffn import MoEFeedForward, MoEOutput, expert_capacity
+from moe.model.ffn import MoEFeedForward, MoEOutput, SwiGLU, expert_capacity
 
 D, FF = 8, 12
 

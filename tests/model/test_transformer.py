@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe.model.transformer import ByteLM, ModelConfig, apply_rope, rope_tables
 from moe.model.tokenizer import VOCAB_SIZE
+from moe.model.transformer import ByteLM, ModelConfig, apply_rope, rope_tables
 
 
 def tiny(**overrides) -> ModelConfig:

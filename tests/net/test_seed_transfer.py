@@ -13,7 +13,6 @@ from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
-from moe.net.signed import MalformedRecord
 from moe.net.seed_transfer import (
     HANDLER_NAME,
     SEED_KEY,
@@ -25,6 +24,7 @@ from moe.net.seed_transfer import (
     fetch_seed,
     find_seed_records,
 )
+from moe.net.signed import MalformedRecord
 
 PUBLISHER = Hotkey.from_seed(bytes([21]) * 32)
 MALLORY = Hotkey.from_seed(bytes([22]) * 32)

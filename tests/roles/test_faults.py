@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe.training.checkpoint import model_to_bytes
 from moe.config_loader import parse_args
-from moe.routing.mixing import route_and_mix
 from moe.model.transformer import ByteLM, config_dict
 from moe.net.join import start_bootstrap_dht, visible_maddrs
-from moe.routing.remote import Mixture
 from moe.roles.run_config import NetworkConfig, RouterConfig, RunConfig
+from moe.routing.mixing import route_and_mix
+from moe.routing.remote import Mixture
+from moe.training.checkpoint import model_to_bytes
 from subnets import all_subnets
 
 from .conftest import TAG_VAR, TINY, Procs

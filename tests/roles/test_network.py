@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from moe.config_loader import parse_args
-from moe.roles.summary import build_summary
 from moe.roles.run_config import RunConfig
+from moe.roles.summary import build_summary
 
 from .conftest import Procs
 

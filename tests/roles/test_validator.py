@@ -22,8 +22,8 @@ from moe.net.ledger_host import (
     read_head,
     register_on_ledger,
 )
-from moe.roles.validator import query_windows, score_experts
 from moe.roles.run_config import ValidatorConfig
+from moe.roles.validator import query_windows, score_experts
 
 
 def _replies(seed: int = 0, W: int = 12, T: int = 16):

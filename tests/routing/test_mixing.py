@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from moe.corpus.batches import ByteBatches
 from moe.metrics import byte_log_probs
-from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, local_caller, route_and_mix
-from moe.routing.mixing import gate_loss as mixture_gate_loss
+from moe.model.tokenizer import encode
 from moe.model.transformer import ByteLM, ModelConfig
 from moe.routing.gate import Gate
+from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, local_caller, route_and_mix
+from moe.routing.mixing import gate_loss as mixture_gate_loss
 from moe.routing.signature import SIGNATURE_DIM, domain_centroid
-from moe.model.tokenizer import encode
 
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
 P = 8  # probe length

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import torch
 
-from moe.routing.signature import SIGNATURE_DIM, domain_centroid, running_signature
 from moe.model.tokenizer import EOS, encode
+from moe.routing.signature import SIGNATURE_DIM, domain_centroid, running_signature
 
 
 def windows(text: str, T: int = 64) -> np.ndarray:

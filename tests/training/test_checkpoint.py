@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from moe.model.transformer import ByteLM, ModelConfig, config_dict
 from moe.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -16,7 +17,6 @@ from moe.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from moe.model.transformer import ByteLM, ModelConfig, config_dict
 
 CFG = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, max_seq_len=16)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from moe.training.checkpoint import CheckpointError, read_state
 from moe.corpus.batches import ByteBatches, iter_eval_windows
-from moe.model.transformer import ByteLM, ModelConfig, config_dict
 from moe.model.tokenizer import encode
+from moe.model.transformer import ByteLM, ModelConfig, config_dict
+from moe.training.checkpoint import CheckpointError, read_state
 from moe.training.loop import TrainConfig, lr_at, train_lm
 
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=32)
