@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moe.identity import Hotkey  # noqa: E402
 from moe.net.discovery import ExpertDirectory, announce, discover  # noqa: E402
+from moe.net.expert_record import ExpertRecord  # noqa: E402
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs  # noqa: E402
 from moe.net.seed_transfer import SeedPublisher, fetch_seed  # noqa: E402
-from moe.net.signed import ExpertRecord  # noqa: E402
 
 NETUIDS = [1, 2]
 

@@ -28,12 +28,12 @@ from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import (
     Record,
     RecordError,
+    pow_registration_record,
     registration_record,
     stake_record,
     transfer_record,
     weights_record,
 )
-from moe.ledger.registration import registration_prefix, solve_pow
 from moe.ledger.state import LedgerState, apply_signed, end_block, genesis_state
 from moe.ledger.weights import WeightSubmission, canonical_json
 
@@ -329,11 +329,8 @@ class Ledger:
         if sub is None:
             logger.warning("rejected registration: unknown netuid %d", netuid)
             return False
-        nonce = solve_pow(registration_prefix(netuid, head, hotkey.public_bytes), sub.difficulty, max_nonce=max_nonce)
-        if nonce is None:
-            logger.warning("no proof-of-work nonce below %d at difficulty %d", max_nonce, sub.difficulty)
-            return False
-        return self.submit(registration_record(hotkey, netuid, head, nonce=nonce))
+        record = pow_registration_record(hotkey, netuid, head, sub.difficulty, max_nonce=max_nonce)
+        return record is not None and self.submit(record)
 
     def _next_nonce(self, address: str) -> int:
         return self._pending().nonces.get(address, 0)

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from moe.identity import Hotkey, verify_signature
+from moe.ledger.registration import registration_prefix, solve_pow
 from moe.ledger.weights import WeightSubmission, canonical_json
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,18 @@ def registration_record(
     rec: Record = {"kind": "register", "netuid": int(netuid), "hotkey": hotkey.address, "block_hash": block_hash}
     rec.update({"nonce": int(nonce)} if nonce is not None else {"burn": int(burn)})
     return _sign(hotkey, rec)
+
+
+def pow_registration_record(
+    hotkey: Hotkey, netuid: int, block_hash: str, difficulty: int, max_nonce: int = 10**7
+) -> Record | None:
+    """A registration of `hotkey` on `netuid` paid by proof of work against `block_hash`; None if no nonce up to
+    `max_nonce` meets `difficulty` (logged)."""
+    nonce = solve_pow(registration_prefix(netuid, block_hash, hotkey.public_bytes), difficulty, max_nonce=max_nonce)
+    if nonce is None:
+        logger.warning("no proof-of-work nonce below %d at difficulty %d", max_nonce, difficulty)
+        return None
+    return registration_record(hotkey, netuid, block_hash, nonce=nonce)
 
 
 def stake_record(hotkey: Hotkey, amount: int, nonce: int) -> Record:

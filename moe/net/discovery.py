@@ -18,7 +18,10 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.signed import ExpertRecord, MalformedRecord
+from moe.net.dht_records import open_entries
+from moe.net.expert_record import ExpertRecord
+from moe.net.loop import PeriodicThread
+from moe.net.signed import MalformedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +42,16 @@ def announce(dht: hivemind.DHT, record: ExpertRecord, hotkey: Hotkey, ttl: float
 
 def parse_entries(netuid: int, entries: object, now: float) -> list[ExpertRecord]:
     """Validate one key's {subkey: (value, expiration)} dictionary from the DHT; skip (and log) every bad entry."""
-    if entries is None:
-        return []
-    if not isinstance(entries, dict):
-        logger.warning("netuid %d: DHT value is %s, not a subkey dictionary; ignored", netuid, type(entries).__name__)
-        return []
-    records = []
-    for subkey, item in entries.items():
-        try:
-            record = ExpertRecord.from_dht_value(getattr(item, "value", None))
-            if subkey != record.hotkey:
-                raise MalformedRecord(f"subkey {str(subkey)[:16]!r} is not the record's hotkey {record.hotkey[:16]}")
-            if record.netuid != netuid:
-                raise MalformedRecord(f"record for netuid {record.netuid} found under netuid {netuid}")
-            if record.expiration < now:
-                raise MalformedRecord(f"record expired {now - record.expiration:.1f}s ago (replayed?)")
-        except MalformedRecord as e:
-            logger.warning("netuid %d: skipping DHT entry %s: %s", netuid, str(subkey)[:16], e)
-            continue
-        records.append(record)
-    return records
+
+    def parse(raw: object) -> tuple[str, ExpertRecord]:
+        record = ExpertRecord.from_dht_value(raw)
+        if record.netuid != netuid:
+            raise MalformedRecord(f"record for netuid {record.netuid} found under netuid {netuid}")
+        if record.expiration < now:
+            raise MalformedRecord(f"record expired {now - record.expiration:.1f}s ago (replayed?)")
+        return record.hotkey, record
+
+    return list(open_entries(experts_key(netuid), entries, parse).values())
 
 
 def discover(dht: hivemind.DHT, netuids: Iterable[int], latest: bool = True) -> list[ExpertRecord]:
@@ -77,44 +70,7 @@ def discover(dht: hivemind.DHT, netuids: Iterable[int], latest: bool = True) -> 
     return sorted(records, key=lambda r: (r.netuid, r.uid, r.hotkey))
 
 
-class _Periodic:
-    """A daemon thread calling `step()` every `interval` seconds until `stop()`; errors are logged, not fatal."""
-
-    def __init__(self, name: str, interval: float):
-        if interval <= 0:
-            raise ValueError(f"interval must be positive, got {interval}")
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def step(self) -> None:
-        raise NotImplementedError
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except Exception as e:
-                logger.warning("%s: %s", self._thread.name, e, exc_info=logger.isEnabledFor(logging.DEBUG))
-            self._stop.wait(self.interval)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class Heartbeat(_Periodic):
+class Heartbeat(PeriodicThread):
     """Re-announce `make_record()` every `interval` seconds with expiration now+ttl, until stopped.
 
     `ttl` should be a few intervals so one missed beat does not drop the expert; after `stop()` the record lives on
@@ -142,7 +98,7 @@ class Heartbeat(_Periodic):
             self.beats += 1
 
 
-class ExpertDirectory(_Periodic):
+class ExpertDirectory(PeriodicThread):
     """A cache of discovered experts refreshed in the background; reading it never touches the DHT.
 
     `version` increases whenever an expert joins, leaves or moves (its (netuid, uid, hotkey, peer_id, subnet) set

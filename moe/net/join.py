@@ -18,7 +18,7 @@ from hivemind.dht.validation import RecordValidatorBase
 from hivemind.p2p import PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
-from moe.net.signed import SignedRecordValidator
+from moe.net.dht_records import SignedRecordValidator
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""A private asyncio event loop on a daemon thread, so synchronous torch code can drive hivemind's async P2P.
+"""Background threads of a node: a private asyncio loop for hivemind's async P2P, and a periodic worker.
 
 Training, routing and validation loops are plain synchronous code; the P2P objects they talk through are bound to
 one event loop. `LoopThread` owns that loop: coroutines are submitted with `run` (blocking) or `submit` (future).
@@ -92,3 +92,40 @@ async def replicate_p2p(dht: DHT) -> P2P:
     """A new P2P client of `dht`'s daemon bound to the running loop; shut it down to close the connection only."""
     maddr = await asyncio.get_running_loop().run_in_executor(None, dht.run_coroutine, _daemon_maddr)
     return await P2P.replicate(maddr)
+
+
+class PeriodicThread:
+    """A daemon thread calling `step()` every `interval` seconds until `stop()`; errors are logged, not fatal."""
+
+    def __init__(self, name: str, interval: float):
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval}")
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as e:
+                logger.warning("%s: %s", self._thread.name, e, exc_info=logger.isEnabledFor(logging.DEBUG))
+            self._stop.wait(self.interval)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

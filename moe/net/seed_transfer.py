@@ -25,16 +25,18 @@ from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.discovery import _Periodic
+from moe.net.dht_records import open_entries
+from moe.net.loop import PeriodicThread
 from moe.net.signed import (
     MalformedRecord,
-    SignedValue,
     canonical_json,
     check_address,
     check_float,
     check_int,
     check_name,
     check_peer_id,
+    open_record,
+    sign_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,19 +74,12 @@ class SeedRecord:
     """DHT time after which the record is stale."""
 
     def to_dht_value(self, hotkey: Hotkey) -> bytes:
-        if hotkey.address != self.publisher:
-            raise MalformedRecord("seed record must be signed by its publisher")
-        validate_seed_payload(dataclasses.asdict(self))
-        return SignedValue.sign(hotkey, dataclasses.asdict(self), context=SEED_CONTEXT)
+        return sign_record(hotkey, dataclasses.asdict(self), SEED_CONTEXT, self.publisher, validate_seed_payload)
 
     @classmethod
     def from_dht_value(cls, raw: Any) -> SeedRecord:
         """Open and validate; raises MalformedRecord with a one-line reason."""
-        address, payload = SignedValue.open(raw, context=SEED_CONTEXT)
-        record = validate_seed_payload(payload)
-        if record.publisher != address:
-            raise MalformedRecord(f"seed record names {record.publisher[:16]} but is signed by {address[:16]}")
-        return record
+        return open_record(raw, SEED_CONTEXT, validate_seed_payload, lambda r: r.publisher)
 
 
 def validate_seed_payload(d: Any) -> SeedRecord:
@@ -180,7 +175,7 @@ def announce_seed(dht: hivemind.DHT, record: SeedRecord, hotkey: Hotkey, ttl: fl
     return bool(dht.store(SEED_KEY, value, expiration_time=record.expiration, subkey=hotkey.address))
 
 
-class SeedPublisher(_Periodic):
+class SeedPublisher(PeriodicThread):
     """Serve `blob` and keep its signed record in the DHT (re-announced every `interval` seconds) until `stop()`."""
 
     def __init__(
@@ -219,21 +214,16 @@ def find_seed_records(
 ) -> list[SeedRecord]:
     """Valid, unexpired seed records matching the expectations; malformed ones are logged and skipped."""
     found = dht.get(SEED_KEY, latest=True)
-    entries = found.value if found is not None else {}
-    if not isinstance(entries, dict):
-        logger.warning("%s holds a %s, not a subkey dictionary; ignored", SEED_KEY, type(entries).__name__)
-        return []
-    now, records = get_dht_time(), []
-    for subkey, item in entries.items():
-        try:
-            record = SeedRecord.from_dht_value(getattr(item, "value", None))
-            if subkey != record.publisher:
-                raise MalformedRecord(f"subkey {str(subkey)[:16]!r} is not the publisher {record.publisher[:16]}")
-            if record.expiration < now:
-                raise MalformedRecord("seed record expired")
-        except MalformedRecord as e:
-            logger.warning("skipping seed entry %s: %s", str(subkey)[:16], e)
-            continue
+    now = get_dht_time()
+
+    def parse(raw: Any) -> tuple[str, SeedRecord]:
+        record = SeedRecord.from_dht_value(raw)
+        if record.expiration < now:
+            raise MalformedRecord("seed record expired")
+        return record.publisher, record
+
+    records = []
+    for record in open_entries(SEED_KEY, None if found is None else found.value, parse).values():
         if expected_publisher is not None and record.publisher != expected_publisher:
             continue
         if expected_sha256 is not None and record.sha256 != expected_sha256:

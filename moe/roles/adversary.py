@@ -70,7 +70,7 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
     from moe.net.client import ClientConfig, SyncExpertClient
     from moe.net.discovery import ExpertDirectory
     from moe.net.join import start_dht
-    from moe.net.ledger_host import register_on_ledger
+    from moe.net.ledger_client import register_on_ledger
     from moe.net.server import ExpertServer
     from moe.roles.expert import model_summary, serving_config, start_heartbeat
 

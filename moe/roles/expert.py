@@ -56,7 +56,7 @@ def start_heartbeat(
     from hivemind.utils import get_dht_time
 
     from moe.net.discovery import Heartbeat
-    from moe.net.signed import ExpertRecord
+    from moe.net.expert_record import ExpertRecord
 
     def record() -> ExpertRecord:
         step, bpb = progress()
@@ -142,7 +142,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
     registered_at = 0
     if dht is not None and cfg.ledger.enabled:  # the ledger gives the uid this expert announces
-        from moe.net.ledger_host import register_on_ledger
+        from moe.net.ledger_client import register_on_ledger
 
         status.update(phase="registering")
         try:

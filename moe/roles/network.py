@@ -187,7 +187,7 @@ def _start_ledger(cfg: RunConfig, run_dir: Path, dht, base: list[str]):
         return None, {}
     from moe.identity import Hotkey
     from moe.ledger import RAO_PER_TAO
-    from moe.net.ledger_host import LedgerFeed, local_genesis
+    from moe.net.ledger_host import LedgerHost, local_genesis
 
     lc = cfg.ledger
     validators, balances = {}, {}
@@ -197,7 +197,7 @@ def _start_ledger(cfg: RunConfig, run_dir: Path, dht, base: list[str]):
         validators[f"validator-{k}"] = (key, stake)
     host = Hotkey.load_or_create(run_dir / "keys" / "ledger.key")
     genesis = local_genesis(lc.netuid, lc.block_interval, lc.tempo, lc.difficulty, balances)
-    feed = LedgerFeed(dht, run_dir / "ledger.sqlite", genesis, host, lc.netuid, lc.block_interval).start()
+    feed = LedgerHost(dht, run_dir / "ledger.sqlite", genesis, host, lc.netuid, lc.block_interval).start()
     base += ["ledger.enabled=true", f"ledger.host={host.address}"]
     return feed, validators
 

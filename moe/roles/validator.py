@@ -24,7 +24,7 @@ import torch
 from moe.corpus import Subnet
 from moe.identity import Hotkey
 from moe.ledger import RAO_PER_TAO, WeightSubmission
-from moe.net.signed import ExpertRecord
+from moe.net.expert_record import ExpertRecord
 from moe.poi.cheats import CheatConfig, detect_cheats
 from moe.poi.commit import draw_windows, make_commit, new_seed
 from moe.poi.scoring import shapley_weights
@@ -141,7 +141,7 @@ def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> t
 
 def _wait_for_fresh_epoch(dht, host: str | None, last_epoch: int, timeout: float):
     """The ledger head once its epoch is new to this validator and not nearly over (so weights are not stale)."""
-    from moe.net.ledger_host import read_head
+    from moe.net.ledger_client import read_head
 
     deadline = time.monotonic() + timeout
     while True:
@@ -154,7 +154,8 @@ def _wait_for_fresh_epoch(dht, host: str | None, last_epoch: int, timeout: float
 
 
 def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
-    from moe.net.ledger_host import COMMIT_CONTEXT, COMMITS_KEY, publish_signed, publish_weights, register_on_ledger
+    from moe.net.dht_records import publish_signed
+    from moe.net.ledger_client import COMMIT_CONTEXT, COMMITS_KEY, publish_weights, register_on_ledger
     from moe.routing.remote import Mixture
 
     vc, lc = cfg.validator, cfg.ledger

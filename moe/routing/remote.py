@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
-from moe.net.signed import ExpertRecord
+from moe.net.expert_record import ExpertRecord
 from moe.roles.run_config import NetworkConfig, RouterConfig
 from moe.routing.gate import Gate
 from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix

@@ -14,8 +14,8 @@ from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from moe.identity import Hotkey
 from moe.net.discovery import ExpertDirectory, Heartbeat, announce, discover, experts_key, parse_entries
+from moe.net.expert_record import ExpertRecord
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
-from moe.net.signed import ExpertRecord
 
 PEER_ID = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
 
@@ -179,7 +179,7 @@ import sys, time
 from moe.identity import Hotkey
 from moe.net.discovery import Heartbeat
 from moe.net.join import start_dht
-from moe.net.signed import ExpertRecord
+from moe.net.expert_record import ExpertRecord
 dht = start_dht(sys.argv[1:2])
 hotkey = Hotkey.from_seed(bytes([31]) * 32)
 record = ExpertRecord(uid=31, hotkey=hotkey.address, subnet="code", netuid=int(sys.argv[2]),

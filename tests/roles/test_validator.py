@@ -10,18 +10,17 @@ import torch
 
 from moe.identity import Hotkey
 from moe.ledger import RAO_PER_TAO, Ledger, WeightSubmission, verify_ledger
-from moe.net.ledger_host import (
+from moe.net.dht_records import publish_signed
+from moe.net.ledger_client import (
     INBOX_CONTEXT,
     INBOX_KEY,
     WEIGHTS_CONTEXT,
     WEIGHTS_KEY,
-    LedgerFeed,
-    local_genesis,
-    publish_signed,
     publish_weights,
     read_head,
     register_on_ledger,
 )
+from moe.net.ledger_host import LedgerHost, local_genesis
 from moe.roles.run_config import ValidatorConfig
 from moe.roles.validator import query_windows, score_experts
 
@@ -107,7 +106,7 @@ def feed_net(tmp_path):
     dht = start_bootstrap_dht()
     validator, miner, host = Hotkey.from_seed(b"v" * 32), Hotkey.from_seed(b"m" * 32), Hotkey.from_seed(b"h" * 32)
     genesis = local_genesis(0, 0.1, 10, 4, {validator.address: 10 * RAO_PER_TAO})
-    feed = LedgerFeed(dht, tmp_path / "ledger.sqlite", genesis, host, 0, 0.1, poll_interval=0.05).start()
+    feed = LedgerHost(dht, tmp_path / "ledger.sqlite", genesis, host, 0, 0.1, poll_interval=0.05).start()
     try:
         yield dht, feed, validator, miner, host
     finally:

@@ -9,15 +9,9 @@ from hivemind.dht.validation import DHTRecord
 from hivemind.utils import MSGPackSerializer
 
 from moe.identity import Hotkey
-from moe.net.signed import (
-    EXPERT_CONTEXT,
-    MAGIC,
-    MAX_VALUE_BYTES,
-    ExpertRecord,
-    MalformedRecord,
-    SignedRecordValidator,
-    SignedValue,
-)
+from moe.net.dht_records import SignedRecordValidator
+from moe.net.expert_record import EXPERT_CONTEXT, ExpertRecord
+from moe.net.signed import MAGIC, MAX_VALUE_BYTES, MalformedRecord, SignedValue
 
 PEER_ID = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
 A = Hotkey.from_seed(bytes([1]) * 32)

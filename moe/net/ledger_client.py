@@ -1,0 +1,131 @@
+"""A node's view of the ledger through the DHT: the host's signed head, registering, and publishing weights.
+
+Keys (each value a `SignedValue` stored under a subkey equal to its signer's hotkey, so the DHT-level guard already
+refuses values under someone else's name):
+
+- `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, and every registered hotkey's uid,
+  registration block and stake), re-published after every block; nodes read their uid and the epoch from it.
+- `hivemoe/ledger/inbox`: a node's own signed ledger records (registration by proof of work, stake).
+- `hivemoe/validators/weights`: a validator's signed `WeightSubmission`s for the current epoch.
+- `hivemoe/validators/commits`: a validator's seed commitment (and, after scoring, the revealed seed).
+
+The host that reads the inbox and weights and publishes the head is `moe.net.ledger_host.LedgerHost`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from moe.identity import Hotkey
+from moe.ledger import WeightSubmission
+from moe.ledger.records import pow_registration_record, stake_record
+from moe.net.dht_records import publish_signed, read_signed
+from moe.net.signed import MalformedRecord
+
+logger = logging.getLogger(__name__)
+
+HEAD_KEY = "hivemoe/ledger/head"
+INBOX_KEY = "hivemoe/ledger/inbox"
+WEIGHTS_KEY = "hivemoe/validators/weights"
+COMMITS_KEY = "hivemoe/validators/commits"
+HEAD_CONTEXT = "ledger-head"
+INBOX_CONTEXT = "ledger-inbox"
+WEIGHTS_CONTEXT = "validator-weights"
+COMMIT_CONTEXT = "validator-commit"
+
+
+@dataclass
+class LedgerHead:
+    """What the ledger host last published: enough for nodes to register, weigh and name the epoch."""
+
+    host: str
+    """Hex address of the host that signed it."""
+    height: int
+    head_hash: str
+    epoch: int
+    """Epoch a weight submission must name to enter the next block."""
+    tempo: int
+    netuid: int
+    """The ledger subnet the mixture's miners and validators register on."""
+    difficulty: int
+    """Current proof-of-work difficulty of `netuid`."""
+    block_interval: float
+    """Wall seconds between blocks."""
+    uids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Hotkey → (uid, block it registered at) on `netuid`."""
+    stakes: dict[str, int] = field(default_factory=dict)
+    """Hotkey → staked rao, for registered hotkeys with stake."""
+
+    def epoch_progress(self) -> float:
+        """Fraction of the current epoch's blocks already produced, in [0, 1)."""
+        return ((self.height + 1) % self.tempo) / self.tempo
+
+    @classmethod
+    def from_payload(cls, host: str, d: dict) -> LedgerHead:
+        """Raises MalformedRecord (one line) on a missing or mistyped field."""
+        try:
+            return cls(
+                host=host,
+                height=int(d["height"]),
+                head_hash=str(d["head_hash"]),
+                epoch=int(d["epoch"]),
+                tempo=int(d["tempo"]),
+                netuid=int(d["netuid"]),
+                difficulty=int(d["difficulty"]),
+                block_interval=float(d["block_interval"]),
+                uids={str(k): (int(v[0]), int(v[1])) for k, v in d["uids"].items()},
+                stakes={str(k): int(v) for k, v in d["stakes"].items()},
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise MalformedRecord(f"malformed ledger head: {e!r}") from None
+
+
+def read_head(dht, host: str | None = None) -> LedgerHead | None:
+    """The newest valid head (by height), only `host`'s when given; None when there is none yet."""
+    heads = []
+    for address, payload in read_signed(dht, HEAD_KEY, HEAD_CONTEXT).items():
+        if host and address != host:
+            continue
+        try:
+            heads.append(LedgerHead.from_payload(address, payload))
+        except MalformedRecord as e:
+            logger.warning("ledger head by %s: %s", address[:16], e)
+    return max(heads, key=lambda h: h.height) if heads else None
+
+
+def register_on_ledger(
+    dht, hotkey: Hotkey, stake_rao: int = 0, timeout: float = 60.0, host: str | None = None, ttl: float = 30.0
+) -> tuple[int, int, LedgerHead]:
+    """Register `hotkey` on the ledger's subnet by proof of work (and stake `stake_rao`) through the DHT inbox.
+
+    Posts the node's own signed records, re-posting with a fresh block hash if they have not landed after a few
+    blocks; returns (uid, registration block, head) once the head shows them. Raises TimeoutError after `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    posted_at = -1.0
+    while time.monotonic() < deadline:
+        head = read_head(dht, host)
+        if head is not None:
+            me = head.uids.get(hotkey.address)
+            if me is not None and head.stakes.get(hotkey.address, 0) >= stake_rao:
+                logger.info("registered on ledger netuid %d as uid %d (block %d)", head.netuid, me[0], me[1])
+                return me[0], me[1], head
+            if posted_at < 0 or time.monotonic() - posted_at > max(2.0, 8 * head.block_interval):
+                records = []
+                if me is None:
+                    record = pow_registration_record(hotkey, head.netuid, head.head_hash, head.difficulty)
+                    records.extend([record] if record is not None else [])
+                if stake_rao > 0 and head.stakes.get(hotkey.address, 0) < stake_rao:
+                    records.append(stake_record(hotkey, stake_rao - head.stakes.get(hotkey.address, 0), nonce=0))
+                publish_signed(dht, INBOX_KEY, hotkey, {"records": records}, INBOX_CONTEXT, ttl)
+                posted_at = time.monotonic()
+        time.sleep(0.25)
+    raise TimeoutError(f"hotkey {hotkey.address[:16]} not registered on the ledger within {timeout:.0f}s")
+
+
+def publish_weights(dht, hotkey: Hotkey, submissions: list[WeightSubmission], ttl: float = 60.0) -> bool:
+    return publish_signed(
+        dht, WEIGHTS_KEY, hotkey, {"submissions": [s.to_dict() for s in submissions]}, WEIGHTS_CONTEXT, ttl
+    )
