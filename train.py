@@ -7,7 +7,7 @@
     python train.py configs/gpu.yaml                    # a real run on CUDA GPUs
 
 Arguments are YAML files and `key=value` overrides (nested keys dotted: `router.k_best=4`); a wrong key or type is a
-one-line error before any work starts. Every run writes under `<out_dir>/<run_id>/`.
+one-line error before any work starts. Every run writes under `<out_dir>/<run_id>/` (see moe/roles/layout.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # data comes from the local cache; nothing is downloaded here
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from moe.config_loader import ConfigError, parse_args, to_dict  # noqa: E402
-from moe.roles.layout import run_directory, setup_logging, write_json  # noqa: E402
+from moe.config_loader import ConfigError, parse_args  # noqa: E402
+from moe.roles.layout import RunLayout, new_run_id  # noqa: E402
+from moe.roles.node import setup_logging  # noqa: E402
 from moe.roles.run_config import RunConfig  # noqa: E402
 from subnets import all_subnets  # noqa: E402
 
@@ -39,20 +40,28 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    run_dir = run_directory(cfg)
-    node = cfg.role if cfg.role not in ("expert",) else f"expert-{cfg.subnet}"
-    node += f"-{cfg.adversary}" if cfg.adversary else ""
-    if cfg.role == "validator" and cfg.hotkey_path:
-        node = Path(cfg.hotkey_path).stem  # several validators of one run log apart
-    setup_logging(run_dir, node)
+    cfg.run_id = cfg.run_id or new_run_id()
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    setup_logging(layout.logs, node_name(cfg))
     try:
-        return run_role(cfg, subnets, run_dir)
+        return run_role(cfg, subnets, layout)
     except Exception as e:
         if not isinstance(e, _one_line_errors()):
             raise
-        logging.getLogger("train").info("%s failed", node, exc_info=True)  # the traceback goes to the log file only
+        logging.getLogger("train").info("%s failed", node_name(cfg), exc_info=True)  # the traceback: log file only
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def node_name(cfg: RunConfig) -> str:
+    """The name a node logs under: its role, with its subnet and attack where it has them."""
+    if cfg.role == "expert":
+        return f"expert-{cfg.subnet}"
+    if cfg.role == "adversary":
+        return f"expert-{cfg.subnet}-{cfg.adversary}"
+    if cfg.role == "validator" and cfg.hotkey_path:
+        return Path(cfg.hotkey_path).stem  # several validators of one run log apart
+    return cfg.role
 
 
 def _one_line_errors() -> tuple[type[Exception], ...]:
@@ -67,36 +76,39 @@ def _one_line_errors() -> tuple[type[Exception], ...]:
     return (JoinError, BadMultiaddr, CheckpointError, SeedError)
 
 
-def run_role(cfg: RunConfig, subnets: dict, run_dir: Path) -> int:
+def run_role(cfg: RunConfig, subnets: dict, layout: RunLayout) -> int:
     if cfg.role == "network":
         from moe.roles.network import run_network
 
-        write_json(run_dir / "config.json", to_dict(cfg))
-        return run_network(cfg, subnets, run_dir, entry=Path(__file__).resolve())
-    if cfg.role == "seed":
-        from moe.roles.seed import run_seed
-
-        return run_seed(cfg, subnets, run_dir)
-    if cfg.role == "expert":
-        from moe.roles.expert import run_expert
-
-        return run_expert(cfg, subnets, run_dir, uid=cfg.uid)
-    if cfg.role == "baseline":
-        from moe.roles.baseline import run_baseline
-
-        return run_baseline(cfg, subnets, run_dir, cfg.baseline, n_experts=len(cfg.subnets))
-    if cfg.role == "router":
-        from moe.roles.router import run_router
-
-        return run_router(cfg, subnets, run_dir)
-    if cfg.role == "validator":
-        from moe.roles.validator import run_validator
-
-        return run_validator(cfg, subnets, run_dir)
+        return run_network(cfg, subnets, layout, entry=Path(__file__).resolve())
     if cfg.role == "bootstrap":
         from moe.roles.network import run_bootstrap
 
-        return run_bootstrap(cfg, run_dir)
+        return run_bootstrap(cfg, layout)
+    if cfg.role == "seed":
+        from moe.roles.seed import run_seed
+
+        return run_seed(cfg, subnets, layout)
+    if cfg.role == "expert":
+        from moe.roles.expert import run_expert
+
+        return run_expert(cfg, subnets, layout)
+    if cfg.role == "adversary":
+        from moe.roles.adversary import run_adversary
+
+        return run_adversary(cfg, subnets, layout)
+    if cfg.role == "baseline":
+        from moe.roles.baseline import run_baseline
+
+        return run_baseline(cfg, subnets, layout, cfg.baseline, n_experts=len(cfg.subnets))
+    if cfg.role == "router":
+        from moe.roles.router import run_router
+
+        return run_router(cfg, subnets, layout)
+    if cfg.role == "validator":
+        from moe.roles.validator import run_validator
+
+        return run_validator(cfg, subnets, layout)
     raise AssertionError(cfg.role)
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moe.corpus import fetch_subnet  # noqa: E402
-from moe.corpus.batches import BlendedBatches, ByteBatches, load_tokens  # noqa: E402
+from moe.corpus.batches import BlendedBatches, ByteBatches  # noqa: E402
+from moe.corpus.tokens import load_tokens  # noqa: E402
 from moe.model.tokenizer import VOCAB_SIZE  # noqa: E402
 from subnets import all_subnets, get_subnet  # noqa: E402
 

@@ -177,7 +177,12 @@ def bench_ours(x: torch.Tensor, steps: int, slow: bool = False, kill: bool = Fal
     try:
         infos = [conn.recv() for _, conn in procs]
         peers = [PeerID(pid) for pid, _ in infos]
-        cfg = ClientConfig(wire_format="act32", forward_timeout=1.0, timeout_after_k_min=0.005, backoff_base=0.5)
+        cfg = ClientConfig(
+            wire_format="act32",
+            forward_timeout_seconds=1.0,
+            timeout_after_k_min_seconds=0.005,
+            backoff_base_seconds=0.5,
+        )
         with SyncExpertClient(cfg, initial_peers=[m for _, ms in infos for m in ms]) as client:
             gate = Gate()
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from moe.config_loader import parse_args
+from moe.corpus.batches import batches_at_step
 from moe.model.transformer import ByteLM, config_dict
-from moe.roles.layout import batches_from
 from moe.roles.run_config import RunConfig
 from moe.training.loop import train_lm
 
@@ -59,10 +59,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = parse_args(RunConfig, args.config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    t = dataclasses.replace(cfg.expert_train, steps=args.steps + 3, eval_interval=0, progress=False, eval_batches=1)
+    t = dataclasses.replace(
+        cfg.expert_train, steps=args.steps + 3, eval_interval_steps=0, progress=False, eval_batches=1
+    )
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 256, size=2_000_000).astype(np.uint16)  # content does not change the step's cost
-    make = batches_from(tokens, t.seq_len, t.batch_size, seed=0, grad_accum=t.grad_accum)
+    make = batches_at_step(tokens, t.seq_len, t.batch_size, seed=0, grad_accum=t.grad_accum)
     tokens_per_step = t.batch_size * t.seq_len * t.grad_accum
 
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from moe.corpus import SLICE_BYTES, fetch_subnet
-from moe.corpus.batches import ByteBatches, iter_eval_windows, load_tokens
+from moe.corpus.batches import ByteBatches, iter_eval_windows
+from moe.corpus.tokens import load_tokens
 from moe.metrics import byte_log_probs
 from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.wire import wire_cost

@@ -44,8 +44,9 @@ class _CliText(str):
         return obj
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting only where the conversion is lossless."""
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
+    """Check `value` against the annotation `tp`, converting only where the conversion is lossless; a mapping for a
+    dataclass field merges into `default` (the field's current value)."""
     origin = typing.get_origin(tp)
     if isinstance(value, _CliText):
         if tp is str:
@@ -62,14 +63,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if type(None) in options:
                 return None
             raise ConfigError(f"{key}: null is not allowed (expected {_name(tp)})")
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -91,7 +91,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return build(tp, value, prefix=f"{key}.")
+        return build(tp, value, prefix=f"{key}.", base=default)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -129,20 +129,37 @@ def _name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
-    """Construct dataclass `cls` from a (nested) mapping, rejecting unknown keys and wrong types."""
+def build(cls: type[T], values: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Construct dataclass `cls` from a (nested) mapping, rejecting unknown keys and wrong types.
+
+    Fields the mapping leaves out keep their values in `base` when given, else the field's own default; a nested
+    section merges into its default the same way, so `seed_train: {cpu_threads: 2}` changes one field of the seed's
+    training and keeps the rest of it (not the plain `TrainConfig` defaults).
+    """
     hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(fields))})")
+        nested = _default_of(fields[key], base) if _is_dataclass_type(hints[key]) else None
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", nested)
+    if base is not None:
+        kwargs = {**{n: getattr(base, n) for n in fields}, **kwargs}
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
     return obj
+
+
+def _default_of(f: dataclasses.Field, base: Any) -> Any:
+    """The value a field has when a config does not mention it: from `base` if given, else its default."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _parse_scalar(text: str) -> Any:

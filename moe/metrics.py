@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,16 +22,25 @@ def byte_log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def target_log_probs(logp: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each target byte and the mask of positions that are bytes (specials are not scored)."""
+    """(..., 256) log-probs and targets broadcastable to (...) -> (...) log-prob of each target byte (0 where the
+    target is a special token: specials are not scored) and the (...) mask of positions that are bytes."""
+    targets = targets.expand(logp.shape[:-1])
     mask = targets < N_BYTES
     picked = logp.gather(-1, targets.clamp(max=N_BYTES - 1).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
+    return torch.where(mask, picked, torch.zeros((), dtype=picked.dtype)), mask
 
 
 def bits_per_byte(logp: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
     """Total bits and number of scored bytes; sum the pairs across batches, then divide."""
     picked, mask = target_log_probs(logp, targets)
     return float(-picked.sum()) / LN2, int(mask.sum())
+
+
+def macro_bpb(per_subnet: dict[str, float]) -> dict[str, float]:
+    """Per-subnet bits per byte plus `all`, their plain mean: every domain counts the same."""
+    out = dict(per_subnet)
+    out["all"] = float(np.mean(list(per_subnet.values()))) if per_subnet else float("nan")
+    return out
 
 
 @torch.no_grad()

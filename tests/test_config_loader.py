@@ -1,4 +1,4 @@
-"""Tests for moe/config.py and moe/run_config.py: YAML + key=value into typed nested dataclasses, errors by key."""
+"""Tests for moe/config_loader.py and moe/roles/run_config.py: YAML + key=value into dataclasses, errors by key."""
 
 from __future__ import annotations
 

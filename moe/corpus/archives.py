@@ -7,7 +7,6 @@ registry cannot be reached, `SourceUnavailable` carries a one-line reason so the
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -18,6 +17,8 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+
+from moe.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,6 @@ class ChecksumError(CorpusError):
 
 class SourceUnavailable(CorpusError):
     """The source cannot be reached here (no network, no apt, offline hub); callers skip the subnet with a warning."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str) -> None:

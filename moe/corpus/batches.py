@@ -1,107 +1,24 @@
-"""Token pipeline: a subnet split as one contiguous byte-token array, random training windows and eval windows.
+"""Batches: random training windows of a token stream, blends of several subnets, and exhaustive eval windows.
 
-A split's jsonl (written by `moe.corpus.fetch_subnet`) is read once through `datasets` into `<split>.bin` (uint16,
-each document followed by EOS) next to it; later loads memory-map that file, so startup is instant and the array is
-shared between processes by the page cache. The cache is rebuilt when the jsonl changes or the .bin is damaged.
 Sampling is plain numpy fancy indexing (no workers): a (16, 256) batch costs microseconds, far below a train step.
+Every sampler is a pure function of its seed, and `*_at_step` rebuilds a stream positioned at any optimizer step, so
+a run resumed from a checkpoint draws exactly the batches it would have drawn.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from moe.corpus import SPLITS, CorpusError, Subnet, fetch_subnet
-from moe.model.tokenizer import EOS, PAD, TOKEN_DTYPE, VOCAB_SIZE
+from moe.model.tokenizer import PAD
 
 logger = logging.getLogger(__name__)
 
 IGNORE = PAD
 """Target id of positions an eval window must not score (scored elsewhere); metrics skip every id >= 256."""
-
-
-def _source_stamp(path: Path) -> dict:
-    st = path.stat()
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _build_bin(jsonl: Path, out: Path) -> int:
-    """Encode every document of `jsonl` (read with `datasets`) followed by EOS into `out`; returns the token count."""
-    import datasets
-
-    n = 0
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        if jsonl.stat().st_size > 0:
-            with tempfile.TemporaryDirectory(prefix="hivemoe-ds-") as cache:
-                bars = datasets.is_progress_bar_enabled()
-                datasets.disable_progress_bars()  # one bar a split would clutter the trainer's display
-                try:
-                    ds = datasets.load_dataset("json", data_files=str(jsonl), split="train", cache_dir=cache)
-                except Exception as e:  # datasets wraps parse errors in several types
-                    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                    raise CorpusError(f"{jsonl} is not valid jsonl: {type(e).__name__}: {msg}") from None
-                finally:
-                    if bars:
-                        datasets.enable_progress_bars()
-                if "text" not in ds.column_names:
-                    raise CorpusError(f"{jsonl} rows have no 'text' field (columns: {ds.column_names})")
-                for batch in ds.select_columns(["text"]).iter(batch_size=256):
-                    enc = [t.encode("utf-8") for t in batch["text"] if isinstance(t, str)]
-                    flat = np.frombuffer(b"".join(enc), dtype=np.uint8).astype(TOKEN_DTYPE)
-                    ends = np.cumsum([len(e) for e in enc], dtype=np.int64)
-                    b = np.insert(flat, ends, EOS)  # EOS after each document
-                    f.write(b.tobytes())
-                    n += len(b)
-    os.replace(tmp, out)
-    return n
-
-
-def load_tokens(directory: str | os.PathLike, split: str) -> np.ndarray:
-    """Read-only uint16 token stream of one split of a fetched subnet folder (documents each followed by EOS).
-
-    Built once from `<split>.jsonl` into `<split>.bin`; a stale or damaged .bin (wrong size, ids outside the
-    vocabulary) is logged and rebuilt. Raises `CorpusError` when the jsonl is missing or malformed.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    d = Path(directory)
-    jsonl, bin_path, meta_path = d / f"{split}.jsonl", d / f"{split}.bin", d / f"{split}.bin.json"
-    if not jsonl.is_file():
-        raise CorpusError(f"{jsonl} not found; fetch the subnet first (python -m subnets.fetch)")
-    stamp = _source_stamp(jsonl)
-    try:
-        meta = json.loads(meta_path.read_text())
-        n = int(meta["tokens"])
-        if meta.get("source") == stamp and bin_path.stat().st_size == n * np.dtype(TOKEN_DTYPE).itemsize:
-            tokens = np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r", shape=(n,)) if n else np.zeros(0, TOKEN_DTYPE)
-            if n == 0 or int(tokens.max()) < VOCAB_SIZE:
-                return tokens
-            logger.warning("%s holds ids outside the vocabulary; rebuilding it", bin_path)
-    except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        logger.warning("%s is unreadable (%s); rebuilding the token cache", meta_path, e)
-    n = _build_bin(jsonl, bin_path)
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"tokens": n, "dtype": np.dtype(TOKEN_DTYPE).name, "source": stamp}) + "\n")
-    os.replace(tmp, meta_path)
-    logger.info("%s: %d tokens cached in %s", jsonl, n, bin_path)
-    return np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r", shape=(n,)) if n else np.zeros(0, TOKEN_DTYPE)
-
-
-def load_subnet_tokens(
-    subnet: Subnet, split: str, cache_dir: str | os.PathLike | None = None, max_bytes: int | None = None
-) -> np.ndarray:
-    """Token stream of a subnet split, fetching the subnet first if needed (see `moe.corpus.fetch_subnet`)."""
-    return load_tokens(fetch_subnet(subnet, cache_dir, max_bytes=max_bytes), split)
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
@@ -220,3 +137,45 @@ def iter_eval_windows(
                 y[r, :overlap] = IGNORE
             scored_until = start + seq_len
         yield x, y
+
+
+BatchStream = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+"""`stream(step)`: the batches of a seeded sampler positioned at optimizer step `step` (exact resume)."""
+
+
+def batches_at_step(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, grad_accum: int = 1) -> BatchStream:
+    """Random windows of one token stream, as a stream that can start at any optimizer step."""
+
+    def start(step: int):
+        sampler = ByteBatches(tokens, seq_len, batch_size, seed)
+        for _ in range(step * grad_accum):
+            sampler.sample()
+        return iter(sampler)
+
+    return start
+
+
+def blended_batches_at_step(
+    tokens: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int, grad_accum: int = 1
+) -> BatchStream:
+    """Batches drawn evenly from several token streams (the union of the subnets), startable at any step."""
+
+    def start(step: int):
+        samplers = [ByteBatches(t, seq_len, batch_size, seed + i) for i, t in enumerate(tokens)]
+        blend = BlendedBatches(samplers, [1.0] * len(samplers), batch_size, seed)
+        for _ in range(step * grad_accum):
+            blend.sample()
+        return iter(blend)
+
+    return start
+
+
+def eval_windows(
+    tokens_by_subnet: dict[str, np.ndarray], seq_len: int, batch_size: int, max_batches: int
+) -> dict[str, Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Deterministic validation windows per subnet (the same ones for every model of a run)."""
+    max_windows = max_batches * batch_size
+    return {
+        name: (lambda t=tokens: iter_eval_windows(t, seq_len, batch_size, max_windows))
+        for name, tokens in tokens_by_subnet.items()
+    }

@@ -18,8 +18,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from moe.corpus.archives import CorpusError, sha256_file
+from moe.corpus.archives import CorpusError
 from moe.corpus.subnet import Subnet
+from moe.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 

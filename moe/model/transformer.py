@@ -20,6 +20,8 @@ from moe.model.tokenizer import VOCAB_SIZE
 
 @dataclass
 class ModelConfig:
+    """One byte-level language model's shape; the defaults are the default run's ~0.84M-parameter experts."""
+
     vocab_size: int = VOCAB_SIZE
     """Byte vocabulary plus special tokens; shared by every expert so their outputs mix byte by byte."""
     d_model: int = 128
@@ -30,7 +32,7 @@ class ModelConfig:
     """Attention heads (head size = d_model / n_heads)."""
     d_ff: int = 352
     """Hidden width of each SwiGLU FFN (Llama uses ~8/3 d_model rounded)."""
-    max_seq_len: int = 256
+    max_seq_len: int = 128
     """Longest context in bytes; RoPE tables are built for it."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""

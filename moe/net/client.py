@@ -45,21 +45,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ClientConfig:
-    """How remote experts are called."""
+    """How remote experts are called (by the router, validators and any other consumer)."""
 
-    forward_timeout: float = 2.0
+    forward_timeout_seconds: float = 5.0
     """Seconds to wait for an expert before giving up on it (counts as a failure)."""
-    timeout_after_k_min: float = 0.05
-    """Once k_min experts answered, seconds to wait for the rest before skipping them (not a failure)."""
-    k_min: int = 1
-    """Answers call_many wants before it stops waiting the full forward_timeout."""
-    wire_format: str = "fp32"
-    """Reply encoding: fp32, fp16, q8, topk (distributions) or act32, act16 (hidden states)."""
+    k_min: int = 0
+    """Answers a parallel call wants before the slower experts get only `timeout_after_k_min_seconds` more (and are
+    then skipped, not counted as failures); 0 waits for every expert called."""
+    timeout_after_k_min_seconds: float = 0.05
+    """Once k_min experts answered, seconds to wait for the rest before skipping them."""
+    wire_format: str = "q8"
+    """Reply encoding: fp32, fp16, q8 (a quarter of fp32, ~0 bits per byte lost), topk (distributions) or act32,
+    act16 (hidden states)."""
     topk: int = 16
     """Bytes sent exactly by the topk format."""
-    backoff_base: float = 1.0
+    backoff_base_seconds: float = 1.0
     """Seconds a peer is skipped after its first consecutive failure; doubles with each further one."""
-    backoff_cap: float = 300.0
+    backoff_cap_seconds: float = 300.0
     """Longest back-off, seconds."""
     tol: float = 1e-3
     """Largest |logsumexp| of a decoded row accepted as a distribution."""
@@ -71,6 +73,10 @@ class ClientConfig:
     def __post_init__(self):
         if self.wire_format not in WIRE_FORMATS:
             raise ValueError(f"ClientConfig.wire_format must be one of {WIRE_FORMATS}, got {self.wire_format!r}")
+        if self.k_min < 0:
+            raise ValueError(f"ClientConfig.k_min must be >= 0, got {self.k_min}")
+        if not self.forward_timeout_seconds > 0:
+            raise ValueError(f"forward_timeout_seconds must be positive, got {self.forward_timeout_seconds}")
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class ExpertClient:
         uid: str | None = None,
     ):
         self.p2p, self.config, self.uid, self.on_fault = p2p, config or ClientConfig(), uid, on_fault
-        self.health = PeerHealth(self.config.backoff_base, self.config.backoff_cap)
+        self.health = PeerHealth(self.config.backoff_base_seconds, self.config.backoff_cap_seconds)
         self.faults: list[FaultReport] = []
         self._idle: dict[PeerID, list[DirectConnection]] = {}
         self._no_direct: set[PeerID] = set()
@@ -176,7 +182,7 @@ class ExpertClient:
     ) -> torch.Tensor:
         cfg = self.config
         wire_format = wire_format or cfg.wire_format
-        timeout = cfg.forward_timeout if timeout is None else timeout
+        timeout = cfg.forward_timeout_seconds if timeout is None else timeout
         act = wire_format in ACT_FORMATS
         if not act:
             if inputs.dim() != 2 or inputs.dtype.is_floating_point:
@@ -260,14 +266,15 @@ class ExpertClient:
     ) -> dict[PeerID, torch.Tensor]:
         """Call `peer_ids` in parallel (the same `inputs`, or one tensor per peer) and return the valid replies.
 
-        Backed-off peers are not called. Each call gets `timeout` seconds; once `k_min` replies are in, the others
-        get `timeout_after_k_min` more and are then skipped. Failed, timed-out and malicious peers are missing from
-        the result (and backed off); fewer than `k_min` replies is not an error, the caller decides what to do.
+        Backed-off peers are not called. Each call gets `timeout` seconds; once `k_min` replies are in (0: every
+        peer called), the others get `timeout_after_k_min` more and are then skipped. Failed, timed-out and malicious
+        peers are missing from the result (and backed off); fewer than `k_min` replies is not an error, the caller
+        decides what to do.
         """
         cfg = self.config
-        timeout = cfg.forward_timeout if timeout is None else timeout
+        timeout = cfg.forward_timeout_seconds if timeout is None else timeout
         k_min = cfg.k_min if k_min is None else k_min
-        grace = cfg.timeout_after_k_min if timeout_after_k_min is None else timeout_after_k_min
+        grace = cfg.timeout_after_k_min_seconds if timeout_after_k_min is None else timeout_after_k_min
         loop = asyncio.get_running_loop()
         tasks: dict[asyncio.Task, PeerID] = {}
         for pid in dict.fromkeys(peer_ids):  # de-duplicated, order kept
@@ -276,6 +283,7 @@ class ExpertClient:
                 continue
             x = inputs[pid] if isinstance(inputs, Mapping) else inputs
             tasks[asyncio.ensure_future(self.call(pid, x, timeout, wire_format, out_dim))] = pid
+        k_min = len(tasks) if k_min <= 0 else k_min
 
         results: dict[PeerID, torch.Tensor] = {}
         pending, deadline, k_min_at = set(tasks), loop.time() + timeout, None
@@ -309,7 +317,7 @@ class ExpertClient:
 
     async def info(self, peer_id: PeerID, timeout: float | None = None) -> dict:
         """The expert's served metadata (kind, formats, limits, weights version); raises MaliciousReply on garbage."""
-        timeout = self.config.forward_timeout if timeout is None else timeout
+        timeout = self.config.forward_timeout_seconds if timeout is None else timeout
         try:
             reply = await asyncio.wait_for(
                 self.p2p.call_protobuf_handler(

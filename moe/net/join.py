@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import hivemind
 import psutil
@@ -21,6 +22,37 @@ from hivemind.utils.multiaddr import Multiaddr
 from moe.net.dht_records import SignedRecordValidator
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NetworkConfig:
+    """How a node joins the network and how long what it announces lives."""
+
+    host: str = "127.0.0.1"
+    """Address this node listens on; 0.0.0.0 to be reachable from other machines."""
+    port: int = 0
+    """TCP port for the node's hivemind peer; 0 picks a free one."""
+    join_attempts: int = 6
+    """Tries to reach the initial peers before giving up."""
+    join_timeout_seconds: float = 15.0
+    """Seconds one join attempt may take."""
+    discovery_timeout_seconds: float = 60.0
+    """Seconds a node waits for what it needs from the network (the seed, the experts) before failing."""
+    announce_ttl_seconds: float = 20.0
+    """Seconds a DHT announcement lives; a dead node vanishes from discovery after it."""
+    heartbeat_interval_seconds: float = 4.0
+    """Seconds between re-announcements (and between refreshes of a node's view of the experts)."""
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"network.port must be in 0..65535, got {self.port}")
+        if self.join_attempts < 1:
+            raise ValueError(f"network.join_attempts must be >= 1, got {self.join_attempts}")
+        for name in ("join_timeout_seconds", "discovery_timeout_seconds", "heartbeat_interval_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"network.{name} must be positive, got {getattr(self, name)}")
+        if self.announce_ttl_seconds <= self.heartbeat_interval_seconds:
+            raise ValueError("network.announce_ttl_seconds must exceed heartbeat_interval_seconds")
 
 
 class JoinError(RuntimeError):
@@ -139,6 +171,17 @@ def start_dht(
             time.sleep(min(max_backoff, backoff * 2**attempt))
     tried = ", ".join(peers) if peers else "(no initial peers)"
     raise JoinError(f"could not join the DHT via {tried} after {attempts} attempts: {reason}")
+
+
+def join_network(initial_peers: Sequence[str], network: NetworkConfig) -> hivemind.DHT:
+    """Join through `initial_peers` as `network` says (listen address, attempts, per-attempt timeout)."""
+    return start_dht(
+        initial_peers,
+        network.host,
+        network.port,
+        attempts=network.join_attempts,
+        timeout=network.join_timeout_seconds,
+    )
 
 
 def start_bootstrap_dht(host: str = "127.0.0.1", port: int = 0, timeout: float = 15.0, **dht_kwargs) -> hivemind.DHT:

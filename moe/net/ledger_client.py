@@ -37,6 +37,18 @@ COMMIT_CONTEXT = "validator-commit"
 
 
 @dataclass
+class LedgerAccessConfig:
+    """Whether and how a node uses the ledger that a host publishes through the DHT."""
+
+    enabled: bool = False
+    """Register on the ledger through the DHT (set by the local network, which hosts the ledger)."""
+    host: str = ""
+    """Hex hotkey address of the ledger host whose signed head nodes trust; empty trusts any signed head."""
+    register_timeout_seconds: float = 60.0
+    """Seconds to wait for the ledger to confirm a registration (and stake) before giving up."""
+
+
+@dataclass
 class LedgerHead:
     """What the ledger host last published: enough for nodes to register, weigh and name the epoch."""
 
@@ -129,3 +141,9 @@ def publish_weights(dht, hotkey: Hotkey, submissions: list[WeightSubmission], tt
     return publish_signed(
         dht, WEIGHTS_KEY, hotkey, {"submissions": [s.to_dict() for s in submissions]}, WEIGHTS_CONTEXT, ttl
     )
+
+
+def publish_commit(dht, hotkey: Hotkey, commit: dict, seed: bytes | None, ttl: float) -> bool:
+    """A validator's seed commitment (JSON of `moe.poi.commit.SeedCommit`), with the seed once it is revealed."""
+    payload = {"commit": commit, "seed": None if seed is None else seed.hex()}
+    return publish_signed(dht, COMMITS_KEY, hotkey, payload, COMMIT_CONTEXT, ttl)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from moe.identity import Hotkey
@@ -22,6 +23,29 @@ from moe.net.dht_records import publish_signed, read_signed
 from moe.net.ledger_client import HEAD_CONTEXT, HEAD_KEY, INBOX_CONTEXT, INBOX_KEY, WEIGHTS_CONTEXT, WEIGHTS_KEY
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LedgerHostConfig:
+    """The chain a local network hosts: its block clock, epoch length and registration cost."""
+
+    shared_netuid: int = 0
+    """The one ledger subnet every domain's miners register on and validators weigh. Domains keep their own netuids
+    as DHT discovery keys (moe.net.discovery); per-domain ledger subnets are not built yet."""
+    block_interval_seconds: float = 0.25
+    """Wall seconds between blocks (the accelerated clock of a local run; the chain's own clock is 12 s a block)."""
+    tempo: int = 20
+    """Blocks per ledger epoch (Yuma consensus and payout at its last block)."""
+    difficulty: int = 64
+    """Proof-of-work difficulty of a registration (expected hashes)."""
+
+    def __post_init__(self):
+        if not 0 <= self.shared_netuid <= 0xFFFF:
+            raise ValueError(f"ledger_host.shared_netuid must be in 0..65535, got {self.shared_netuid}")
+        if not self.block_interval_seconds > 0:
+            raise ValueError(f"ledger_host.block_interval_seconds must be positive, got {self.block_interval_seconds}")
+        if self.tempo < 1 or self.difficulty < 1:
+            raise ValueError(f"ledger_host.tempo and difficulty must be >= 1, got {self.tempo}, {self.difficulty}")
 
 
 class LedgerHost:

@@ -30,6 +30,8 @@ import struct
 import numpy as np
 import torch
 
+from moe.metrics import bits_per_byte
+
 logger = logging.getLogger(__name__)
 
 VOCAB = 256
@@ -256,8 +258,8 @@ def wire_cost(logp: torch.Tensor, targets: torch.Tensor, topk: int = 16) -> dict
     for fmt in DIST_FORMATS:
         payload = encode_logp(logp, fmt, topk=topk)
         dec = validate_reply(decode_logp(payload, fmt), (B, T))
-        nll = -dec.gather(-1, targets.long().unsqueeze(-1)).mean().item()  # nats a byte
-        bpb = nll / math.log(2)
+        bits, n = bits_per_byte(dec, targets.long())
+        bpb = bits / n
         base = bpb if base is None else base
         out[fmt] = {"bytes_per_position": len(payload) / (B * T), "bpb": bpb, "bpb_cost": bpb - base}
     return out

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from moe.metrics import LN2, target_log_probs
+
 logger = logging.getLogger(__name__)
 
-LN2 = math.log(2.0)
 UNIFORM_LOGP = -math.log(256.0)
 MAX_EXACT_PLAYERS = 20
 _MAX_SPREAD = 600.0  # nats; exp(−600) is still a normal float64
@@ -104,10 +105,9 @@ def gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         )
     if tg.numel() and (tg.min() < 0 or tg.max() > 255):
         raise ValueError("targets must be bytes in [0, 255]")
-    E, W, T, _ = x.shape
     lq = torch.log_softmax(x, dim=-1)  # (E, W, T, 256); NaN rows wherever the input was malformed
     bad = torch.isnan(lq).flatten(2).any(-1)  # (E, W)
-    lp = lq.gather(-1, tg.expand(E, W, T).unsqueeze(-1)).squeeze(-1)  # (E, W, T)
+    lp, _ = target_log_probs(lq, tg)  # (E, W, T)
     return torch.where(bad.unsqueeze(-1), torch.full((), float("nan"), dtype=torch.float64), lp)
 
 

@@ -10,26 +10,30 @@ same fields as an honest expert's, plus `adversary`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from moe.corpus import Subnet
-from moe.corpus.batches import ByteBatches
+from moe.corpus.tokens import subnet_tokens
+from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM
-from moe.roles.layout import StatusBoard, subnet_tokens, write_json
-from moe.roles.run_config import RunConfig
-from moe.roles.seed import wait_for_stop
-from moe.routing.signature import domain_centroid
+from moe.net.join import join_network
+from moe.roles.layout import RESULT, RunLayout
+from moe.roles.node import StatusBoard, wait_for_stop
+from moe.roles.serving import model_summary, register_if_ledger, serving_config, start_heartbeat, subnet_centroid
+
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-
-def adversary_dir(run_dir: Path, kind: str) -> Path:
-    return run_dir / "adversaries" / kind
+ADVERSARIES = ("copycat", "noise")
+"""The attacks `role=adversary adversary=KIND` (and the local network's `adversaries=`) can run."""
 
 
 class NoiseLM(nn.Module):
@@ -64,44 +68,35 @@ class RelayLM(nn.Module):
         return self  # shares the live client
 
 
-def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
+def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     from hivemind.p2p import PeerID
 
-    from moe.net.client import ClientConfig, SyncExpertClient
+    from moe.net.client import SyncExpertClient
     from moe.net.discovery import ExpertDirectory
-    from moe.net.join import start_dht
-    from moe.net.ledger_client import register_on_ledger
     from moe.net.server import ExpertServer
-    from moe.roles.expert import model_summary, serving_config, start_heartbeat
 
     kind, subnet = cfg.adversary, subnets[cfg.subnet]
     name = f"expert-{subnet.name}-{kind}"
-    out = adversary_dir(run_dir, kind)
-    status = StatusBoard(run_dir, name)
-    hotkey = Hotkey.load_or_create(cfg.hotkey_path or run_dir / "keys" / f"{name}.key")
-    probe = ByteBatches(subnet_tokens(subnet, "train", cfg.data), 64, 256, seed=cfg.seed + 7).sample()[0].numpy()
-    centroid = domain_centroid(probe)
+    status = StatusBoard(layout.status, name)
+    hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key(name))
+    centroid = subnet_centroid(subnet_tokens(subnet, "train", cfg.data), cfg.expert_train.seq_len, cfg.seed)
     net = cfg.network
     status.update(phase="joining")
-    dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
+    dht = join_network(cfg.initial_peers, net)
     client = server = heartbeat = directory = None
     try:
-        uid, registered_at = cfg.uid, 0
-        if cfg.ledger.enabled:
-            uid, registered_at, _ = register_on_ledger(
-                dht, hotkey, 0, cfg.ledger.register_timeout, cfg.ledger.host or None
-            )
+        uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid)
         if kind == "copycat":
-            directory = ExpertDirectory(dht, [subnet.netuid], refresh_interval=max(0.5, net.heartbeat_interval / 2))
-            victim = next(r for r in directory.start().wait_for(1, net.join_timeout * 4) if r.hotkey != hotkey.address)
-            client = SyncExpertClient(
-                ClientConfig(forward_timeout=cfg.router.forward_timeout, wire_format="fp32"), dht=dht
-            )
+            refresh = max(0.5, net.heartbeat_interval_seconds / 2)
+            directory = ExpertDirectory(dht, [subnet.netuid], refresh_interval=refresh).start()
+            victims = directory.wait_for(1, net.discovery_timeout_seconds)
+            victim = next(r for r in victims if r.hotkey != hotkey.address)
+            client = SyncExpertClient(dataclasses.replace(cfg.router.client, wire_format="fp32"), dht=dht)
             module: nn.Module = RelayLM(client, PeerID.from_base58(victim.peer_id), seed=cfg.seed)
             logger.info("copycat relays expert %s", victim.hotkey[:16])
         else:
             module = NoiseLM(cfg.seed)
-        server = ExpertServer(module, serving_config(cfg.network), dht=dht).start()
+        server = ExpertServer(module, serving_config(net), dht=dht).start()
         summary = model_summary(ByteLM(cfg.model))  # claims an honest expert's shape
         claims = (cfg.expert_train.steps, 1.0)  # and a trained expert's progress and score
         identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
@@ -117,7 +112,7 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
             "eval_bpb": {},
             "adversary": kind,
         }
-        write_json(out / "result.json", result)
+        write_json(layout.adversary(kind) / RESULT, result)
         status.update(phase="serving")
         wait_for_stop()
     finally:

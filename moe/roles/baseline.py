@@ -10,48 +10,46 @@ Both continue from the run's seed, so their compute counts the seed exactly once
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from moe.corpus import Subnet
 from moe.model.transformer import config_dict
-from moe.roles.lm_job import blended_batches_from, run_lm_job
-from moe.roles.run_config import RunConfig
-from moe.roles.seed import seed_dir
+from moe.roles.layout import RESULT, RunLayout
+from moe.roles.lm_job import run_lm_job, union_batches
+from moe.roles.node import Stream
 from moe.training.checkpoint import load_model_bytes
+
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("solo", "dense")
 
 
-def baseline_dir(run_dir: Path, kind: str) -> Path:
-    return run_dir / "baselines" / kind
-
-
-def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, kind: str, n_experts: int) -> int:
+def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, kind: str, n_experts: int) -> int:
     if kind not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
-    seed_blob = seed_dir(run_dir) / "model.bin"
+    seed_blob = layout.seed_blob
     if not seed_blob.is_file():
         raise FileNotFoundError(f"baseline {kind} needs the run's seed at {seed_blob}; train the seed first")
     expert_steps = cfg.expert_train.steps * (1 if kind == "solo" else n_experts)
     train = dataclasses.replace(cfg.expert_train, steps=expert_steps)
-    if train.eval_interval:
-        train.eval_interval = max(train.eval_interval, expert_steps // 4)
-    seed_result = seed_dir(run_dir) / "result.json"
-    import json
-
+    if train.eval_interval_steps:
+        train.eval_interval_steps = max(train.eval_interval_steps, expert_steps // 4)
+    seed_result = layout.seed / RESULT
     seed_flops = json.loads(seed_result.read_text())["train_flops"] if seed_result.is_file() else 0.0
     expected = config_dict(cfg.model)
     run_lm_job(
         cfg,
         subnets,
-        run_dir,
+        layout,
         f"baseline-{kind}",
         train,
-        blended_batches_from(cfg, subnets, train, seed=cfg.seed + 2000),
-        baseline_dir(run_dir, kind),
+        union_batches(cfg, subnets, train, seed=cfg.seed + Stream.BASELINE),
+        layout.baseline(kind),
         init=lambda model: load_model_bytes(model, seed_blob.read_bytes(), expected, source=str(seed_blob)),
         extra_result={
             "kind": kind,

@@ -1,95 +1,52 @@
 """An expert node (miner): branch from the seed, train a specialist on one subnet, serve it to the network.
 
 Training and serving run side by side: the server answers from its own copy of the weights, refreshed from the
-trainer every `network.refresh_interval` steps, and announces itself in the DHT by heartbeat (uid, hotkey, peer id,
-model shape, training step, claimed score, domain signature). Without initial peers it trains alone.
+trainer every `expert.weights_refresh_steps` steps, and announces itself in the DHT by heartbeat (uid, hotkey, peer
+id, model shape, training step, claimed score, domain signature). Without initial peers it trains alone.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moe.corpus import Subnet
-from moe.corpus.batches import ByteBatches
+from moe.corpus.batches import batches_at_step
+from moe.corpus.tokens import subnet_tokens
+from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM, config_dict
-from moe.roles.layout import StatusBoard, batches_from, subnet_tokens, write_json
+from moe.net.join import join_network
+from moe.roles.layout import SERVING, RunLayout
 from moe.roles.lm_job import run_lm_job
-from moe.roles.run_config import NetworkConfig, RunConfig
-from moe.roles.seed import seed_dir, wait_for_stop
-from moe.routing.signature import domain_centroid
+from moe.roles.node import StatusBoard, wait_for_stop
+from moe.roles.serving import model_summary, register_if_ledger, serving_config, start_heartbeat, subnet_centroid
 from moe.training.checkpoint import load_checkpoint, load_model_bytes
+
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def expert_dir(run_dir: Path, subnet: str) -> Path:
-    return run_dir / "experts" / subnet
+@dataclass
+class ExpertConfig:
+    """How an expert node serves while it trains."""
+
+    weights_refresh_steps: int = 25
+    """Training steps between copies of fresh weights into the served model."""
+
+    def __post_init__(self):
+        if self.weights_refresh_steps < 1:
+            raise ValueError(f"expert.weights_refresh_steps must be >= 1, got {self.weights_refresh_steps}")
 
 
-def serving_config(network: NetworkConfig):
-    """How a node serves its LM: the direct TCP path listens where the node does; a wildcard host cannot be
-    advertised to peers, so such a node is reached over P2P only."""
-    from moe.net.server import ServerConfig
-
-    direct_host = None if network.host in ("0.0.0.0", "::", "") else network.host
-    return ServerConfig(kind="lm", direct_host=direct_host)
-
-
-def start_heartbeat(
-    dht,
-    server,
-    hotkey: Hotkey,
-    summary: dict,
-    network: NetworkConfig,
-    progress,
-    *,
-    uid,
-    subnet,
-    centroid,
-    registered_at,
-):
-    """Announce a served expert in the DHT by heartbeat; `progress()` gives (train_step, claimed bpb) at each beat."""
-    from hivemind.utils import get_dht_time
-
-    from moe.net.discovery import Heartbeat
-    from moe.net.expert_record import ExpertRecord
-
-    def record() -> ExpertRecord:
-        step, bpb = progress()
-        return ExpertRecord(
-            uid=uid,
-            hotkey=hotkey.address,
-            subnet=subnet.name,
-            netuid=subnet.netuid,
-            peer_id=str(server.peer_id),
-            model=summary,
-            train_step=step,
-            claimed_eval_bpb=bpb,
-            signature_centroid=centroid,
-            registered_at=float(registered_at),
-            expiration=get_dht_time() + network.announce_ttl,
-        )
-
-    return Heartbeat(dht, record, hotkey, interval=network.heartbeat_interval, ttl=network.announce_ttl).start()
-
-
-def model_summary(model: ByteLM) -> dict:
-    c = model.config
-    return {
-        "d_model": c.d_model,
-        "n_layers": c.n_layers,
-        "n_heads": c.n_heads,
-        "d_ff": c.d_ff,
-        "vocab_size": c.vocab_size,
-        "params": model.num_params(),
-    }
-
-
-def _branch_from_seed(cfg: RunConfig, run_dir: Path, dht) -> tuple[callable, str]:
+def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[[ByteLM], None], str]:
     """How the model is initialised: a local seed checkpoint, the network's published seed, or from scratch."""
     expected = config_dict(cfg.model)
     if cfg.seed_checkpoint:
@@ -105,53 +62,38 @@ def _branch_from_seed(cfg: RunConfig, run_dir: Path, dht) -> tuple[callable, str
     if dht is not None:
         from moe.net.seed_transfer import fetch_seed
 
-        blob = fetch_seed(dht, timeout=cfg.network.join_timeout * 4)
+        blob = fetch_seed(dht, timeout=cfg.network.discovery_timeout_seconds)
 
         def init_fetched(model: ByteLM) -> None:
             load_model_bytes(model, blob, expected, source="the network's seed")
 
         return init_fetched, f"network seed ({len(blob)} bytes, sha256-verified)"
-    local = seed_dir(run_dir) / "model.bin"
+    local = layout.seed_blob
     if local.is_file():
         return (lambda model: load_model_bytes(model, local.read_bytes(), expected, source=str(local))), str(local)
     logger.warning("no seed given: training from scratch (experts mix far better when branched from one seed)")
     return (lambda model: None), "scratch"
 
 
-def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: int = 0) -> int:
-    if cfg.adversary:
-        from moe.roles.adversary import run_adversary
-
-        return run_adversary(cfg, subnets, run_dir)
+def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     subnet = subnets[cfg.subnet]
     name = f"expert-{subnet.name}"
-    out = expert_dir(run_dir, subnet.name)
-    status = StatusBoard(run_dir, name)
-    hotkey = Hotkey.load_or_create(cfg.hotkey_path or run_dir / "keys" / f"{name}.key")
+    out = layout.expert(subnet.name)
+    status = StatusBoard(layout.status, name)
+    hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key(name))
     train_tokens = subnet_tokens(subnet, "train", cfg.data)
     train = cfg.expert_train
-    probe = ByteBatches(train_tokens, train.seq_len, 256, seed=cfg.seed + 7).sample()[0].numpy()
-    centroid = domain_centroid(probe)
+    centroid = subnet_centroid(train_tokens, train.seq_len, cfg.seed)
 
     dht = server = heartbeat = None
     if cfg.initial_peers:
-        from moe.net.join import start_dht
-
         status.update(phase="joining")
-        net = cfg.network
-        dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
-    registered_at = 0
-    if dht is not None and cfg.ledger.enabled:  # the ledger gives the uid this expert announces
-        from moe.net.ledger_client import register_on_ledger
-
+        dht = join_network(cfg.initial_peers, cfg.network)
+    if cfg.ledger.enabled:
         status.update(phase="registering")
-        try:
-            lc = cfg.ledger
-            uid, registered_at, _ = register_on_ledger(dht, hotkey, 0, lc.register_timeout, lc.host or None)
-        except TimeoutError as e:
-            logger.warning("%s; serving as uid %d, unregistered (validators give it no weight)", e, uid)
+    uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid)
     status.update(phase="fetching seed")
-    init, origin = _branch_from_seed(cfg, run_dir, dht)
+    init, origin = _branch_from_seed(cfg, layout, dht)
     logger.info("%s branches from %s", name, origin)
     progress = {"step": 0, "bpb": None}
     extra = {
@@ -164,8 +106,9 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         "signature_centroid": centroid,
     }
 
-    def serve(model: ByteLM) -> None:
+    def init_and_serve(model: ByteLM) -> None:
         nonlocal server, heartbeat
+        init(model)
         if dht is None:
             return
         from moe.net.server import ExpertServer
@@ -173,42 +116,24 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, uid: i
         server = ExpertServer(model, serving_config(cfg.network), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
         identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
-        heartbeat = start_heartbeat(
-            dht,
-            server,
-            hotkey,
-            model_summary(model),
-            cfg.network,
-            lambda: (progress["step"], progress["bpb"]),
-            **identity,
-        )
-
-    def init_and_serve(model: ByteLM) -> None:
-        init(model)
-        serve(model)
+        beat = lambda: (progress["step"], progress["bpb"])
+        heartbeat = start_heartbeat(dht, server, hotkey, model_summary(model), cfg.network, beat, **identity)
 
     def refresh(step: int, model) -> None:
         progress["step"] = step
-        if server is not None and (step % cfg.network.refresh_interval == 0 or step == train.steps):
+        if server is not None and (step % cfg.expert.weights_refresh_steps == 0 or step == train.steps):
             server.update_weights(model.state_dict())
 
     try:
+        seed = cfg.seed + subnet.netuid  # each subnet's expert draws its own batches
+        batches = batches_at_step(train_tokens, train.seq_len, train.batch_size, seed, train.grad_accum)
         model, result = run_lm_job(
-            cfg,
-            subnets,
-            run_dir,
-            name,
-            train,
-            batches_from(train_tokens, train.seq_len, train.batch_size, cfg.seed + subnet.netuid, train.grad_accum),
-            out,
-            init=init_and_serve,
-            on_step=refresh,
-            extra_result=extra,
+            cfg, subnets, layout, name, train, batches, out, init=init_and_serve, on_step=refresh, extra_result=extra
         )
         progress["bpb"] = float(result.eval_bpb.get(subnet.name, np.nan))
         if server is not None:
             server.update_weights(model.state_dict())
-            write_json(out / "serving.json", {"peer_id": str(server.peer_id), "hotkey": hotkey.address})
+            write_json(out / SERVING, {"peer_id": str(server.peer_id), "hotkey": hotkey.address})
             status.update(phase="serving")
             wait_for_stop()
     finally:

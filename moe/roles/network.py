@@ -2,8 +2,9 @@
 
 A bootstrap DHT peer (this process), then the seed node (trains and publishes the shared seed), one expert node per
 subnet (each fetches the seed over hivemind, trains its specialist while serving it), the solo and dense baselines,
-and the router (discovers the experts in the DHT and trains the gate through remote calls). The nodes talk only
-over hivemind; this process only starts them, shows their progress, and writes the summary from their results.
+and the router (discovers the experts in the DHT and trains the gate through remote calls), then the validators,
+whose weights the ledger hosted here pays out. The nodes talk only over hivemind; this process only starts them,
+shows their progress, and writes the summary from their results.
 """
 
 from __future__ import annotations
@@ -15,22 +16,54 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from moe.config_loader import to_dict
-from moe.corpus import SourceUnavailable, Subnet
-from moe.roles.adversary import adversary_dir
-from moe.roles.baseline import baseline_dir
-from moe.roles.expert import expert_dir
-from moe.roles.layout import StatusBoard, subnet_folder, write_json
-from moe.roles.router import router_dir
-from moe.roles.run_config import RunConfig
-from moe.roles.seed import seed_dir, wait_for_stop
+from moe.corpus import SourceUnavailable
+from moe.corpus.tokens import subnet_folder
+from moe.fileio import write_json
+from moe.roles.layout import PUBLISHED, RESULT, SERVING, RunLayout
+from moe.roles.node import StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
+
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseTimeouts:
+    """How long the local network waits for each phase before it calls the run failed (generous: a slow machine
+    must not fail a healthy run; a dead node fails it at once, whatever these say)."""
+
+    seed_seconds: float = 3600.0
+    """Training and publishing the seed."""
+    experts_seconds: float = 7200.0
+    """Every expert trained and serving."""
+    adversaries_seconds: float = 600.0
+    """Every adversary registered and serving."""
+    router_seconds: float = 3600.0
+    """Training and scoring the gate."""
+    validators_seconds: float = 3600.0
+    """Every validator through its epochs."""
+    payout_seconds: float = 60.0
+    """The ledger epoch that pays out the last weights, on top of its own blocks."""
+    baselines_seconds: float = 7200.0
+    """The baselines, which train alongside everything else."""
+    stop_seconds: float = 20.0
+    """A node's grace between SIGTERM and SIGKILL at the end."""
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"timeouts.{name} must be positive, got {value}")
 
 
 class NodeFailed(RuntimeError):
@@ -40,13 +73,13 @@ class NodeFailed(RuntimeError):
 class Nodes:
     """Child processes of the local network, each logging to `<run_dir>/logs/<name>.out`."""
 
-    def __init__(self, run_dir: Path, entry: Path, config_path: Path, base: list[str]):
-        self.run_dir, self.entry, self.config_path, self.base = run_dir, entry, config_path, base
+    def __init__(self, layout: RunLayout, entry: Path, base: list[str]):
+        self.layout, self.entry, self.base = layout, entry, base
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, str(self.entry), str(self.config_path), *self.base, *args]
-        log = open(self.run_dir / "logs" / f"{name}.out", "w")
+        cmd = [sys.executable, str(self.entry), str(self.layout.config), *self.base, *args]
+        log = open(self.layout.node_output(name), "w")
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
         )
@@ -56,10 +89,10 @@ class Nodes:
         for name in names:
             code = self.procs[name].poll()
             if code is not None and code != 0:
-                tail = (self.run_dir / "logs" / f"{name}.out").read_text(errors="replace").strip().splitlines()[-3:]
+                tail = self.layout.node_output(name).read_text(errors="replace").strip().splitlines()[-3:]
                 raise NodeFailed(f"{name} exited with code {code}: {' | '.join(tail)} (see logs/{name}.out)")
 
-    def wait_for(self, names: list[str], done, timeout: float, display=None) -> None:
+    def wait_for(self, names: list[str], done: Callable[[str], bool], timeout: float, display=None) -> None:
         """Wait until `done(name)` holds for every name, raising NodeFailed if one of them dies first."""
         deadline = time.monotonic() + timeout
         pending = list(names)
@@ -72,7 +105,7 @@ class Nodes:
                 raise NodeFailed(f"{', '.join(pending)} did not finish within {timeout:.0f}s")
             time.sleep(0.5)
 
-    def stop_all(self, timeout: float = 20.0) -> None:
+    def stop_all(self, timeout: float) -> None:
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -109,7 +142,7 @@ def available_subnets(cfg: RunConfig, subnets: dict[str, Subnet]) -> list[str]:
     return ok
 
 
-def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry: Path) -> int:
+def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, entry: Path) -> int:
     from rich.console import Console
 
     from moe.net.join import start_bootstrap_dht, visible_maddrs
@@ -119,94 +152,94 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path, entry
     if len(cfg.subnets) < 2:
         console.print("[red]error:[/red] a mixture needs at least two subnets with data")
         return 2
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    console.print(f"[bold]hivemoe[/bold] local network, run [cyan]{cfg.run_id}[/cyan] in {run_dir}")
+    resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    layout.config.write_text(resolved)
+    console.print(f"[bold]hivemoe[/bold] local network, run [cyan]{cfg.run_id}[/cyan] in {layout.root}")
     console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None), style="dim", highlight=False)
 
     t0 = time.time()
+    tm = cfg.timeouts
     dht = start_bootstrap_dht(host=cfg.network.host, port=cfg.network.port)
     peers = visible_maddrs(dht, cfg.network.host)
-    write_json(run_dir / "bootstrap.json", {"initial_peers": peers})
+    write_json(layout.bootstrap, {"initial_peers": peers})
     base = [f"run_id={cfg.run_id}", f"out_dir={cfg.out_dir}", f"initial_peers={','.join(peers)}"]
-    feed, validators = _start_ledger(cfg, run_dir, dht, base)
-    nodes = Nodes(run_dir, entry, config_path, base)
-    display = _Display(run_dir, console)
+    host, validators = _start_ledger(cfg, layout, dht, base)
+    nodes = Nodes(layout, entry, base)
+    display = _Display(layout, console)
     try:
         nodes.start("seed", ["role=seed"], _child_env(0))
-        nodes.wait_for(["seed"], lambda n: (seed_dir(run_dir) / "published.json").exists(), 3600, display)
-        experts = [f"expert-{s}" for s in cfg.subnets]
-        for i, s in enumerate(cfg.subnets):
-            nodes.start(f"expert-{s}", ["role=expert", f"subnet={s}", "uid=0"], _child_env(i))
-        baselines = []
+        nodes.wait_for(["seed"], lambda n: (layout.seed / PUBLISHED).exists(), tm.seed_seconds, display)
+        experts = {f"expert-{s}": s for s in cfg.subnets}
+        for i, (name, s) in enumerate(experts.items()):
+            nodes.start(name, ["role=expert", f"subnet={s}", "uid=0"], _child_env(i))
+        baselines = {}
         if cfg.baselines:
             for kind in ("dense", "solo"):
+                baselines[f"baseline-{kind}"] = kind
                 nodes.start(f"baseline-{kind}", ["role=baseline", f"baseline={kind}"], _child_env(len(experts)))
-                baselines.append(f"baseline-{kind}")
-        nodes.wait_for(
-            experts, lambda n: (expert_dir(run_dir, n.split("-", 1)[1]) / "serving.json").exists(), 7200, display
-        )
-        adversaries = [f"expert-{cfg.subnets[0]}-{kind}" for kind in cfg.adversaries]
-        for kind, name in zip(cfg.adversaries, adversaries, strict=True):  # after the honest experts registered
-            nodes.start(name, ["role=expert", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
-        adversary_done = lambda n: (adversary_dir(run_dir, n.rsplit("-", 1)[1]) / "result.json").exists()  # noqa: E731
-        nodes.wait_for(adversaries, adversary_done, 600, display)
+        serving = lambda n: (layout.expert(experts[n]) / SERVING).exists()
+        nodes.wait_for(list(experts), serving, tm.experts_seconds, display)
+        adversaries = {f"expert-{cfg.subnets[0]}-{kind}": kind for kind in cfg.adversaries}
+        for name, kind in adversaries.items():  # after the honest experts registered
+            nodes.start(name, ["role=adversary", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
+        adversary_done = lambda n: (layout.adversary(adversaries[n]) / RESULT).exists()
+        nodes.wait_for(list(adversaries), adversary_done, tm.adversaries_seconds, display)
         nodes.start("router", ["role=router"], _child_env(0))
-        nodes.wait_for(["router"], lambda n: (router_dir(run_dir) / "result.json").exists(), 3600, display)
+        nodes.wait_for(["router"], lambda n: (layout.router / RESULT).exists(), tm.router_seconds, display)
         for name, (key, stake) in validators.items():
-            nodes.start(name, ["role=validator", f"validator.stake={stake}", f"hotkey_path={key}"], _child_env(0))
-        nodes.wait_for(list(validators), lambda n: nodes.procs[n].poll() == 0, 3600, display)
-        if feed is not None:  # one more ledger epoch, so the last weights are paid out
-            tempo = cfg.ledger.tempo
-            paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo  # noqa: E731
-            feed.wait(paid, 60 + tempo * cfg.ledger.block_interval)
-        nodes.wait_for(
-            baselines, lambda n: (baseline_dir(run_dir, n.split("-", 1)[1]) / "result.json").exists(), 7200, display
-        )
+            args = ["role=validator", f"validator.stake_tao={stake}", f"hotkey_path={key}"]
+            nodes.start(name, args, _child_env(0))
+        nodes.wait_for(list(validators), lambda n: nodes.procs[n].poll() == 0, tm.validators_seconds, display)
+        if host is not None:  # one more ledger epoch, so the last weights are paid out
+            tempo = cfg.ledger_host.tempo
+            paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo
+            host.wait(paid, tm.payout_seconds + tempo * cfg.ledger_host.block_interval_seconds)
+        baseline_done = lambda n: (layout.baseline(baselines[n]) / RESULT).exists()
+        nodes.wait_for(list(baselines), baseline_done, tm.baselines_seconds, display)
     except NodeFailed as e:
         display.stop()
         console.print(f"[red]error:[/red] {e}")
         return 1
     finally:
         display.stop()
-        nodes.stop_all()
-        if feed is not None:
-            feed.stop()
+        nodes.stop_all(tm.stop_seconds)
+        if host is not None:
+            host.stop()
         dht.shutdown()
-    summary = build_summary(cfg, run_dir, wall_seconds=time.time() - t0)
-    write_json(run_dir / "summary.json", summary)
+    summary = build_summary(cfg, layout, wall_seconds=time.time() - t0)
+    write_json(layout.summary, summary)
     print_summary(summary, console)
-    console.print(f"summary: {run_dir / 'summary.json'}")
+    console.print(f"summary: {layout.summary}")
     return 0
 
 
-def _start_ledger(cfg: RunConfig, run_dir: Path, dht, base: list[str]):
+def _start_ledger(cfg: RunConfig, layout: RunLayout, dht, base: list[str]):
     """Host the ledger in this process when the run has validators: their keys, a genesis funding their stakes, and
-    the DHT feed; children are told to register. Returns (feed or None, {validator name: (key path, stake TAO)})."""
-    if not cfg.validators:
+    the DHT host; children are told to register. Returns (host or None, {validator name: (key path, stake TAO)})."""
+    if not cfg.validator_stakes_tao:
         return None, {}
     from moe.identity import Hotkey
     from moe.ledger import RAO_PER_TAO
     from moe.net.ledger_host import LedgerHost, local_genesis
 
-    lc = cfg.ledger
+    lh = cfg.ledger_host
     validators, balances = {}, {}
-    for k, stake in enumerate(cfg.validators):
-        key = run_dir / "keys" / f"validator-{k}.key"
+    for k, stake in enumerate(cfg.validator_stakes_tao):
+        key = layout.key(f"validator-{k}")
         balances[Hotkey.load_or_create(key).address] = int(round(stake * RAO_PER_TAO))
         validators[f"validator-{k}"] = (key, stake)
-    host = Hotkey.load_or_create(run_dir / "keys" / "ledger.key")
-    genesis = local_genesis(lc.netuid, lc.block_interval, lc.tempo, lc.difficulty, balances)
-    feed = LedgerHost(dht, run_dir / "ledger.sqlite", genesis, host, lc.netuid, lc.block_interval).start()
-    base += ["ledger.enabled=true", f"ledger.host={host.address}"]
-    return feed, validators
+    hotkey = Hotkey.load_or_create(layout.key("ledger"))
+    genesis = local_genesis(lh.shared_netuid, lh.block_interval_seconds, lh.tempo, lh.difficulty, balances)
+    host = LedgerHost(dht, layout.ledger, genesis, hotkey, lh.shared_netuid, lh.block_interval_seconds).start()
+    base += ["ledger.enabled=true", f"ledger.host={hotkey.address}"]
+    return host, validators
 
 
 class _Display:
     """A live table of every node's phase and progress (a plain line every 30 s when not on a terminal)."""
 
-    def __init__(self, run_dir: Path, console):
-        self.run_dir, self.console = run_dir, console
+    def __init__(self, layout: RunLayout, console):
+        self.layout, self.console = layout, console
         self.live = None
         self.last_plain = 0.0
         if console.is_terminal:
@@ -221,7 +254,7 @@ class _Display:
         t = Table(title="nodes", expand=False)
         for col in ("node", "phase", "step", "loss", "eval bpb"):
             t.add_column(col)
-        for name, st in StatusBoard.read_all(self.run_dir).items():
+        for name, st in StatusBoard.read_all(self.layout.status).items():
             step = f"{st.get('step', '')}/{st.get('steps', '')}" if "steps" in st else str(st.get("step", ""))
             loss = f"{st['loss']:.3f}" if isinstance(st.get("loss"), float) else ""
             bpb = f"{st['eval_bpb']:.3f}" if isinstance(st.get("eval_bpb"), float) else ""
@@ -233,7 +266,7 @@ class _Display:
             self.live.update(self._table())
         elif time.time() - self.last_plain > 30:
             self.last_plain = time.time()
-            states = StatusBoard.read_all(self.run_dir)
+            states = StatusBoard.read_all(self.layout.status)
             line = ", ".join(f"{n}: {s.get('phase')} {s.get('step', '')}" for n, s in states.items())
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False)
 
@@ -243,13 +276,13 @@ class _Display:
             self.live = None
 
 
-def run_bootstrap(cfg: RunConfig, run_dir: Path) -> int:
+def run_bootstrap(cfg: RunConfig, layout: RunLayout) -> int:
     """A bare DHT peer others join: the first node of a network spread over machines."""
     from moe.net.join import start_bootstrap_dht, visible_maddrs
 
     dht = start_bootstrap_dht(host=cfg.network.host, port=cfg.network.port)
     peers = visible_maddrs(dht, None)
-    write_json(run_dir / "bootstrap.json", {"initial_peers": peers})
+    write_json(layout.bootstrap, {"initial_peers": peers})
     print("bootstrap peer ready; other nodes join with:")
     print(json.dumps(peers))
     sys.stdout.flush()

@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 
-from moe.corpus import Subnet
-from moe.corpus.batches import BlendedBatches, ByteBatches
-from moe.roles.layout import StatusBoard, eval_windows, subnet_tokens, write_json
-from moe.roles.lm_job import macro_bpb
-from moe.roles.run_config import RunConfig
+from moe.corpus.batches import blended_batches_at_step, eval_windows
+from moe.corpus.tokens import subnet_tokens
+from moe.fileio import write_json
+from moe.metrics import bits_per_byte, macro_bpb
+from moe.roles.layout import RESULT, RunLayout
+from moe.roles.node import StatusBoard, Stream
 from moe.routing.mixing import route_and_mix
 from moe.routing.remote import Mixture
 from moe.training.tracking import Tracker
 
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
+
 logger = logging.getLogger(__name__)
-
-
-def router_dir(run_dir: Path) -> Path:
-    return run_dir / "router"
 
 
 def evaluate_mixture(mixture: Mixture, windows_by_subnet, k_best: int, probe_len: int) -> dict[str, float]:
     """Bits per byte of the mixture on each subnet's validation windows (the same windows the experts saw)."""
-    from moe.metrics import bits_per_byte
-
     out, answered, wanted = {}, 0, 0
     for name, windows in windows_by_subnet.items():
         bits, count = 0.0, 0
@@ -48,21 +48,19 @@ def evaluate_mixture(mixture: Mixture, windows_by_subnet, k_best: int, probe_len
     return macro_bpb(out)
 
 
-def run_router(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
+def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     rc = cfg.router
-    out = router_dir(run_dir)
-    status = StatusBoard(run_dir, "router")
+    status = StatusBoard(layout.status, "router")
     status.update(phase="joining", step=0, steps=rc.steps)
     netuids = [subnets[s].netuid for s in cfg.subnets]
     mixture = Mixture.from_dht(cfg.initial_peers, netuids, rc, cfg.network)
     try:
         status.update(phase="discovering")
-        mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.join_timeout * 4)
+        mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.discovery_timeout_seconds)
         seq_len = cfg.expert_train.seq_len
         route_tokens = [subnet_tokens(subnets[s], "route", cfg.data) for s in cfg.subnets]
-        samplers = [ByteBatches(t, seq_len, rc.batch_size, cfg.seed + 3000 + i) for i, t in enumerate(route_tokens)]
-        blend = BlendedBatches(samplers, [1.0] * len(samplers), rc.batch_size, cfg.seed + 3000)
-        tracker = Tracker(cfg.wandb, run_dir, "router", {"router": vars(rc)}, group=cfg.run_id)
+        blend = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER)(0)
+        tracker = Tracker(cfg.wandb, layout.root, "router", {"router": asdict(rc)}, group=cfg.run_id)
         status.update(phase="training gate")
         t0 = time.perf_counter()
         losses = mixture.train_gate(
@@ -76,9 +74,9 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int
         eval_bpb = evaluate_mixture(mixture, windows, rc.k_best, rc.probe_len)
         tracker.summary({f"eval/bpb/mixture/{k}": v for k, v in eval_bpb.items()})
         tracker.finish()
-        mixture.save(out)
+        mixture.save(layout.router)
         write_json(
-            out / "result.json",
+            layout.router / RESULT,
             {
                 "eval_bpb": eval_bpb,
                 "gate_steps": rc.steps,
@@ -86,7 +84,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int
                 "train_seconds": train_seconds,
                 "experts": [e.key for e in mixture.entries()],
                 "faults": [f"{f.peer_id}: {f.reason}" for f in mixture.faults()],
-                "wire_format": rc.wire_format,
+                "wire_format": rc.client.wire_format,
             },
         )
         status.update(phase="done", eval_bpb=eval_bpb["all"])

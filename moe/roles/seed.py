@@ -8,59 +8,46 @@ sha256 goes into the DHT, signed; its bytes are served over hivemind and verifie
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from moe.corpus import Subnet
+from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.model.transformer import config_dict
-from moe.roles.layout import StatusBoard, write_json
-from moe.roles.lm_job import blended_batches_from, run_lm_job
-from moe.roles.run_config import RunConfig
-from moe.training.checkpoint import model_to_bytes, sha256_file
+from moe.roles.layout import PUBLISHED, RunLayout
+from moe.roles.lm_job import run_lm_job, union_batches
+from moe.roles.node import StatusBoard, Stream, wait_for_stop
+from moe.training.checkpoint import model_to_bytes
+
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def seed_dir(run_dir: Path) -> Path:
-    return run_dir / "seed"
-
-
-def run_seed(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
+def run_seed(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     """Train (or resume) the seed, write `seed/model.bin`, and when in a network publish it until told to stop."""
-    out = seed_dir(run_dir)
-    batches = blended_batches_from(cfg, subnets, cfg.seed_train, seed=cfg.seed + 1000)
-    model, _ = run_lm_job(cfg, subnets, run_dir, "seed", cfg.seed_train, batches, out)
+    batches = union_batches(cfg, subnets, cfg.seed_train, seed=cfg.seed + Stream.SEED)
+    model, _ = run_lm_job(cfg, subnets, layout, "seed", cfg.seed_train, batches, layout.seed)
     blob = model_to_bytes(model, config_dict(cfg.model))
-    (out / "model.bin").write_bytes(blob)
-    status = StatusBoard(run_dir, "seed")
+    layout.seed_blob.write_bytes(blob)
     if not cfg.initial_peers:
         return 0
-    from moe.net.join import start_dht
+    from moe.net.join import join_network
     from moe.net.seed_transfer import SeedPublisher
 
-    hotkey = Hotkey.load_or_create(cfg.hotkey_path or run_dir / "keys" / "seed.key")
+    status = StatusBoard(layout.status, "seed")
+    hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key("seed"))
     net = cfg.network
-    dht = start_dht(cfg.initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
-    publisher = SeedPublisher(dht, hotkey, blob, interval=net.heartbeat_interval, ttl=net.announce_ttl).start()
+    dht = join_network(cfg.initial_peers, net)
+    publisher = SeedPublisher(
+        dht, hotkey, blob, interval=net.heartbeat_interval_seconds, ttl=net.announce_ttl_seconds
+    ).start()
     sha = publisher.record.sha256
-    write_json(out / "published.json", {"sha256": sha, "bytes": len(blob), "publisher": hotkey.address})
+    write_json(layout.seed / PUBLISHED, {"sha256": sha, "bytes": len(blob), "publisher": hotkey.address})
     status.update(phase="publishing", sha256=sha[:16])
     logger.info("seed %s published (%d bytes); serving until stopped", sha[:16], len(blob))
     wait_for_stop()
     publisher.stop()
     dht.shutdown()
     return 0
-
-
-def wait_for_stop() -> None:
-    """Block until SIGTERM or SIGINT: a serving node's normal life after its work is done."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-
-
-__all__ = ["run_seed", "seed_dir", "sha256_file", "wait_for_stop"]

@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moe.config_loader import to_dict
-from moe.roles.baseline import baseline_dir
-from moe.roles.expert import expert_dir
-from moe.roles.router import router_dir
-from moe.roles.run_config import RunConfig
-from moe.roles.seed import seed_dir
+from moe.roles.layout import RESULT, RunLayout
 from moe.roles.validation_summary import validation_checks, validation_summary
+
+if TYPE_CHECKING:
+    from moe.roles.run_config import RunConfig
 
 
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[str, Any]:
-    seed = _read(seed_dir(run_dir) / "result.json") or {}
+def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dict[str, Any]:
+    seed = _read(layout.seed / RESULT) or {}
     seed_flops = float(seed.get("train_flops", 0.0))
     experts = []
     for s in cfg.subnets:
-        r = _read(expert_dir(run_dir, s) / "result.json")
+        r = _read(layout.expert(s) / RESULT)
         if r is None:
             continue
         experts.append(
@@ -45,10 +44,11 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
                 "adversary": r.get("adversary"),
             }
         )
-    for r in sorted((_read(p) for p in (run_dir / "adversaries").glob("*/result.json")), key=lambda r: r["adversary"]):
+    adversaries = (_read(p) for p in layout.adversaries.glob(f"*/{RESULT}"))
+    for r in sorted(adversaries, key=lambda r: r["adversary"]):
         keep = ("uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "train_flops", "eval_bpb", "adversary")
         experts.append({k: r.get(k) for k in keep})
-    router = _read(router_dir(run_dir) / "result.json") or {}
+    router = _read(layout.router / RESULT) or {}
     mixture = {"eval_bpb": router.get("eval_bpb", {})}
     honest = [e for e in experts if not e.get("adversary")]
     best = min(honest, key=lambda e: e["eval_bpb"]["all"]) if honest else None
@@ -68,13 +68,13 @@ def build_summary(cfg: RunConfig, run_dir: Path, wall_seconds: float) -> dict[st
         ),
     }
     for kind in ("solo", "dense"):
-        b = _read(baseline_dir(run_dir, kind) / "result.json")
+        b = _read(layout.baseline(kind) / RESULT)
         summary[f"{kind}_baseline"] = (
             {"eval_bpb": b["eval_bpb"], "params": b["params"], "train_flops": seed_flops + b["train_flops"]}
             if b
             else None
         )
-    summary.update(validation_summary(run_dir, experts))
+    summary.update(validation_summary(layout, experts))
     summary["checks"] = _checks(summary)
     summary["checks"].update(validation_checks(summary))
     return summary

@@ -15,14 +15,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from moe.roles.layout import RESULT, RunLayout
+
 logger = logging.getLogger(__name__)
 
 MIN_SPEARMAN = 0.9
 MAX_ADVERSARY_SHARE = 0.01
 
 
-def validation_summary(run_dir: Path, experts: list[dict]) -> dict[str, Any]:
-    results = [json.loads(p.read_text()) for p in sorted((run_dir / "validators").glob("*/result.json"))]
+def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]:
+    results = [json.loads(p.read_text()) for p in sorted(layout.validators.glob(f"*/{RESULT}"))]
     if not results:
         return {}
     total_stake = sum(r["stake_tao"] for r in results) or 1.0
@@ -35,9 +37,8 @@ def validation_summary(run_dir: Path, experts: list[dict]) -> dict[str, Any]:
         "weights": {r["hotkey"]: r["weights"] for r in results},
         "validators": [{"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"]} for r in results],
     }
-    path = run_dir / "ledger.sqlite"
-    if path.is_file():
-        out.update(_ledger_figures(path, [e["hotkey"] for e in experts]))
+    if layout.ledger.is_file():
+        out.update(_ledger_figures(layout.ledger, [e["hotkey"] for e in experts]))
     return out
 
 

@@ -3,12 +3,12 @@
 Each epoch the validator commits to a fresh secret seed in the DHT (`hivemoe/validators/commits`) before querying
 anyone, draws evaluation windows from the subnets' validation splits with that seed, and sends them to every
 discovered expert through the same client and request path the router uses (an expert cannot tell the two apart).
-From the replies it computes each expert's log-probs of the true next bytes, flags cheats (malformed, uninformative,
-copies of an earlier-registered expert, timeouts), computes exact Shapley contributions of the remaining experts to
-the mixture's bits-per-byte saving, turns them into u16 weights over the experts' ledger uids, publishes a signed
-`WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone can re-draw the windows and check
-them with `check_windows`. Experts that never answer are simply absent (zero weight); nothing an expert sends can
-crash the validator. Results go to `<run_dir>/validators/<name>/result.json`.
+From the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
+earlier-registered expert, timeouts) and computes exact Shapley contributions of the remaining experts to the
+mixture's bits-per-byte saving; the validator turns them into u16 weights over the experts' ledger uids, publishes a
+signed `WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone can re-draw the windows and
+check them with `check_windows`. Experts that never answer are simply absent (zero weight); nothing an expert sends
+can crash the validator. Results go to `<run_dir>/validators/<name>/result.json`.
 """
 
 from __future__ import annotations
@@ -17,94 +17,63 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from moe.corpus import Subnet
+from moe.corpus.tokens import subnet_tokens
+from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.ledger import RAO_PER_TAO, WeightSubmission
 from moe.net.expert_record import ExpertRecord
-from moe.poi.cheats import CheatConfig, detect_cheats
+from moe.poi.cheats import CheatConfig
 from moe.poi.commit import draw_windows, make_commit, new_seed
-from moe.poi.scoring import shapley_weights
-from moe.poi.shapley import ShapleyConfig, shapley
-from moe.poi.value import UNIFORM_LOGP, MixtureGame, expert_bpb
-from moe.roles.layout import StatusBoard, subnet_tokens, write_json
-from moe.roles.run_config import RunConfig, ValidatorConfig
+from moe.poi.epoch import score_experts
+from moe.roles.layout import RESULT, RunLayout
+from moe.roles.node import StatusBoard
+
+if TYPE_CHECKING:
+    from moe.corpus import Subnet
+    from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def validator_dir(run_dir: Path, name: str) -> Path:
-    return run_dir / "validators" / name
-
-
 @dataclass
-class EpochScore:
-    """One epoch's verdict on the experts, keyed by hotkey."""
+class ValidatorConfig:
+    """What a validator stakes, how it samples each epoch, and its cheat thresholds."""
 
-    contribution: dict[str, float]
-    """Share of the positive Shapley value (flagged experts 0); sums to 1 unless nobody contributed."""
-    shapley_bits: dict[str, float]
-    """Raw Shapley value φ in bits per byte saved over uniform bytes (flagged experts 0)."""
-    flags: dict[str, list[str]]
-    """Detector names per flagged expert."""
-    bpb: dict[str, float | None]
-    """Each expert's own bits per byte on the windows it answered (None if it answered none)."""
-    mixture_bpb: float
-    """Bits per byte of the mixture of the unflagged experts."""
-    answered: dict[str, float] = field(default_factory=dict)
-    """Fraction of windows each expert answered validly."""
+    stake_tao: float = 1000.0
+    """TAO this validator stakes on the ledger (held as integer rao); its weights count in proportion."""
+    epochs: int = 2
+    """Evaluation epochs before the validator exits; 0 runs until stopped."""
+    windows_per_epoch: int = 32
+    """Evaluation windows drawn per epoch from the subnets' validation splits."""
+    seq_len: int = 64
+    """Bytes per evaluation window."""
+    batch_size: int = 8
+    """Windows per expert call (an expert missing one call is absent from those windows only)."""
+    epoch_interval_seconds: float = 5.0
+    """Seconds between the starts of two evaluation epochs."""
+    weights_deadline_fraction: float = 0.6
+    """Start an epoch's work only while less than this fraction of the ledger epoch has passed, so the weights land
+    in the epoch they name (querying and scoring take a few blocks)."""
+    commit_ttl_seconds: float = 300.0
+    """Seconds a seed commitment (and its reveal) stays in the DHT for anyone to check the windows."""
+    cheats: CheatConfig = field(default_factory=CheatConfig)
+    """Thresholds of the cheat detectors (noise, copies, timeouts, malformed replies)."""
 
-
-def score_experts(
-    hotkeys: list[str],
-    registration: list[tuple[float, int]],
-    dists: torch.Tensor,
-    y: torch.Tensor,
-    present: torch.Tensor,
-    vc: ValidatorConfig,
-    seed: int = 0,
-    groups: list[int] | None = None,
-) -> EpochScore:
-    """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
-
-    `registration` orders experts for copy detection (the earliest of a group of copies keeps the credit): one
-    (registration block, uid) per expert. Flagged experts are left out of the game, so a copy does not dilute the
-    value of the expert it copies.
-    """
-    E, W, T, V = dists.shape
-    byte = y < V  # (W, T) special-token targets (EOS) are not bytes: p = 1 for everyone and the reference alike
-    yc = y.long().clamp(max=V - 1)
-    logp = dists.gather(-1, yc[None, :, :, None].expand(E, W, T, 1)).squeeze(-1)  # (E, W, T)
-    logp = torch.where(byte, logp, torch.zeros(()))
-    ref = torch.where(byte, UNIFORM_LOGP, 0.0).double()  # (W, T)
-    order = sorted(range(E), key=lambda i: registration[i])
-    rank = [order.index(i) for i in range(E)]
-    cheat_cfg = CheatConfig(
-        copy_max_js=vc.copy_max_js, max_bpb=vc.max_bpb, max_missing_fraction=vc.max_missing_fraction
-    )
-    report, lp, pr = detect_cheats(list(range(E)), logp, rank, present, dists, config=cheat_cfg, groups=groups)
-    players = [i for i in range(E) if i not in report.flagged]
-    phi = torch.zeros(E, dtype=torch.float64)
-    se = torch.zeros(E, dtype=torch.float64)
-    mix_bpb = 8.0
-    if players:
-        game = MixtureGame(lp[players], pr[players], reference_logp=ref)
-        est = shapley(game, ShapleyConfig(seed=seed))
-        phi[players], se[players] = est.values, est.stderr
-        mix_bpb = 8.0 - game.value((1 << len(players)) - 1)
-    w = shapley_weights(list(range(E)), phi, se, flagged=report.flagged)
-    bpb = expert_bpb(lp, pr)
-    return EpochScore(
-        contribution={hotkeys[i]: w[i] for i in range(E)},
-        shapley_bits={hotkeys[i]: float(phi[i]) for i in range(E)},
-        flags={hotkeys[u]: r for u, r in report.reasons.items()},
-        bpb={hotkeys[i]: (None if not torch.isfinite(bpb[i]) else float(bpb[i])) for i in range(E)},
-        mixture_bpb=float(mix_bpb),
-        answered={hotkeys[i]: float(pr[i].double().mean()) for i in range(E)},
-    )
+    def __post_init__(self):
+        for name in ("windows_per_epoch", "seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"validator.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ValueError(f"validator.epochs must be >= 0, got {self.epochs}")
+        if not self.stake_tao > 0 or self.epoch_interval_seconds < 0 or self.commit_ttl_seconds <= 0:
+            raise ValueError("validator.stake_tao and commit_ttl_seconds must be positive, epoch_interval >= 0")
+        if not 0 < self.weights_deadline_fraction <= 1:
+            raise ValueError(f"weights_deadline_fraction must be in (0, 1], got {self.weights_deadline_fraction}")
 
 
 def query_windows(call, hotkeys: list[str], x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,57 +108,57 @@ def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> t
     return t[:, :-1], t[:, 1:], drawn
 
 
-def _wait_for_fresh_epoch(dht, host: str | None, last_epoch: int, timeout: float):
+def _wait_for_fresh_epoch(dht, host: str | None, last_epoch: int, timeout: float, deadline_fraction: float):
     """The ledger head once its epoch is new to this validator and not nearly over (so weights are not stale)."""
     from moe.net.ledger_client import read_head
 
     deadline = time.monotonic() + timeout
     while True:
         head = read_head(dht, host)
-        if head is not None and head.epoch > last_epoch and head.epoch_progress() < 0.6:
+        if head is not None and head.epoch > last_epoch and head.epoch_progress() < deadline_fraction:
             return head
         if time.monotonic() > deadline:
             raise TimeoutError(f"no fresh ledger epoch after {last_epoch} within {timeout:.0f}s")
         time.sleep(min(0.2, head.block_interval if head else 0.2))
 
 
-def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> int:
-    from moe.net.dht_records import publish_signed
-    from moe.net.ledger_client import COMMIT_CONTEXT, COMMITS_KEY, publish_weights, register_on_ledger
+def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
+    from moe.net.ledger_client import publish_commit, publish_weights, register_on_ledger
     from moe.routing.remote import Mixture
 
     vc, lc = cfg.validator, cfg.ledger
-    key_path = Path(cfg.hotkey_path) if cfg.hotkey_path else run_dir / "keys" / "validator.key"
+    key_path = Path(cfg.hotkey_path) if cfg.hotkey_path else layout.key("validator")
     name = key_path.stem
     hotkey = Hotkey.load_or_create(key_path)
-    out = validator_dir(run_dir, name)
-    status = StatusBoard(run_dir, name)
+    out = layout.validator(name)
+    status = StatusBoard(layout.status, name)
     status.update(phase="joining", step=0, steps=vc.epochs)
     val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
     mixture = Mixture.from_dht(cfg.initial_peers, [subnets[s].netuid for s in cfg.subnets], cfg.router, cfg.network)
     dht = mixture.dht
-    stake_rao = int(round(vc.stake * RAO_PER_TAO))
+    stake_rao = int(round(vc.stake_tao * RAO_PER_TAO))
     epochs: list[dict] = []
     try:
         my_uid, head = None, None
         if lc.enabled:
             status.update(phase="registering")
-            my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, vc.register_timeout, lc.host or None)
+            my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, lc.register_timeout_seconds, lc.host or None)
         status.update(phase="discovering")
-        mixture.wait_for_experts(1, timeout=cfg.network.join_timeout * 4)
+        mixture.wait_for_experts(1, timeout=cfg.network.discovery_timeout_seconds)
         last_epoch = -1
         i = 0
         while vc.epochs <= 0 or i < vc.epochs:
             t0 = time.monotonic()
             if lc.enabled:
-                head = _wait_for_fresh_epoch(dht, lc.host or None, last_epoch, timeout=vc.register_timeout)
+                timeout = lc.register_timeout_seconds
+                head = _wait_for_fresh_epoch(dht, lc.host or None, last_epoch, timeout, vc.weights_deadline_fraction)
                 epoch = head.epoch
             else:
                 epoch = i
             status.update(phase=f"epoch {epoch}", step=i)
             seed = new_seed()
             commit = make_commit(hotkey, seed, epoch)
-            publish_signed(dht, COMMITS_KEY, hotkey, {"commit": commit.to_json(), "seed": None}, COMMIT_CONTEXT, 300)
+            publish_commit(dht, hotkey, commit.to_json(), None, vc.commit_ttl_seconds)
             x, y, drawn = _windows(val, seed, vc.windows_per_epoch, vc.seq_len)
             records: list[ExpertRecord] = [r for r in mixture.records() if r.hotkey != hotkey.address]
             hotkeys = [r.hotkey for r in records]
@@ -198,7 +167,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
             domains = sorted(val)
             groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
             score = score_experts(
-                hotkeys, reg, dists, y, present, vc, seed=int.from_bytes(seed[:4], "big"), groups=groups
+                hotkeys, reg, dists, y, present, vc.cheats, seed=int.from_bytes(seed[:4], "big"), groups=groups
             )
             weights: dict[int, int] = {}
             if lc.enabled and head is not None:
@@ -210,9 +179,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
                 sub = WeightSubmission.create(hotkey, head.netuid, epoch, uids, ws)
                 publish_weights(dht, hotkey, [sub])
                 weights = dict(zip(sub.uids, sub.weights, strict=True))
-            publish_signed(
-                dht, COMMITS_KEY, hotkey, {"commit": commit.to_json(), "seed": seed.hex()}, COMMIT_CONTEXT, 300
-            )
+            publish_commit(dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds)
             epochs.append(
                 {
                     "epoch": epoch,
@@ -236,9 +203,9 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], run_dir: Path) -> 
                 {hk[:8]: round(c, 3) for hk, c in score.contribution.items()},
                 {hk[:8]: r for hk, r in score.flags.items()},
             )
-            write_json(out / "result.json", _result(hotkey, my_uid, vc, epochs))
+            write_json(out / RESULT, _result(hotkey, my_uid, vc, epochs))
             i += 1
-            time.sleep(max(0.0, vc.epoch_interval - (time.monotonic() - t0)))
+            time.sleep(max(0.0, vc.epoch_interval_seconds - (time.monotonic() - t0)))
         status.update(phase="done", step=i)
     finally:
         mixture.shutdown()
@@ -265,7 +232,7 @@ def _result(hotkey: Hotkey, uid: int | None, vc: ValidatorConfig, epochs: list[d
     return {
         "hotkey": hotkey.address,
         "uid": uid,
-        "stake_tao": vc.stake,
+        "stake_tao": vc.stake_tao,
         "epochs": epochs,
         "contribution": mean,
         "flags": {hk: f for hk, f in flags.items() if f},

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from moe.metrics import byte_log_probs
+from moe.metrics import byte_log_probs, target_log_probs
+from moe.model.tokenizer import PAD
 from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
 
 logger = logging.getLogger(__name__)
@@ -85,13 +87,11 @@ class ExpertSlots:
         return free[0]
 
 
-def _gather_targets(logp: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B, T, J, 256) log-probs and bytes x -> (B, T, J) log-prob of the byte that actually came next (0 at end)."""
-    nxt = torch.nn.functional.pad(x[:, 1:], (0, 1)).clamp(max=255)  # (B, T)
-    J = logp.shape[2]
-    picked = logp.gather(-1, nxt.view(*nxt.shape, 1, 1).expand(-1, -1, J, 1)).squeeze(-1)  # (B, T, J)
-    picked[:, -1] = 0.0
-    return picked
+def _next_byte_logp(logp: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, J, 256) log-probs and bytes x -> (B, T, J) log-prob of the byte that actually came next (0 at the end
+    and where the next token is special)."""
+    nxt = F.pad(x[:, 1:], (0, 1), value=PAD)  # (B, T); nothing follows the last position
+    return target_log_probs(logp, nxt.unsqueeze(-1))[0]  # (B, T, J)
 
 
 def route_and_mix(
@@ -125,7 +125,7 @@ def route_and_mix(
         answered[:, P:] = False
     # note: gate scores need the probe likelihoods, so selection waits for the probe round
     with torch.no_grad():
-        probe_scores = gate(x[:, :P], slots, centroids, prefix_loglik(_gather_targets(logp[:, :P], x[:, :P]))).logits
+        probe_scores = gate(x[:, :P], slots, centroids, prefix_loglik(_next_byte_logp(logp[:, :P], x[:, :P]))).logits
     decision = probe_scores[:, -1].masked_fill(~answered[:, P - 1], float("-inf"))  # (B, J)
     k = min(k_best, J)
     top = decision.topk(k, dim=-1).indices  # (B, k)
@@ -139,7 +139,7 @@ def route_and_mix(
                 answered[rows[key], P:, j] = True
     else:
         answered[:, P:] &= chosen.unsqueeze(1)
-    target_lp = _gather_targets(logp, x) * answered  # (B, T, J)
+    target_lp = _next_byte_logp(logp, x) * answered  # (B, T, J)
     scores = gate(x, slots, centroids, prefix_loglik(target_lp))
     mixed = mixture_log_probs(logp, scores.logits, answered)
     return MixOutput(logp=mixed, gate_logits=scores.logits, chosen=chosen, answered=answered, keys=keys)

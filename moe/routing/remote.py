@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,12 +25,43 @@ from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
-from moe.roles.run_config import NetworkConfig, RouterConfig
+from moe.net.join import NetworkConfig
 from moe.routing.gate import Gate
 from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix
 from moe.routing.signature import SIGNATURE_DIM
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterConfig:
+    """How the mixture routes, calls and learns."""
+
+    k_best: int = 2
+    """Experts called on the rest of each sequence after the probe."""
+    probe_len: int = 32
+    """Leading bytes every expert scores before the gate picks the top-k (32 measured better than 16 on math)."""
+    steps: int = 100
+    """Gate training steps on the routing split."""
+    batch_size: int = 16
+    """Sequences per gate step."""
+    lr: float = 3e-3
+    """Gate learning rate."""
+    balance_coef: float = 0.01
+    """Weight of the gate's load-balancing loss."""
+    d_gate: int = 64
+    """Width of the gate's byte encoder."""
+    eval_batches: int = 8
+    """Validation batches per subnet when scoring the mixture."""
+    client: ClientConfig = field(default_factory=ClientConfig)
+    """How the experts are called: timeouts, k_min, wire format, back-off."""
+
+    def __post_init__(self):
+        for name in ("k_best", "probe_len", "batch_size", "d_gate", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"router.{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"router.steps must be >= 0, got {self.steps}")
 
 
 class Mixture:
@@ -50,18 +82,15 @@ class Mixture:
         dht=None,
     ) -> Mixture:
         """Join the network (or reuse `dht`) and start discovering the experts of `netuids`."""
-        from moe.net.join import start_dht
+        from moe.net.join import join_network
 
         rc, net = router or RouterConfig(), network or NetworkConfig()
         own = dht is None
         if own:
-            dht = start_dht(initial_peers, net.host, net.port, attempts=net.join_attempts, timeout=net.join_timeout)
-        directory = ExpertDirectory(dht, list(netuids), refresh_interval=max(0.5, net.heartbeat_interval / 2)).start()
-        client_cfg = ClientConfig(forward_timeout=rc.forward_timeout, k_min=rc.k_min, wire_format=rc.wire_format)
-        client = SyncExpertClient(client_cfg, dht=dht)
-        return cls(dht, directory, client, rc, own)
-
-    join = from_dht
+            dht = join_network(initial_peers, net)
+        refresh = max(0.5, net.heartbeat_interval_seconds / 2)
+        directory = ExpertDirectory(dht, list(netuids), refresh_interval=refresh).start()
+        return cls(dht, directory, SyncExpertClient(rc.client, dht=dht), rc, own)
 
     def wait_for_experts(self, n: int, timeout: float) -> list[ExpertRecord]:
         return self.directory.wait_for(n, timeout)
@@ -84,11 +113,7 @@ class Mixture:
         from hivemind.p2p import PeerID
 
         by_peer = {r.hotkey: PeerID.from_base58(r.peer_id) for r in self.records() if r.hotkey in inputs}
-        replies = self.client.call_many(
-            list(by_peer.values()),
-            {by_peer[k]: inputs[k] for k in by_peer},
-            k_min=len(by_peer) if self.rc.k_min <= 0 else min(self.rc.k_min, len(by_peer)),
-        )
+        replies = self.client.call_many(list(by_peer.values()), {by_peer[k]: inputs[k] for k in by_peer})
         return {k: replies[p] for k, p in by_peer.items() if p in replies}
 
     def faults(self) -> list[FaultReport]:

@@ -8,7 +8,6 @@ Directories are written to a temporary name and renamed, so a crash mid-save lea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe.fileio import sha256_file
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -27,14 +28,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -26,7 +26,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    """One language model's training; the defaults are an expert's in the default run (the seed's differ)."""
+
+    steps: int = 400
     """Optimizer steps."""
     batch_size: int = 16
     """Sequences per micro-batch."""
@@ -34,23 +36,23 @@ class TrainConfig:
     """Bytes per training sequence."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 3e-3
+    lr: float = 2e-3
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
     """Cosine schedule floor as a fraction of lr."""
-    warmup_steps: int = 30
+    warmup_steps: int = 20
     """Linear warm-up steps."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (norms and embeddings are not decayed)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 disables."""
-    eval_interval: int = 200
+    eval_interval_steps: int = 0
     """Steps between evaluations; 0 evaluates only at the end."""
     eval_batches: int = 8
     """Validation batches per subnet per evaluation."""
-    log_interval: int = 20
+    log_interval_steps: int = 20
     """Steps between log lines."""
-    checkpoint_interval: int = 0
+    checkpoint_interval_steps: int = 0
     """Steps between checkpoints; 0 saves only at the end."""
     mixed_precision: str = "auto"
     """auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16."""
@@ -60,6 +62,21 @@ class TrainConfig:
     """torch CPU threads for this process; 0 keeps torch's default."""
     progress: bool = True
     """Show a live progress bar."""
+
+    def __post_init__(self):
+        positive = ("batch_size", "seq_len", "grad_accum", "eval_batches", "log_interval_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "eval_interval_steps", "checkpoint_interval_steps", "cpu_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be positive, min_lr_ratio in [0, 1], weight_decay and grad_clip >= 0")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.compile not in ("auto", "true", "false"):
+            raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
 
 
 @dataclass
@@ -174,7 +191,7 @@ def train_lm(
             rate = tokens / max(1e-9, time.perf_counter() - t0)
             progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
             progress.update(1)
-        if done % cfg.log_interval == 0 or done == cfg.steps:
+        if done % cfg.log_interval_steps == 0 or done == cfg.steps:
             rate = tokens / max(1e-9, time.perf_counter() - t0)
             logger.info(
                 "[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s",
@@ -189,10 +206,10 @@ def train_lm(
                 tracker.log(
                     {f"{tag}/loss": loss_value, f"{tag}/lr": lr_at(step, cfg), f"{tag}/tokens_per_s": rate}, step=done
                 )
-        if cfg.eval_interval and done % cfg.eval_interval == 0 and done != cfg.steps:
+        if cfg.eval_interval_steps and done % cfg.eval_interval_steps == 0 and done != cfg.steps:
             eval_bpb = evaluate()
             _log_eval(tag, done, eval_bpb, tracker)
-        if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and done != cfg.steps:
+        if cfg.checkpoint_interval_steps and done % cfg.checkpoint_interval_steps == 0 and done != cfg.steps:
             save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), done, model_config, optimizer)
     if progress is not None:
         progress.close()

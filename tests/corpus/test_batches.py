@@ -1,4 +1,4 @@
-"""Tests for moe/data.py: token caches, training windows, eval coverage and blends."""
+"""Tests for moe/corpus/batches.py and moe/corpus/tokens.py: token caches, windows, eval coverage, blends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from moe.corpus import CorpusError
-from moe.corpus.batches import IGNORE, BlendedBatches, ByteBatches, iter_eval_windows, load_tokens
+from moe.corpus.batches import IGNORE, BlendedBatches, ByteBatches, iter_eval_windows
+from moe.corpus.tokens import load_tokens
 from moe.model.tokenizer import EOS, decode
 
 

@@ -1,4 +1,4 @@
-"""Tests for moe/layers.py: the sparse MoE layer against a per-token reference loop, aux losses, edge cases."""
+"""Tests for moe/model/ffn.py: the sparse MoE layer against a per-token reference loop, aux losses, edge cases."""
 
 from __future__ import annotations
 

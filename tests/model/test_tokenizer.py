@@ -1,4 +1,4 @@
-"""Tests for moe/tokenizer.py: byte encoding and forgiving decoding."""
+"""Tests for moe/model/tokenizer.py: byte encoding and forgiving decoding."""
 
 from __future__ import annotations
 

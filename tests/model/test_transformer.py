@@ -1,4 +1,4 @@
-"""Tests for moe/model.py: shapes, causality, weight tying, Llama names, the MoE variant, RoPE layout, bad configs."""
+"""Tests for moe/model/transformer.py: shapes, causality, tying, Llama names, MoE variant, RoPE, bad configs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for moe/net/records.py: signed values and expert records, and the rejection of every kind of bad input."""
+"""Tests for moe/net/expert_record.py: signed expert records, and the rejection of every kind of bad input."""
 
 from __future__ import annotations
 

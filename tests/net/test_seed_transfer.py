@@ -1,4 +1,4 @@
-"""Tests for moe/net/seed.py: publishing the seed checkpoint, fetching it peer to peer, refusing tampered bytes."""
+"""Tests for moe/net/seed_transfer.py: publishing the seed, fetching it peer to peer, refusing tampered bytes."""
 
 from __future__ import annotations
 

@@ -65,8 +65,14 @@ def clients(servers):
     peers = [m for s in servers for m in s.maddrs]
     made = []
     try:
-        made.append(SyncExpertClient(ClientConfig(forward_timeout=5.0), initial_peers=peers))
-        made.append(SyncExpertClient(ClientConfig(forward_timeout=5.0, direct=False), initial_peers=peers))
+        made.append(
+            SyncExpertClient(ClientConfig(forward_timeout_seconds=5.0, wire_format="fp32"), initial_peers=peers)
+        )
+        made.append(
+            SyncExpertClient(
+                ClientConfig(forward_timeout_seconds=5.0, direct=False, wire_format="fp32"), initial_peers=peers
+            )
+        )
         yield made
     finally:
         for c in made:
@@ -264,7 +270,10 @@ def test_serving_through_a_dht():
     dht_b = None
     try:
         dht_b = start_dht(visible_maddrs(dht_a))
-        with ExpertServer(_lm(0), dht=dht_a) as srv, SyncExpertClient(dht=dht_b) as client:
+        with (
+            ExpertServer(_lm(0), dht=dht_a) as srv,
+            SyncExpertClient(ClientConfig(wire_format="fp32"), dht=dht_b) as client,
+        ):
             with torch.no_grad():
                 ref = torch.log_softmax(_lm(0)(X)[..., :256], -1)
             assert (client.call(srv.peer_id, X) - ref).abs().max() < 1e-6

@@ -80,9 +80,9 @@ def test_symmetry_and_dummy():
 
 def test_additivity():
     """φ(v + w) = φ(v) + φ(w) on toy games (a glove game plus a random one)."""
-    glove = lambda s: float(min(len(s & {0, 1}), len(s & {2, 3, 4})))  # noqa: E731
+    glove = lambda s: float(min(len(s & {0, 1}), len(s & {2, 3, 4})))
     rnd = _random_game(5, 3)
-    both = lambda s: glove(s) + rnd(s)  # noqa: E731
+    both = lambda s: glove(s) + rnd(s)
     a, b, c = (exact_shapley(FunctionGame(f, 5).all_values()) for f in (glove, rnd, both))
     assert (a + b).tolist() == pytest.approx(c.tolist(), abs=1e-12)
     assert a.tolist() == pytest.approx(_reference_shapley(glove, 5), abs=1e-12)

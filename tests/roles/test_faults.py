@@ -18,10 +18,11 @@ import torch
 
 from moe.config_loader import parse_args
 from moe.model.transformer import ByteLM, config_dict
-from moe.net.join import start_bootstrap_dht, visible_maddrs
-from moe.roles.run_config import NetworkConfig, RouterConfig, RunConfig
+from moe.net.client import ClientConfig
+from moe.net.join import NetworkConfig, start_bootstrap_dht, visible_maddrs
+from moe.roles.run_config import RunConfig
 from moe.routing.mixing import route_and_mix
-from moe.routing.remote import Mixture
+from moe.routing.remote import Mixture, RouterConfig
 from moe.training.checkpoint import model_to_bytes
 from subnets import all_subnets
 
@@ -73,8 +74,8 @@ def _expert_args(run_dir: Path, subnet: str, peers: list[str], seed: Path) -> li
         f"seed_checkpoint={seed}",
         "expert_train.steps=10",
         "expert_train.eval_batches=1",
-        "network.heartbeat_interval=1.0",
-        f"network.announce_ttl={ANNOUNCE_TTL}",
+        "network.heartbeat_interval_seconds=1.0",
+        f"network.announce_ttl_seconds={ANNOUNCE_TTL}",
     ]
 
 
@@ -100,8 +101,9 @@ def mini(tmp_path_factory) -> Iterator[Mini]:
         for s in SUBNETS:
             procs.wait_for_file(run_dir / "experts" / s / "serving.json", 240.0, names)
         subnets = all_subnets()
-        rc = RouterConfig(k_best=len(SUBNETS), forward_timeout=FORWARD_TIMEOUT, d_gate=16, probe_len=8)
-        net = NetworkConfig(heartbeat_interval=1.0, announce_ttl=ANNOUNCE_TTL)
+        client = ClientConfig(forward_timeout_seconds=FORWARD_TIMEOUT)
+        rc = RouterConfig(k_best=len(SUBNETS), d_gate=16, probe_len=8, client=client)
+        net = NetworkConfig(heartbeat_interval_seconds=1.0, announce_ttl_seconds=ANNOUNCE_TTL)
         with _tagged_env(procs.tag):
             mixture = Mixture.from_dht(peers, [subnets[s].netuid for s in SUBNETS], rc, net)
         mixture.wait_for_experts(len(SUBNETS), timeout=60.0)
@@ -210,7 +212,7 @@ def test_unreachable_initial_peer_is_a_one_line_error(procs, tmp_path):
     """An expert whose only initial peer does not answer exits 1 with one `error:` line naming that address."""
     addr = f"/ip4/127.0.0.1/tcp/1/p2p/{GOOD_PEER_ID}"
     args = ["role=expert", "subnet=english", f"out_dir={tmp_path}", "run_id=u", f"initial_peers={addr}"]
-    r = procs.run([*args, "network.join_attempts=2", "network.join_timeout=3"], timeout=120.0)
+    r = procs.run([*args, "network.join_attempts=2", "network.join_timeout_seconds=3"], timeout=120.0)
     assert r.returncode == 1, r.stderr[-3000:]
     line = _error_line(r)
     assert line.startswith("error: ") and addr in line

@@ -78,7 +78,7 @@ def test_three_host_network_over_namespaces(hosts, procs: Procs, tmp_path: Path)
     """Bootstrap, seed and router on one host and an expert on each of two others train, serve and mix via a bridge."""
     (ns1, a1), (ns2, a2), (ns3, a3) = hosts.items()
     run_dir = tmp_path / "mh"
-    common = [f"out_dir={tmp_path}", "run_id=mh", "subnets=english,code", "network.join_timeout=10"]
+    common = [f"out_dir={tmp_path}", "run_id=mh", "subnets=english,code", "network.join_timeout_seconds=10"]
 
     procs.start("bootstrap", [*common, "role=bootstrap", f"network.host={a1}", f"network.port={PORT}"], netns=ns1)
     procs.wait_for_file(run_dir / "bootstrap.json", 120.0, ("bootstrap",))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from moe.config_loader import parse_args
+from moe.roles.layout import RunLayout
 from moe.roles.run_config import RunConfig
 from moe.roles.summary import build_summary
 
@@ -123,7 +124,7 @@ def test_solo_baseline_role_on_the_run(network_run):
     r = network_run.procs.run(args, timeout=180.0)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = parse_args(RunConfig, [str(run_dir / "config.yaml")])
-    summary = build_summary(cfg, run_dir, wall_seconds=0.0)
+    summary = build_summary(cfg, RunLayout(run_dir), wall_seconds=0.0)
     solo = summary["solo_baseline"]
     assert set(solo["eval_bpb"]) == {*cfg.subnets, "all"}
     assert solo["params"] == summary["experts"][0]["params"]

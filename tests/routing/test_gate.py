@@ -1,4 +1,4 @@
-"""Tests for moe/router.py: mixing against a per-position reference, masking, prefix likelihoods, gate causality."""
+"""Tests for moe/routing/gate.py: mixing vs a per-position reference, masking, prefix likelihoods, causality."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for moe/mixture.py: probe-then-route over tiny in-process experts, fault tolerance, and gate training."""
+"""Tests for moe/routing/mixing.py: probe-then-route over tiny in-process experts, faults, gate training."""
 
 from __future__ import annotations
 

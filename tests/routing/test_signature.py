@@ -1,4 +1,4 @@
-"""Tests for moe/signature.py: the running bigram signature is causal and normalized; domains separate."""
+"""Tests for moe/routing/signature.py: the running bigram signature is causal and normalized; domains separate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for moe/checkpoint.py: exact round trips, and every damaged or mismatched checkpoint is a CheckpointError."""
+"""Tests for moe/training/checkpoint.py: exact round trips; a damaged or mismatched one is a CheckpointError."""
 
 from __future__ import annotations
 

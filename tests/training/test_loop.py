@@ -1,4 +1,4 @@
-"""Tests for moe/train_loop.py: LR schedule, learning on real bytes, exact resume, refusing foreign checkpoints."""
+"""Tests for moe/training/loop.py: LR schedule, learning on real bytes, exact resume, refusing foreign checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe.corpus.batches import ByteBatches, iter_eval_windows
+from moe.corpus.batches import batches_at_step, iter_eval_windows
 from moe.model.tokenizer import encode
 from moe.model.transformer import ByteLM, ModelConfig, config_dict
 from moe.training.checkpoint import CheckpointError, read_state
@@ -23,8 +23,8 @@ CFG = TrainConfig(
     seq_len=32,
     lr=3e-3,
     warmup_steps=3,
-    eval_interval=0,
-    log_interval=5,
+    eval_interval_steps=0,
+    log_interval_steps=5,
     progress=False,
 )
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200))
@@ -38,15 +38,8 @@ def tokens(tmp_path_factory) -> np.ndarray:
 
 
 def batches_from(tokens: np.ndarray, cfg: TrainConfig, seed: int = 0):
-    """Like moe/roles/common.py::batches_from: the seed's batch stream positioned at optimizer step `step`."""
-
-    def start(step: int):
-        sampler = ByteBatches(tokens, cfg.seq_len, cfg.batch_size, seed)
-        for _ in range(step * cfg.grad_accum):
-            sampler.sample()
-        return iter(sampler)
-
-    return start
+    """The seed's batch stream positioned at optimizer step `step`, as every trainer of a run gets it."""
+    return batches_at_step(tokens, cfg.seq_len, cfg.batch_size, seed, cfg.grad_accum)
 
 
 def make(seed: int = 0, cfg: ModelConfig = MODEL) -> ByteLM:
@@ -105,7 +98,7 @@ class Crash(Exception):
 def test_resume_after_crash_is_exact(tokens, tmp_path):
     """A run killed after its step-10 checkpoint and resumed by a fresh call ends with the same weights as a
     straight 20-step run (same LR schedule, same batches, restored AdamW state)."""
-    cfg = replace(CFG, checkpoint_interval=10)
+    cfg = replace(CFG, checkpoint_interval_steps=10)
     straight = make(0)
     train_lm(straight, batches_from(tokens, cfg), {}, cfg, tmp_path / "a", config_dict(MODEL))
 
@@ -148,7 +141,7 @@ def test_extend_run_with_more_steps_is_exact(tokens, tmp_path):
 
 def test_grad_accum_resume_is_exact(tokens, tmp_path):
     """With grad_accum=2 the resumed run also matches: batches_from skips step * grad_accum micro-batches."""
-    cfg = replace(CFG, steps=6, grad_accum=2, checkpoint_interval=3, min_lr_ratio=1.0)
+    cfg = replace(CFG, steps=6, grad_accum=2, checkpoint_interval_steps=3, min_lr_ratio=1.0)
     straight = make(0)
     train_lm(straight, batches_from(tokens, cfg), {}, cfg, tmp_path / "a", config_dict(MODEL))
     first = make(0)

@@ -1,4 +1,4 @@
-"""Tests for moe/tracking.py: a disabled tracker costs nothing (no wandb import); offline wandb logs for real."""
+"""Tests for moe/training/tracking.py: a disabled tracker costs nothing; offline wandb logs for real."""
 
 from __future__ import annotations
 

@@ -1,0 +1,83 @@
+"""One validator epoch's verdict: from every expert's replies on the epoch's windows to cheat flags, Shapley
+contributions and the weights a validator submits.
+
+Pure: the replies come in as tensors, so the same verdict can be recomputed by anyone holding them (and tested
+without a network). Flagged experts are left out of the Shapley game, so a copy does not dilute the value of the
+expert it copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from moe.metrics import target_log_probs
+from moe.poi.cheats import CheatConfig, detect_cheats
+from moe.poi.scoring import shapley_weights
+from moe.poi.shapley import ShapleyConfig, shapley
+from moe.poi.value import UNIFORM_LOGP, MixtureGame, expert_bpb
+
+UNIFORM_BPB = 8.0
+"""Bits per byte of the uniform distribution over 256 bytes: the score of a mixture nobody contributes to."""
+
+
+@dataclass
+class EpochScore:
+    """One epoch's verdict on the experts, keyed by hotkey."""
+
+    contribution: dict[str, float]
+    """Share of the positive Shapley value (flagged experts 0); sums to 1 unless nobody contributed."""
+    shapley_bits: dict[str, float]
+    """Raw Shapley value φ in bits per byte saved over uniform bytes (flagged experts 0)."""
+    flags: dict[str, list[str]]
+    """Detector names per flagged expert."""
+    bpb: dict[str, float | None]
+    """Each expert's own bits per byte on the windows it answered (None if it answered none)."""
+    mixture_bpb: float
+    """Bits per byte of the mixture of the unflagged experts."""
+    answered: dict[str, float] = field(default_factory=dict)
+    """Fraction of windows each expert answered validly."""
+
+
+def score_experts(
+    hotkeys: list[str],
+    registration: list[tuple[float, int]],
+    dists: torch.Tensor,
+    y: torch.Tensor,
+    present: torch.Tensor,
+    cheats: CheatConfig,
+    seed: int = 0,
+    groups: list[int] | None = None,
+) -> EpochScore:
+    """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
+
+    `registration` orders experts for copy detection (the earliest of a group of copies keeps the credit): one
+    (registration block, uid) per expert. `groups` gives each window's domain, so a specialist is judged on its
+    best domain rather than on all of them pooled.
+    """
+    E = dists.shape[0]
+    logp, _ = target_log_probs(dists, y)  # (E, W, T); special-token targets (EOS) are not bytes: 0 for everyone
+    ref = torch.where(y < dists.shape[-1], UNIFORM_LOGP, 0.0).double()  # (W, T) the reference scores the same events
+    order = sorted(range(E), key=lambda i: registration[i])
+    rank = [order.index(i) for i in range(E)]
+    report, lp, pr = detect_cheats(list(range(E)), logp, rank, present, dists, config=cheats, groups=groups)
+    players = [i for i in range(E) if i not in report.flagged]
+    phi = torch.zeros(E, dtype=torch.float64)
+    se = torch.zeros(E, dtype=torch.float64)
+    mix_bpb = UNIFORM_BPB
+    if players:
+        game = MixtureGame(lp[players], pr[players], reference_logp=ref)
+        est = shapley(game, ShapleyConfig(seed=seed))
+        phi[players], se[players] = est.values, est.stderr
+        mix_bpb = UNIFORM_BPB - game.value((1 << len(players)) - 1)
+    w = shapley_weights(list(range(E)), phi, se, flagged=report.flagged)
+    bpb = expert_bpb(lp, pr)
+    return EpochScore(
+        contribution={hotkeys[i]: w[i] for i in range(E)},
+        shapley_bits={hotkeys[i]: float(phi[i]) for i in range(E)},
+        flags={hotkeys[u]: r for u, r in report.reasons.items()},
+        bpb={hotkeys[i]: (None if not torch.isfinite(bpb[i]) else float(bpb[i])) for i in range(E)},
+        mixture_bpb=float(mix_bpb),
+        answered={hotkeys[i]: float(pr[i].double().mean()) for i in range(E)},
+    )

@@ -1,0 +1,87 @@
+"""Tests for moe/net/ledger_host.py and moe/net/ledger_client.py: the ledger host fed over a real DHT."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from moe.identity import Hotkey
+from moe.ledger import RAO_PER_TAO, Ledger, WeightSubmission, verify_ledger
+from moe.net.dht_records import publish_signed
+from moe.net.ledger_client import (
+    INBOX_CONTEXT,
+    INBOX_KEY,
+    WEIGHTS_CONTEXT,
+    WEIGHTS_KEY,
+    publish_weights,
+    read_head,
+    register_on_ledger,
+)
+from moe.net.ledger_host import LedgerHost, local_genesis
+
+
+@pytest.fixture
+def ledger_net(tmp_path):
+    """A loopback DHT with a running ledger host; a funded validator key and a miner key. Reaps everything."""
+    from moe.net.join import start_bootstrap_dht
+
+    dht = start_bootstrap_dht()
+    validator, miner, host = Hotkey.from_seed(b"v" * 32), Hotkey.from_seed(b"m" * 32), Hotkey.from_seed(b"h" * 32)
+    genesis = local_genesis(0, 0.1, 10, 4, {validator.address: 10 * RAO_PER_TAO})
+    feed = LedgerHost(dht, tmp_path / "ledger.sqlite", genesis, host, 0, 0.1, poll_interval=0.05).start()
+    try:
+        yield dht, feed, validator, miner, host
+    finally:
+        feed.stop()
+        dht.shutdown()
+
+
+def test_host_accepts_signed_weights_and_rejects_forged_ones(ledger_net, tmp_path, caplog):
+    """Nodes register through the DHT inbox; genuine weights land in the ledger, forged/tampered ones are logged,
+    never stored, and the file verifies."""
+    dht, feed, validator, miner, host = ledger_net
+    m_uid, m_block, _ = register_on_ledger(dht, miner, 0, timeout=30, host=host.address)
+    v_uid, _, head = register_on_ledger(dht, validator, 5 * RAO_PER_TAO, timeout=30, host=host.address)
+    assert m_uid != v_uid and head.stakes[validator.address] == 5 * RAO_PER_TAO
+
+    attacker = Hotkey.from_seed(b"a" * 32)
+    tampered = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])
+    tampered.weights = [123]  # altered after signing
+    impostor = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])  # genuine, but relayed by another
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
+        publish_signed(
+            dht, WEIGHTS_KEY, attacker, {"submissions": [impostor.to_dict()]}, WEIGHTS_CONTEXT, 30
+        )  # filed under the attacker's own key
+        publish_signed(dht, WEIGHTS_KEY, validator, {"submissions": [tampered.to_dict()]}, WEIGHTS_CONTEXT, 30)
+        assert feed.wait(lambda f: len(f.rejected) >= 2, 10)
+    assert "signature does not verify" in caplog.text and "names validator" in caplog.text
+
+    head = read_head(dht, host.address)
+    good = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])
+    assert good.verify()
+    publish_weights(dht, validator, [good])
+    assert feed.wait(lambda f: ("weights", validator.address) in f.accepted, 10)
+    tempo = 10
+    assert feed.wait(lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo, 15)
+    feed.stop()
+
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        stored = [r for b in ledger.blocks() for r in b.records if r.get("kind") == "weights"]
+        assert [r["signature"] for r in stored] == [good.signature]  # only the genuine one is on chain
+        assert ledger.balance(miner.address) > 0  # the weighted miner was paid at the epoch's end
+    assert verify_ledger(tmp_path / "ledger.sqlite", workers=0).ok
+
+
+def test_inbox_refuses_records_acting_for_another_hotkey(ledger_net, caplog):
+    """A registration signed by one hotkey but posted in another's inbox entry is refused and logged."""
+    from moe.ledger.records import registration_record
+
+    dht, feed, validator, miner, host = ledger_net
+    head = read_head(dht, host.address) or (feed.wait(lambda f: read_head(dht) is not None, 10) and read_head(dht))
+    rec = registration_record(miner, 0, head.head_hash, nonce=0)
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
+        publish_signed(dht, INBOX_KEY, validator, {"records": [rec]}, INBOX_CONTEXT, 30)
+        assert feed.wait(lambda f: len(f.rejected) >= 1, 10)
+    assert "acts for another hotkey" in caplog.text
+    assert miner.address not in read_head(dht, host.address).uids
