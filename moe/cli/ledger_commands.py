@@ -38,7 +38,7 @@ def _show(path: str, console: Console) -> int:
     accounts = Table(title="Accounts")
     for col in ("address", "balance (TAO)", "stake (TAO)"):
         accounts.add_column(col, justify="right" if "TAO" in col else "left")
-    held = lambda a: st.balances.get(a, 0) + st.stakes.get(a, 0)  # noqa: E731
+    held = lambda a: st.balances.get(a, 0) + st.stakes.get(a, 0)
     for addr in sorted(set(st.balances) | set(st.stakes), key=lambda a: (-held(a), a)):
         accounts.add_row(addr[:16], _tao(st.balances.get(addr, 0)), _tao(st.stakes.get(addr, 0)))
     console.print(accounts)

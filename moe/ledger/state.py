@@ -25,7 +25,6 @@ import numpy as np
 from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
 from moe.ledger.genesis import LedgerConfig
 from moe.ledger.records import (
-    DERIVED_KINDS,
     Record,
     RecordError,
     is_address,
@@ -499,7 +498,3 @@ def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
         if got[key] != value:
             raise RecordError(f"epoch record field {key!r} differs from the payouts its own figures imply")
     return got
-
-
-def is_derived(record: Record) -> bool:
-    return isinstance(record, dict) and record.get("kind") in DERIVED_KINDS

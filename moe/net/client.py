@@ -26,6 +26,7 @@ from hivemind.p2p import P2P, P2PDaemonError, P2PHandlerError, PeerID
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
+from moe.config_checks import require_at_least, require_one_of, require_positive
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, RemoteError
 from moe.net.loop import LoopThread, replicate_p2p
@@ -71,12 +72,10 @@ class ClientConfig:
     """Largest reply accepted on the direct path (a server claiming more is cut off)."""
 
     def __post_init__(self):
-        if self.wire_format not in WIRE_FORMATS:
-            raise ValueError(f"ClientConfig.wire_format must be one of {WIRE_FORMATS}, got {self.wire_format!r}")
-        if self.k_min < 0:
-            raise ValueError(f"ClientConfig.k_min must be >= 0, got {self.k_min}")
-        if not self.forward_timeout_seconds > 0:
-            raise ValueError(f"forward_timeout_seconds must be positive, got {self.forward_timeout_seconds}")
+        require_one_of(self, "wire_format", WIRE_FORMATS)
+        require_at_least(self, 0, ["k_min", "timeout_after_k_min_seconds", "backoff_base_seconds"])
+        require_at_least(self, 1, ["topk", "max_reply_bytes"])
+        require_positive(self, ["forward_timeout_seconds", "backoff_cap_seconds", "tol"])
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from hivemind.dht.validation import RecordValidatorBase
 from hivemind.p2p import PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
+from moe.config_checks import require_at_least, require_between, require_positive
 from moe.net.dht_records import SignedRecordValidator
 
 logger = logging.getLogger(__name__)
@@ -44,15 +45,11 @@ class NetworkConfig:
     """Seconds between re-announcements (and between refreshes of a node's view of the experts)."""
 
     def __post_init__(self):
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"network.port must be in 0..65535, got {self.port}")
-        if self.join_attempts < 1:
-            raise ValueError(f"network.join_attempts must be >= 1, got {self.join_attempts}")
-        for name in ("join_timeout_seconds", "discovery_timeout_seconds", "heartbeat_interval_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"network.{name} must be positive, got {getattr(self, name)}")
-        if self.announce_ttl_seconds <= self.heartbeat_interval_seconds:
-            raise ValueError("network.announce_ttl_seconds must exceed heartbeat_interval_seconds")
+        require_between(self, "port", 0, 65535)
+        require_at_least(self, 1, ["join_attempts"])
+        require_positive(self, ["join_timeout_seconds", "discovery_timeout_seconds", "heartbeat_interval_seconds"])
+        if not self.announce_ttl_seconds > self.heartbeat_interval_seconds:
+            raise ValueError("announce_ttl_seconds must exceed heartbeat_interval_seconds, or records flicker")
 
 
 class JoinError(RuntimeError):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe.config_checks import require_at_least, require_between, require_positive
 from moe.identity import Hotkey
 from moe.ledger import GenesisConfig, Ledger, WeightSubmission
 from moe.ledger.weights import canonical_json
@@ -40,12 +41,9 @@ class LedgerHostConfig:
     """Proof-of-work difficulty of a registration (expected hashes)."""
 
     def __post_init__(self):
-        if not 0 <= self.shared_netuid <= 0xFFFF:
-            raise ValueError(f"ledger_host.shared_netuid must be in 0..65535, got {self.shared_netuid}")
-        if not self.block_interval_seconds > 0:
-            raise ValueError(f"ledger_host.block_interval_seconds must be positive, got {self.block_interval_seconds}")
-        if self.tempo < 1 or self.difficulty < 1:
-            raise ValueError(f"ledger_host.tempo and difficulty must be >= 1, got {self.tempo}, {self.difficulty}")
+        require_between(self, "shared_netuid", 0, 0xFFFF)
+        require_positive(self, ["block_interval_seconds"])
+        require_at_least(self, 1, ["tempo", "difficulty"])
 
 
 class LedgerHost:
@@ -115,50 +113,48 @@ class LedgerHost:
         logger.warning("rejected %s from %s: %s", kind, who[:16], reason)
         self.rejected.append((kind, who, reason))
 
+    def _new_items(self, entries: dict[str, dict], field: str, kind: str):
+        """(signer, item) for each item of each signer's `field` list not seen before; a payload without such a list
+        is rejected."""
+        for address, payload in entries.items():
+            items = payload.get(field)
+            if not isinstance(items, list):
+                self._reject(kind, address, f"payload has no list of {field}")
+                continue
+            for item in items:
+                if self._first_sight(address, item):
+                    yield address, item
+
     def ingest_inbox(self, entries: dict[str, dict]) -> None:
         """Submit each node's own records (registration, stake); records signed by someone else are refused."""
-        for address, payload in entries.items():
-            records = payload.get("records")
-            if not isinstance(records, list):
-                self._reject("inbox", address, "payload has no list of records")
-                continue
-            for rec in records:
-                if not self._first_sight(address, rec):
-                    continue
-                if not isinstance(rec, dict):
-                    self._reject("inbox", address, "record is not a JSON object")
-                elif rec.get("hotkey") != address:
-                    self._reject(str(rec.get("kind")), address, "record acts for another hotkey")
-                elif self.ledger.submit(rec):
-                    self.accepted.append((str(rec.get("kind")), address))
-                else:
-                    self._reject(str(rec.get("kind")), address, "refused by the ledger (see its log line)")
+        for address, rec in self._new_items(entries, "records", "inbox"):
+            if not isinstance(rec, dict):
+                self._reject("inbox", address, "record is not a JSON object")
+            elif rec.get("hotkey") != address:
+                self._reject(str(rec.get("kind")), address, "record acts for another hotkey")
+            elif self.ledger.submit(rec):
+                self.accepted.append((str(rec.get("kind")), address))
+            else:
+                self._reject(str(rec.get("kind")), address, "refused by the ledger (see its log line)")
 
     def ingest_weights(self, entries: dict[str, dict]) -> None:
         """Submit each validator's weight submissions that verify and are its own; log and count the rest."""
-        for address, payload in entries.items():
-            subs = payload.get("submissions")
-            if not isinstance(subs, list):
-                self._reject("weights", address, "payload has no list of submissions")
+        for address, d in self._new_items(entries, "submissions", "weights"):
+            try:
+                sub = WeightSubmission.from_dict(d)
+            except ValueError as e:
+                self._reject("weights", address, str(e))
                 continue
-            for d in subs:
-                if not self._first_sight(address, d):
-                    continue
-                try:
-                    sub = WeightSubmission.from_dict(d)
-                except ValueError as e:
-                    self._reject("weights", address, str(e))
-                    continue
-                if sub.validator != address:
-                    self._reject("weights", address, f"submission names validator {sub.validator[:16]}")
-                elif not sub.verify():
-                    self._reject("weights", address, "signature does not verify (forged or tampered)")
-                elif self.ledger.submit(sub):
-                    self.accepted.append(("weights", address))
-                    self.last_weights_height = self.ledger.height + 1
-                    logger.info("accepted weights of %s for epoch %d: %s", address[:16], sub.epoch, sub.uids)
-                else:
-                    self._reject("weights", address, "refused by the ledger (see its log line)")
+            if sub.validator != address:
+                self._reject("weights", address, f"submission names validator {sub.validator[:16]}")
+            elif not sub.verify():
+                self._reject("weights", address, "signature does not verify (forged or tampered)")
+            elif self.ledger.submit(sub):
+                self.accepted.append(("weights", address))
+                self.last_weights_height = self.ledger.height + 1
+                logger.info("accepted weights of %s for epoch %d: %s", address[:16], sub.epoch, sub.uids)
+            else:
+                self._reject("weights", address, "refused by the ledger (see its log line)")
 
     def publish_head(self) -> None:
         st = self.ledger.state

@@ -24,7 +24,14 @@ from moe.model.transformer import ByteLM
 from moe.net.join import join_network
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard, wait_for_stop
-from moe.roles.serving import model_summary, register_if_ledger, serving_config, start_heartbeat, subnet_centroid
+from moe.roles.serving import (
+    close_all,
+    model_summary,
+    register_if_ledger,
+    serving_config,
+    start_heartbeat,
+    subnet_centroid,
+)
 
 if TYPE_CHECKING:
     from moe.corpus import Subnet
@@ -116,12 +123,5 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         status.update(phase="serving")
         wait_for_stop()
     finally:
-        for part in (heartbeat, directory):
-            if part is not None:
-                part.stop()
-        if server is not None:
-            server.shutdown()
-        if client is not None:
-            client.shutdown()
-        dht.shutdown()
+        close_all(heartbeat, directory, server, client, dht)
     return 0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moe.config_checks import require_at_least
 from moe.corpus.batches import batches_at_step
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
@@ -24,7 +25,14 @@ from moe.net.join import join_network
 from moe.roles.layout import SERVING, RunLayout
 from moe.roles.lm_job import run_lm_job
 from moe.roles.node import StatusBoard, wait_for_stop
-from moe.roles.serving import model_summary, register_if_ledger, serving_config, start_heartbeat, subnet_centroid
+from moe.roles.serving import (
+    close_all,
+    model_summary,
+    register_if_ledger,
+    serving_config,
+    start_heartbeat,
+    subnet_centroid,
+)
 from moe.training.checkpoint import load_checkpoint, load_model_bytes
 
 if TYPE_CHECKING:
@@ -42,8 +50,7 @@ class ExpertConfig:
     """Training steps between copies of fresh weights into the served model."""
 
     def __post_init__(self):
-        if self.weights_refresh_steps < 1:
-            raise ValueError(f"expert.weights_refresh_steps must be >= 1, got {self.weights_refresh_steps}")
+        require_at_least(self, 1, ["weights_refresh_steps"])
 
 
 def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[[ByteLM], None], str]:
@@ -137,10 +144,5 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             status.update(phase="serving")
             wait_for_stop()
     finally:
-        if heartbeat is not None:
-            heartbeat.stop()
-        if server is not None:
-            server.shutdown()
-        if dht is not None:
-            dht.shutdown()
+        close_all(heartbeat, server, dht)
     return 0

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from moe.config_checks import require_positive
 from moe.config_loader import to_dict
 from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
@@ -61,9 +62,7 @@ class PhaseTimeouts:
     """A node's grace between SIGTERM and SIGKILL at the end."""
 
     def __post_init__(self):
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise ValueError(f"timeouts.{name} must be positive, got {value}")
+        require_positive(self, vars(self))
 
 
 class NodeFailed(RuntimeError):

@@ -113,3 +113,11 @@ def start_heartbeat(
 
     interval, ttl = network.heartbeat_interval_seconds, network.announce_ttl_seconds
     return Heartbeat(dht, record, hotkey, interval=interval, ttl=ttl).start()
+
+
+def close_all(*parts) -> None:
+    """Stop or shut down each part (heartbeat, directory, server, client, DHT) in the order given; None is skipped,
+    so a node's `finally` can close whatever it got as far as starting."""
+    for part in parts:
+        if part is not None:
+            (getattr(part, "shutdown", None) or part.stop)()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from moe.config_checks import require_at_least, require_between, require_positive
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
@@ -65,15 +66,10 @@ class ValidatorConfig:
     """Thresholds of the cheat detectors (noise, copies, timeouts, malformed replies)."""
 
     def __post_init__(self):
-        for name in ("windows_per_epoch", "seq_len", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"validator.{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise ValueError(f"validator.epochs must be >= 0, got {self.epochs}")
-        if not self.stake_tao > 0 or self.epoch_interval_seconds < 0 or self.commit_ttl_seconds <= 0:
-            raise ValueError("validator.stake_tao and commit_ttl_seconds must be positive, epoch_interval >= 0")
-        if not 0 < self.weights_deadline_fraction <= 1:
-            raise ValueError(f"weights_deadline_fraction must be in (0, 1], got {self.weights_deadline_fraction}")
+        require_at_least(self, 1, ["windows_per_epoch", "seq_len", "batch_size"])
+        require_at_least(self, 0, ["epochs", "epoch_interval_seconds"])
+        require_positive(self, ["stake_tao", "commit_ttl_seconds", "weights_deadline_fraction"])
+        require_between(self, "weights_deadline_fraction", 0.0, 1.0)
 
 
 def query_windows(call, hotkeys: list[str], x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

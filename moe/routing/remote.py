@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from moe.config_checks import require_at_least, require_positive
 from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
@@ -57,11 +58,9 @@ class RouterConfig:
     """How the experts are called: timeouts, k_min, wire format, back-off."""
 
     def __post_init__(self):
-        for name in ("k_best", "probe_len", "batch_size", "d_gate", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"router.{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0:
-            raise ValueError(f"router.steps must be >= 0, got {self.steps}")
+        require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches"])
+        require_at_least(self, 0, ["steps", "balance_coef"])
+        require_positive(self, ["lr"])
 
 
 class Mixture:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from moe.config_checks import require_at_least, require_between, require_one_of, require_positive
 from moe.metrics import evaluate_model_bpb
 from moe.training.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 
@@ -64,19 +65,13 @@ class TrainConfig:
     """Show a live progress bar."""
 
     def __post_init__(self):
-        positive = ("batch_size", "seq_len", "grad_accum", "eval_batches", "log_interval_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "warmup_steps", "eval_interval_steps", "checkpoint_interval_steps", "cpu_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be positive, min_lr_ratio in [0, 1], weight_decay and grad_clip >= 0")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.compile not in ("auto", "true", "false"):
-            raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
+        require_at_least(self, 1, ["batch_size", "seq_len", "grad_accum", "eval_batches", "log_interval_steps"])
+        counts = ["steps", "warmup_steps", "eval_interval_steps", "checkpoint_interval_steps", "cpu_threads"]
+        require_at_least(self, 0, [*counts, "weight_decay", "grad_clip"])
+        require_positive(self, ["lr"])
+        require_between(self, "min_lr_ratio", 0.0, 1.0)
+        require_one_of(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        require_one_of(self, "compile", ("auto", "true", "false"))
 
 
 @dataclass

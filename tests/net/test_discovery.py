@@ -15,19 +15,15 @@ from hivemind.utils import ValueWithExpiration, get_dht_time
 from moe.identity import Hotkey
 from moe.net.discovery import ExpertDirectory, Heartbeat, announce, discover, experts_key, parse_entries
 from moe.net.expert_record import ExpertRecord
-from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
+from moe.net.join import visible_maddrs
 
 PEER_ID = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(module_pair):
     """Two joined DHT peers on loopback (a miner side and a router side), shut down after the module."""
-    a = start_bootstrap_dht()
-    b = start_dht(visible_maddrs(a))
-    yield a, b
-    b.shutdown()
-    a.shutdown()
+    return module_pair
 
 
 _netuid = iter(range(100, 60000))

@@ -12,7 +12,7 @@ from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
+from moe.net.join import start_bootstrap_dht
 from moe.net.seed_transfer import (
     HANDLER_NAME,
     SEED_KEY,
@@ -31,13 +31,9 @@ MALLORY = Hotkey.from_seed(bytes([22]) * 32)
 
 
 @pytest.fixture
-def pair():
+def pair(fresh_pair):
     """Two fresh joined DHT peers (publisher, fetcher); fresh per test because the seed key is global."""
-    a = start_bootstrap_dht()
-    b = start_dht(visible_maddrs(a))
-    yield a, b
-    b.shutdown()
-    a.shutdown()
+    return fresh_pair
 
 
 @pytest.fixture
