@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from moe.config_loader import ConfigError, build, load_yaml, parse_args, to_dict
+from moe.net.client import ClientConfig
 from moe.roles.run_config import RunConfig
+from moe.routing.remote import RouterConfig
+from moe.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +40,20 @@ class Outer:
     """A list of ints."""
     limit: int | None = None
     """An optional int."""
+
+
+@dataclass
+class Mid:
+    inner: Inner = field(default_factory=lambda: Inner(n=7, name="mid"))
+    """A section whose own default differs from Inner's class defaults."""
+    k: int = 0
+    """An int."""
+
+
+@dataclass
+class Deep:
+    mid: Mid = field(default_factory=lambda: Mid(inner=Inner(n=9, lr=0.5), k=3))
+    """A section of a section, each level with a non-class default."""
 
 
 def write(path: Path, text: str) -> str:
@@ -194,3 +211,49 @@ def test_train_py_rejects_bad_yaml_before_work(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "bad.yaml" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+SEED_DEFAULTS = RunConfig().seed_train
+
+
+def test_partial_section_keeps_the_fields_default_not_the_class_default(tmp_path):
+    """Naming one field of seed_train (CLI or YAML) keeps its other fields at seed_train's default (300 steps,
+    lr 3e-3), not TrainConfig's class defaults (400 steps, lr 2e-3); expert_train keeps the class defaults."""
+    assert (SEED_DEFAULTS.steps, SEED_DEFAULTS.lr) == (300, 3e-3)
+    assert (TrainConfig().steps, TrainConfig().lr) == (400, 2e-3)  # else this test proves nothing
+    from_cli = parse_args(RunConfig, ["seed_train.cpu_threads=2"])
+    from_yaml = parse_args(RunConfig, [write(tmp_path / "a.yaml", "seed_train:\n  cpu_threads: 2\n")])
+    from_mapping = parse_args(RunConfig, ["seed_train={cpu_threads: 2}"])
+    for cfg in (from_cli, from_yaml, from_mapping):
+        assert cfg.seed_train == TrainConfig(**{**vars(SEED_DEFAULTS), "cpu_threads": 2})
+        assert cfg.expert_train == TrainConfig()
+
+
+def test_shipped_tiny_config_keeps_the_seeds_learning_rate():
+    """configs/tiny.yaml sets some seed_train fields and not lr, so the tiny seed trains at seed_train's lr."""
+    cfg = parse_args(RunConfig, [str(ROOT / "configs" / "tiny.yaml")])
+    assert cfg.seed_train.steps == 30 and cfg.seed_train.lr == SEED_DEFAULTS.lr
+    assert cfg.seed_train.warmup_steps == 5 and cfg.seed_train.grad_clip == SEED_DEFAULTS.grad_clip
+
+
+def test_deep_override_keeps_every_level_default():
+    """`router.client.wire_format=fp32` changes that one field and keeps the router's and the client's defaults."""
+    cfg = parse_args(RunConfig, ["router.client.wire_format=fp32"])
+    assert cfg.router == RouterConfig(client=ClientConfig(wire_format="fp32"))
+    assert cfg == parse_args(RunConfig, ["router={client: {wire_format: fp32}}"])
+    deep = parse_args(Deep, ["mid.inner.flag=true"])
+    assert deep == Deep(mid=Mid(inner=Inner(n=9, lr=0.5, flag=True), k=3))
+    assert parse_args(Deep, ["mid.k=4"]) == Deep(mid=Mid(inner=Inner(n=9, lr=0.5), k=4))
+
+
+def test_later_yaml_merges_into_earlier_at_every_depth(tmp_path):
+    """A later file changes only the fields it names, however deep; the earlier file's other fields and the
+    remaining defaults survive, and key=value still wins over both."""
+    a = write(tmp_path / "a.yaml", "seed_train:\n  steps: 50\nrouter:\n  k_best: 3\n  client:\n    k_min: 1\n")
+    b = write(tmp_path / "b.yaml", "seed_train:\n  cpu_threads: 2\nrouter:\n  client:\n    wire_format: fp16\n")
+    cfg = parse_args(RunConfig, [a, b, "router.client.k_min=2"])
+    assert cfg.seed_train == TrainConfig(**{**vars(SEED_DEFAULTS), "steps": 50, "cpu_threads": 2})
+    assert cfg.router == RouterConfig(k_best=3, client=ClientConfig(k_min=2, wire_format="fp16"))
+    c = write(tmp_path / "c.yaml", "mid:\n  inner:\n    name: c\n")
+    d = write(tmp_path / "d.yaml", "mid:\n  k: 5\n  inner:\n    lr: 0.25\n")
+    assert parse_args(Deep, [c, d]) == Deep(mid=Mid(inner=Inner(n=9, lr=0.25, name="c"), k=5))

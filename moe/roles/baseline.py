@@ -54,7 +54,7 @@ def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, 
         extra_result={
             "kind": kind,
             "seed_flops": seed_flops,
-            "expert_equivalents": expert_steps / cfg.expert_train.steps,
+            "expert_equivalents": 1 if kind == "solo" else n_experts,
         },
     )
     return 0

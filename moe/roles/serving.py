@@ -117,7 +117,12 @@ def start_heartbeat(
 
 def close_all(*parts) -> None:
     """Stop or shut down each part (heartbeat, directory, server, client, DHT) in the order given; None is skipped,
-    so a node's `finally` can close whatever it got as far as starting."""
+    so a node's `finally` can close whatever it got as far as starting; a part that fails to close is logged and the
+    rest are still closed."""
     for part in parts:
-        if part is not None:
+        if part is None:
+            continue
+        try:
             (getattr(part, "shutdown", None) or part.stop)()
+        except Exception:  # one part failing to close must not leave the rest running
+            logger.exception("closing %s failed", type(part).__name__)

@@ -114,7 +114,7 @@ def print_summary(s: dict[str, Any], console) -> None:
     t.add_column("model")
     for name in [*subnets, "all"]:
         t.add_column(name, justify="right")
-    rows = [(f"expert {e['subnet']}", e["eval_bpb"]) for e in s["experts"]]
+    rows = [(f"{e.get('adversary') or 'expert'} {e['subnet']}", e["eval_bpb"]) for e in s["experts"]]
     rows.append(("seed", s["seed"]["eval_bpb"]))
     for kind in ("solo", "dense"):
         if s.get(f"{kind}_baseline"):

@@ -47,6 +47,9 @@ def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
     from moe.ledger import RAO_PER_TAO, Ledger, verify_ledger
 
     report = verify_ledger(path, workers=0)
+    if not report.ok:  # a ledger that does not replay cannot be opened; report it instead of losing the summary
+        logger.warning("ledger %s does not verify: %s", path, report)
+        return {"rewards": {}, "ledger": {"path": str(path), "verified": str(report), "miner_emission_tao": 0.0}}
     with Ledger.open(path) as ledger:
         miner_emission = 0
         for blk in ledger.blocks():
@@ -87,7 +90,7 @@ def validation_checks(s: dict[str, Any]) -> dict[str, Any]:
     share = adv / miners if miners > 0 else math.nan
     return {
         "rewards_spearman_honest": None if math.isnan(rho) else round(rho, 4),
-        "rewards_rank_like_contributions": (not math.isnan(rho)) and rho >= MIN_SPEARMAN,
+        "rewards_rank_like_contributions": (not math.isnan(rho)) and round(rho, 9) >= MIN_SPEARMAN,
         "adversaries_emission_share": None if math.isnan(share) else round(share, 6),
         "adversaries_below_1pct": (not math.isnan(share)) and share < MAX_ADVERSARY_SHARE,
         "ledger_verifies": s["ledger"]["verified"].startswith("ok"),

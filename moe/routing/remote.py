@@ -158,9 +158,9 @@ class Mixture:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(nll))
+            losses.append(nll.item())
             if on_step is not None:
-                on_step(step, float(nll))
+                on_step(step, losses[-1])
         return losses
 
     def save(self, directory: str | Path) -> None:

@@ -1,69 +1,12 @@
-"""Tests for moe/corpus/batches.py and moe/corpus/tokens.py: token caches, windows, eval coverage, blends."""
+"""Tests for moe/corpus/batches.py: training windows, eval coverage, blends."""
 
 from __future__ import annotations
-
-import json
-import logging
 
 import numpy as np
 import pytest
 import torch
 
-from moe.corpus import CorpusError
 from moe.corpus.batches import IGNORE, BlendedBatches, ByteBatches, iter_eval_windows
-from moe.corpus.tokens import load_tokens
-from moe.model.tokenizer import EOS, decode
-
-
-def _write_split(directory, split, texts):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{split}.jsonl").write_text(
-        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
-    )
-
-
-def test_load_tokens_matches_documents(tmp_path):
-    """The token stream is each document's UTF-8 bytes followed by EOS, in file order."""
-    texts = ["hello", "سلام دنیا", "a\x00b", "x" * 3000]
-    _write_split(tmp_path, "val", texts)
-    tok = load_tokens(tmp_path, "val")
-    expected = []
-    for t in texts:
-        expected += list(t.encode()) + [EOS]
-    assert tok.tolist() == expected
-    assert decode(tok) == "".join(texts)
-
-
-def test_token_cache_is_reused_and_repaired(tmp_path, caplog):
-    """A second load memory-maps the cached .bin; a tampered .bin is detected, logged and rebuilt."""
-    _write_split(tmp_path, "train", ["some text", "more text"])
-    first = np.array(load_tokens(tmp_path, "train"))
-    bin_path = tmp_path / "train.bin"
-    stamp = bin_path.stat().st_mtime_ns
-    assert isinstance(load_tokens(tmp_path, "train"), np.memmap)
-    assert bin_path.stat().st_mtime_ns == stamp
-
-    bin_path.write_bytes(np.full(len(first), 60000, np.uint16).tobytes())  # ids outside the vocabulary
-    with caplog.at_level(logging.WARNING):
-        again = load_tokens(tmp_path, "train")
-    assert "outside the vocabulary" in caplog.text
-    assert np.array_equal(again, first)
-
-    bin_path.write_bytes(b"\x01")  # wrong size
-    assert np.array_equal(load_tokens(tmp_path, "train"), first)
-
-
-def test_malformed_jsonl_is_a_clear_error(tmp_path):
-    """A jsonl split that is not JSON, or lacks the text field, raises a one-line CorpusError."""
-    (tmp_path / "val.jsonl").write_text("this is not json\n")
-    with pytest.raises(CorpusError, match="not valid jsonl") as e:
-        load_tokens(tmp_path, "val")
-    assert "\n" not in str(e.value)
-    (tmp_path / "route.jsonl").write_text('{"body": "x"}\n')
-    with pytest.raises(CorpusError, match="no 'text'"):
-        load_tokens(tmp_path, "route")
-    with pytest.raises(CorpusError, match="not found"):
-        load_tokens(tmp_path, "train")
 
 
 def test_windows_shapes_and_shift():

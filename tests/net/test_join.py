@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -10,7 +11,15 @@ import psutil
 import pytest
 from hivemind.p2p import P2P, PeerID
 
-from moe.net.join import BadMultiaddr, JoinError, start_bootstrap_dht, start_dht, visible_maddrs
+from moe.net.join import (
+    BadMultiaddr,
+    JoinError,
+    NetworkConfig,
+    join_network,
+    start_bootstrap_dht,
+    start_dht,
+    visible_maddrs,
+)
 
 GHOST_PEER = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
 
@@ -45,6 +54,47 @@ def test_join_existing_peer(dhts):
     dhts.append(node)
     assert node.store("join-test", 42, expiration_time=time.time() + 30)
     assert boot.get("join-test", latest=True).value == 42
+
+
+def test_join_network_joins_a_running_bootstrap_peer(dhts):
+    """join_network joins through a running bootstrap peer on the address and port its NetworkConfig names, and the
+    two peers share records."""
+    boot = start_bootstrap_dht()
+    dhts.append(boot)
+    port = free_port()
+    node = join_network(visible_maddrs(boot), NetworkConfig(port=port, join_attempts=2, join_timeout_seconds=10.0))
+    dhts.append(node)
+    assert any(m.startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/") for m in visible_maddrs(node))
+    assert node.store("join-network-test", "hello", expiration_time=time.time() + 30)
+    assert boot.get("join-network-test", latest=True).value == "hello"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(port=-1), "port"),
+        (dict(port=65536), "port"),
+        (dict(join_attempts=0), "join_attempts"),
+        (dict(join_timeout_seconds=0.0), "join_timeout_seconds"),
+        (dict(join_timeout_seconds=math.nan), "join_timeout_seconds"),
+        (dict(discovery_timeout_seconds=-1.0), "discovery_timeout_seconds"),
+        (dict(heartbeat_interval_seconds=0.0), "heartbeat_interval_seconds"),
+        (dict(announce_ttl_seconds=4.0, heartbeat_interval_seconds=4.0), "announce_ttl_seconds"),
+        (dict(announce_ttl_seconds=2.0), "announce_ttl_seconds"),
+    ],
+)
+def test_network_config_out_of_range_is_refused_naming_the_field(overrides, field):
+    """A port outside 0-65535, no join attempts, a non-positive (or NaN) timeout or interval, or an announcement
+    that does not outlive its heartbeat raises ValueError naming the field."""
+    with pytest.raises(ValueError, match=f"^{field} "):
+        NetworkConfig(**overrides)
+
+
+def test_network_config_defaults_and_edges_are_accepted():
+    """The defaults, port 0 and 65535, and one join attempt are valid."""
+    NetworkConfig()
+    NetworkConfig(port=0, join_attempts=1)
+    NetworkConfig(port=65535, announce_ttl_seconds=4.5, heartbeat_interval_seconds=4.0)
 
 
 @pytest.mark.parametrize(

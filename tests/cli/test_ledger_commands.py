@@ -1,0 +1,124 @@
+"""Tests for moe/cli/ledger_commands.py through the `hivemoe ledger` command: verify's exit status and show's tables.
+
+tests/ledger/test_verify.py covers what verify_ledger detects; here the command line around it is checked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from moe.cli.main import main
+from moe.identity import Hotkey
+from moe.ledger import GenesisConfig, Ledger, LedgerConfig
+
+TAO = 10**9
+
+
+def tao(rao: int) -> str:
+    return f"{rao / TAO:,.9f}"
+
+
+@pytest.fixture
+def keys() -> list[Hotkey]:
+    return [Hotkey.from_seed(bytes([i + 101]) * 32) for i in range(4)]
+
+
+@pytest.fixture
+def ledger_path(tmp_path, keys) -> Path:
+    """A 9-block ledger: four registered hotkeys, two staked validators, weights, a transfer and two epochs."""
+    cfg = LedgerConfig(tempo=4, max_uids=8, initial_difficulty=4, subnet_shares={1: 1.0})
+    genesis = GenesisConfig(ledger=cfg, balances={k.address: (100 + 10 * i) * TAO for i, k in enumerate(keys)})
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, genesis) as led:
+        for k in keys:
+            assert led.register(k, 1)
+        led.produce_block(1001.0)
+        for k in keys[:2]:
+            assert led.add_stake(k, 50 * TAO)
+        led.produce_block(1002.0)
+        for k in keys[:2]:
+            assert led.set_weights(k, 1, [2, 3], [1.0, 3.0])
+        assert led.transfer(keys[3], keys[2].address, 7 * TAO)
+        for t in range(6):
+            led.produce_block(1003.0 + t)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(["ledger", *argv])
+    return rc, capsys.readouterr().out
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Rich tables as wide as they need (no wrapped or cut cells)."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def test_verify_returns_0_and_names_the_head(ledger_path, capsys):
+    """`hivemoe ledger verify` on a clean ledger returns 0 and reports its block count and head hash."""
+    with Ledger.open(ledger_path) as led:
+        head, height = led.head_hash, led.height
+    rc, out = run(capsys, "verify", str(ledger_path))
+    assert rc == 0 and f"ok: {height + 1} blocks, head {head}" in out
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE blocks SET timestamp = timestamp + 0.5 WHERE height = 4",
+        "UPDATE blocks SET hash = '" + "0" * 64 + "' WHERE height = 4",
+        "UPDATE blocks SET records = '[]' WHERE height = 4",
+    ],
+    ids=["timestamp", "hash", "records"],
+)
+def test_verify_returns_1_on_a_corrupted_block_row(ledger_path, capsys, sql):
+    """After one block row is edited in the SQLite file, verify returns 1 and names that block."""
+    with sqlite3.connect(ledger_path) as c:
+        assert c.execute(sql).rowcount == 1
+    rc, out = run(capsys, "verify", str(ledger_path))
+    assert rc == 1 and "FAILED" in out and "bad block 4" in out
+
+
+def test_show_prints_every_balance_and_stake(ledger_path, capsys):
+    """`hivemoe ledger show` prints one row per account with its balance and stake in TAO, and the latest epoch."""
+    with Ledger.open(ledger_path) as led:
+        st = led.state
+        want = {a: (tao(st.balances.get(a, 0)), tao(st.stakes.get(a, 0))) for a in set(st.balances) | set(st.stakes)}
+        issuance = tao(st.total_issuance)
+    rc, out = run(capsys, "show", str(ledger_path))
+    assert rc == 0
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) == 3 and cells[0] in {a[:16] for a in want}:
+            rows[cells[0]] = (cells[1], cells[2])
+    assert rows == {a[:16]: v for a, v in want.items()}
+    assert f"issuance {issuance} TAO" in out and "netuid 1 epoch 1" in out
+
+
+def test_show_of_a_tampered_ledger_warns_and_returns_1(ledger_path, capsys):
+    """show on a ledger with a bad block still prints the state before it, with a warning, and returns 1."""
+    with sqlite3.connect(ledger_path) as c:
+        c.execute("UPDATE blocks SET timestamp = timestamp + 0.5 WHERE height = 6")
+    rc, out = run(capsys, "show", str(ledger_path))
+    assert rc == 1 and "warning: bad block 6" in out and "height 5" in out and "Accounts" in out
+
+
+def test_missing_file_returns_1(tmp_path, capsys):
+    """verify and show of a path with no ledger return 1 and say so."""
+    for command in ("verify", "show"):
+        rc, out = run(capsys, command, str(tmp_path / "none.db"))
+        assert rc == 1 and "no ledger file" in out
+
+
+def test_missing_subcommand_is_a_usage_error(capsys):
+    """`hivemoe ledger` without verify/show, or without a path, exits with argparse's status 2."""
+    for argv in ([], ["verify"], ["audit", "x.db"]):
+        with pytest.raises(SystemExit) as e:
+            main(["ledger", *argv])
+        assert e.value.code == 2
+    assert "usage: hivemoe ledger" in capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""Tests for moe/cli/main.py: the `hivemoe` dispatcher, its usage errors, and the subnet plugin package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from moe.cli.main import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[2]
+USAGE = "usage: hivemoe {fetch,generate,ledger} ..."
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["--help"], ["Ledger", "verify", "x.db"]])
+def test_no_or_unknown_command_prints_usage_and_returns_2(argv, capsys):
+    """Without a command, or with one it does not know, hivemoe prints its usage to stderr and returns 2."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == ["The `hivemoe` command line.", USAGE]
+
+
+def test_argv_defaults_to_sys_argv(monkeypatch, capsys):
+    """main() with no argument reads the command from sys.argv, skipping the program name."""
+    monkeypatch.setattr(sys, "argv", ["hivemoe"])
+    assert main() == 2
+    monkeypatch.setattr(sys, "argv", ["hivemoe", "ledger", "verify", "/nonexistent/ledger.db"])
+    assert main() == 1
+    assert "no ledger file" in capsys.readouterr().out
+
+
+def test_module_entry_point_exits_with_main_status():
+    """`python -m moe.cli.main` exits with main's status: 2 and the usage for no command."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe.cli.main"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and USAGE in proc.stderr
+
+
+def test_generate_refuses_unknown_subnet_before_joining(capsys):
+    """generate with a subnet nobody declared returns 2 naming it and the known ones, without touching the network."""
+    rc = main(["generate", "hi", "--peers", "/ip4/127.0.0.1/tcp/1/p2p/x", "--subnets", "code,klingon"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown subnet(s) klingon" in err and "code" in err.split("known:")[1]
+
+
+def test_generate_reports_a_bad_peer_address(capsys):
+    """generate with a malformed peer multiaddr returns 1 with a one-line error, before starting any process."""
+    assert main(["generate", "hi", "--peers", "not-a-multiaddr", "--subnets", "code"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bad initial peer 'not-a-multiaddr'") and "\n" not in err
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A subnet plugin package selected by $HIVEMOE_SUBNETS, whose fetch records its arguments."""
+    name = f"toy_subnets_{uuid.uuid4().hex[:8]}"
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            from moe.corpus import LocalFiles, Subnet
+
+            def all_subnets():
+                return {"toy": Subnet(name="toy", netuid=77, source=LocalFiles(paths=("/nonexistent",)))}
+            """
+        )
+    )
+    (pkg / "fetch.py").write_text("calls = []\n\ndef main(argv):\n    calls.append(argv)\n    return 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HIVEMOE_SUBNETS", name)
+    yield name
+    for mod in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[mod]
+
+
+def test_subnets_plugin_package_is_honoured(plugin, capsys):
+    """$HIVEMOE_SUBNETS picks the package whose fetch runs (with the remaining arguments) and whose subnets
+    generate knows."""
+    assert main(["fetch", "--slice", "--only", "toy"]) == 5
+    assert sys.modules[f"{plugin}.fetch"].calls == [["--slice", "--only", "toy"]]
+    assert main(["generate", "hi", "--peers", "x", "--subnets", "code"]) == 2
+    assert "known: toy" in capsys.readouterr().err
+
+
+def test_every_command_is_documented():
+    """Each dispatched command appears in the module docstring's usage lines."""
+    import moe.cli.main as cli
+
+    for name in COMMANDS:
+        assert f"hivemoe {name}" in cli.__doc__

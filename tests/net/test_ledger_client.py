@@ -1,0 +1,138 @@
+"""Tests for moe/net/ledger_client.py: parsing the host's signed head, picking the newest one, and a validator's
+seed commitment over a real pair of loopback DHT peers (registration and weights are in test_ledger_host.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from moe.identity import Hotkey
+from moe.net.dht_records import publish_signed, read_signed
+from moe.net.ledger_client import (
+    COMMIT_CONTEXT,
+    COMMITS_KEY,
+    HEAD_CONTEXT,
+    HEAD_KEY,
+    LedgerHead,
+    publish_commit,
+    read_head,
+)
+from moe.net.signed import MalformedRecord
+from moe.poi.commit import SeedCommit, check_reveal, make_commit, new_seed
+
+HOST = Hotkey.from_seed(b"h" * 32)
+MINER = Hotkey.from_seed(b"m" * 32)
+
+
+def head_payload(height: int = 12, **overrides) -> dict:
+    """A head as `LedgerHost.publish_head` writes it."""
+    payload = {
+        "height": height,
+        "head_hash": "ab" * 32,
+        "epoch": 3,
+        "tempo": 4,
+        "netuid": 1,
+        "difficulty": 2,
+        "block_interval": 0.5,
+        "uids": {MINER.address: [0, 7]},
+        "stakes": {MINER.address: 1000},
+    }
+    return payload | overrides
+
+
+def test_from_payload_reads_every_field():
+    """A well-formed head payload parses into a LedgerHead with its signer as host and (uid, block) tuples."""
+    head = LedgerHead.from_payload(HOST.address, head_payload())
+    assert head == LedgerHead(
+        host=HOST.address,
+        height=12,
+        head_hash="ab" * 32,
+        epoch=3,
+        tempo=4,
+        netuid=1,
+        difficulty=2,
+        block_interval=0.5,
+        uids={MINER.address: (0, 7)},
+        stakes={MINER.address: 1000},
+    )
+
+
+@pytest.mark.parametrize("field", list(head_payload()))
+def test_from_payload_refuses_a_missing_field(field):
+    """A head missing any field raises MalformedRecord naming it."""
+    payload = head_payload()
+    del payload[field]
+    with pytest.raises(MalformedRecord, match=f"malformed ledger head: KeyError\\('{field}'\\)"):
+        LedgerHead.from_payload(HOST.address, payload)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(height="twelve"),
+        dict(height=None),
+        dict(epoch=[3]),
+        dict(tempo={}),
+        dict(block_interval="fast"),
+        dict(uids=[1, 2]),  # not a dictionary
+        dict(uids={MINER.address: [0]}),  # no registration block
+        dict(uids={MINER.address: 5}),
+        dict(uids={MINER.address: ["zero", 7]}),
+        dict(stakes={MINER.address: "lots"}),
+        dict(stakes=None),
+    ],
+)
+def test_from_payload_refuses_mistyped_fields(overrides):
+    """A head with a mistyped field (a word for a number, a list for a dict, a short uid entry) raises
+    MalformedRecord."""
+    with pytest.raises(MalformedRecord, match="malformed ledger head"):
+        LedgerHead.from_payload(HOST.address, head_payload(**overrides))
+
+
+@pytest.mark.parametrize("tempo", [1, 4, 10])
+def test_epoch_progress_counts_the_blocks_of_the_current_epoch(tempo):
+    """epoch_progress is the fraction of the epoch's blocks produced, counted block by block: it rises by 1/tempo
+    per block and wraps to 0 at the last block of an epoch (where the epoch pays out)."""
+    produced = 0
+    for height in range(3 * tempo):
+        produced = (produced + 1) % tempo  # block `height` is the (produced)-th of its epoch, 0 when it closes one
+        head = LedgerHead.from_payload(HOST.address, head_payload(height=height, tempo=tempo))
+        assert head.epoch_progress() == produced / tempo
+        assert 0.0 <= head.epoch_progress() < 1.0
+
+
+def test_read_head_picks_the_highest_valid_head_and_filters_by_host(module_pair, caplog):
+    """read_head returns the highest valid head (a malformed higher one is logged and skipped), and only the named
+    host's when `host` is given; None when that host published nothing."""
+    a, b = module_pair
+    assert read_head(b) is None
+    other, forger, stray = (Hotkey.from_seed(bytes([i]) * 32) for i in b"ofs")
+    assert publish_signed(a, HEAD_KEY, HOST, head_payload(height=5), HEAD_CONTEXT, ttl=30)
+    assert publish_signed(a, HEAD_KEY, other, head_payload(height=9, epoch=4), HEAD_CONTEXT, ttl=30)
+    assert publish_signed(a, HEAD_KEY, forger, {"height": 100}, HEAD_CONTEXT, ttl=30)
+    assert publish_signed(a, HEAD_KEY, stray, head_payload(height=200), "ledger-inbox", ttl=30)  # wrong context
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_client"):
+        newest = read_head(b)
+    assert (newest.host, newest.height, newest.epoch) == (other.address, 9, 4)
+    assert read_head(b, "").host == other.address  # an empty host (LedgerAccessConfig's default) trusts any signer
+    assert f"ledger head by {forger.address[:16]}: malformed ledger head" in caplog.text
+    mine = read_head(b, HOST.address)
+    assert (mine.host, mine.height, mine.uids) == (HOST.address, 5, {MINER.address: (0, 7)})
+    assert read_head(b, MINER.address) is None
+
+
+def test_publish_commit_round_trip_before_and_after_reveal(module_pair):
+    """A validator's commitment reads back under its address with seed None, and after the reveal with the seed's
+    hex, which opens the commitment."""
+    a, b = module_pair
+    validator = Hotkey.from_seed(b"v" * 32)
+    seed = new_seed()
+    commit = make_commit(validator, seed, epoch=3).to_json()
+    assert publish_commit(a, validator, commit, None, ttl=30)
+    got = read_signed(b, COMMITS_KEY, COMMIT_CONTEXT)[validator.address]
+    assert got["commit"] == commit and got["seed"] is None
+    assert publish_commit(a, validator, commit, seed, ttl=30)
+    got = read_signed(b, COMMITS_KEY, COMMIT_CONTEXT)[validator.address]
+    assert got["commit"] == commit and got["seed"] == seed.hex()
+    check_reveal(SeedCommit.from_json(got["commit"]), bytes.fromhex(got["seed"]))

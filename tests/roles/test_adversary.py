@@ -1,0 +1,121 @@
+"""Tests for moe/roles/adversary.py: the noise and copycat experts' models, served for real, and their config."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hivemind.p2p import P2PDaemonError, P2PHandlerError, PeerID
+
+from moe.model.transformer import ByteLM, ModelConfig
+from moe.net.client import ClientConfig, PeerUnavailable, SyncExpertClient
+from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
+from moe.net.server import ExpertServer, ServerConfig
+from moe.roles.adversary import ADVERSARIES, NoiseLM, RelayLM
+from moe.roles.run_config import RunConfig
+from moe.roles.serving import close_all
+
+MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64)
+X = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_noise_gives_finite_fresh_logits():
+    """NoiseLM gives finite (B, T, 256) logits for any batch, different on every call, the same per seed."""
+    m = NoiseLM(seed=3)
+    a, b = m(X), m(X)
+    assert a.shape == b.shape == (2, 16, 256)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert not torch.equal(a, b)
+    assert torch.equal(NoiseLM(seed=3)(X), a) and not torch.equal(NoiseLM(seed=4)(X), a)
+    assert copy.deepcopy(m) is m  # a server's two weight buffers share the one generator
+
+
+@pytest.fixture(scope="module")
+def victim():
+    """An honest tiny ByteLM served from one DHT peer, a second peer joined to it, and a client on the second:
+    (model, server, client, second peer)."""
+    torch.manual_seed(0)
+    model = ByteLM(MODEL).eval()
+    a = start_bootstrap_dht()
+    b = server = client = None
+    try:
+        b = start_dht(visible_maddrs(a))
+        server = ExpertServer(model, ServerConfig(), dht=a).start()
+        client = SyncExpertClient(ClientConfig(wire_format="fp32", forward_timeout_seconds=10.0), dht=b)
+        yield model, server, client, b
+    finally:
+        close_all(client, server, b, a)
+
+
+def honest_logp(model: ByteLM, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model(x)[..., :256].float(), -1)
+
+
+def test_relay_answers_with_the_victims_distribution_plus_tiny_noise(victim):
+    """RelayLM returns the served expert's log-probs, fetched over loopback, off by only its small noise."""
+    model, server, client, _ = victim
+    relay = RelayLM(client, server.peer_id, noise=1e-3, seed=0)
+    out = relay(X)
+    diff = (out - honest_logp(model, X)).abs()
+    assert out.shape == (2, 16, 256)
+    assert 0 < diff.max() < 1e-2
+    assert diff.mean() == pytest.approx(1e-3 * (2 / torch.pi) ** 0.5, rel=0.2)  # E|N(0, s^2)| = s * sqrt(2/pi)
+    assert copy.deepcopy(relay) is relay
+
+
+def test_served_copycat_passes_as_the_victim(victim):
+    """A copycat served like any expert answers a third party with the victim's distribution within 1e-2."""
+    model, server, client, b = victim
+    copycat = ExpertServer(RelayLM(client, server.peer_id, seed=1), ServerConfig(), dht=b).start()
+    caller = None
+    try:
+        caller = SyncExpertClient(ClientConfig(wire_format="fp32"), initial_peers=copycat.maddrs)
+        out = caller.call(copycat.peer_id, X)
+        assert (out - honest_logp(model, X)).abs().max() < 1e-2
+    finally:
+        close_all(caller, copycat)
+
+
+def test_served_noise_passes_reply_checks(victim):
+    """A noise expert's replies are proper distributions (clients accept them) that change from call to call."""
+    _, _, client, b = victim
+    noise = ExpertServer(NoiseLM(seed=0), ServerConfig(), dht=b).start()
+    caller = None
+    try:
+        caller = SyncExpertClient(ClientConfig(wire_format="fp32"), initial_peers=noise.maddrs)
+        a, c = caller.call(noise.peer_id, X), caller.call(noise.peer_id, X)
+        torch.testing.assert_close(a.exp().sum(-1), torch.ones(2, 16))
+        assert not torch.equal(a, c)
+    finally:
+        close_all(caller, noise)
+
+
+def test_relay_errors_propagate(victim):
+    """When the relayed expert is unreachable the copycat's forward raises the client's own error (the transport's,
+    then the back-off's), so its request fails like any failed expert's."""
+    _, _, client, _ = victim
+    nobody = PeerID.from_base58("12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA")
+    relay = RelayLM(client, nobody)
+    with pytest.raises((P2PDaemonError, P2PHandlerError, TimeoutError)):
+        relay(X)
+    with pytest.raises(PeerUnavailable):
+        relay(X)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"role": "adversary"}, "needs subnet=NAME"),
+        ({"role": "adversary", "subnet": "code"}, "needs adversary=KIND"),
+        ({"role": "adversary", "subnet": "code", "adversary": "sybil"}, "unknown adversary 'sybil'"),
+        ({"role": "network", "adversaries": ["copycat", "mimic"]}, "unknown adversary 'mimic'"),
+    ],
+)
+def test_adversary_config_is_checked(kwargs, message):
+    """An adversary needs a subnet and a known kind; unknown kinds in the network's list are refused too."""
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**kwargs)
+    for kind in ADVERSARIES:
+        RunConfig(role="adversary", subnet="code", adversary=kind)

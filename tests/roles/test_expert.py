@@ -1,0 +1,152 @@
+"""Tests for moe/roles/expert.py: an expert node trained offline (no initial peers) from a local seed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe.config_loader import ConfigError, parse_args
+from moe.corpus.tokens import subnet_tokens
+from moe.identity import Hotkey
+from moe.model.transformer import ByteLM, ModelConfig, config_dict
+from moe.roles.expert import ExpertConfig, run_expert
+from moe.roles.layout import CHECKPOINT, RESULT, SERVING, RunLayout
+from moe.roles.run_config import RunConfig
+from moe.roles.serving import subnet_centroid
+from moe.training.checkpoint import CheckpointError, load_checkpoint, model_to_bytes, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def subnets():
+    from subnets import all_subnets
+
+    return all_subnets()
+
+
+def expert_cfg(tmp_path: Path, *overrides: str) -> RunConfig:
+    """A tiny expert on the code subnet, scored on english and code only."""
+    args = ["configs/tiny.yaml", f"out_dir={tmp_path}", "run_id=r", "role=expert", "subnet=code"]
+    return parse_args(RunConfig, [*args, "subnets=english,code", *overrides])
+
+
+def seed_model(cfg: RunConfig, seed: int = 123) -> ByteLM:
+    torch.manual_seed(seed)
+    return ByteLM(cfg.model)
+
+
+def write_seed_blob(cfg: RunConfig, path: Path) -> ByteLM:
+    model = seed_model(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model_to_bytes(model, config_dict(cfg.model)))
+    return model
+
+
+def trained_weights(cfg: RunConfig, layout: RunLayout) -> dict[str, torch.Tensor]:
+    model = ByteLM(cfg.model)
+    load_checkpoint(layout.expert("code") / CHECKPOINT, model, expect_config=config_dict(cfg.model))
+    return model.state_dict()
+
+
+def test_offline_expert_branches_from_local_seed_and_trains(tmp_path, subnets):
+    """Offline with seed_checkpoint=<blob>, the expert trains its steps and result.json names its subnet, netuid,
+    configured uid, persistent hotkey, the seed it branched from and its data's centroid; nothing is served."""
+    blob = tmp_path / "seed.bin"
+    cfg = expert_cfg(tmp_path, f"seed_checkpoint={blob}", "expert_train.steps=2", "uid=5")
+    write_seed_blob(cfg, blob)
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    assert run_expert(cfg, subnets, layout) == 0
+    out = layout.expert("code")
+    r = json.loads((out / RESULT).read_text())
+    assert r["name"] == "expert-code" and r["train_steps"] == 2
+    assert (r["subnet"], r["netuid"], r["uid"]) == ("code", subnets["code"].netuid, 5)
+    assert r["hotkey"] == Hotkey.load_or_create(layout.key("expert-code")).address
+    assert r["branched_from"] == f"local seed {blob}"
+    assert r["peer_id"] is None and not (out / SERVING).exists()
+    tokens = subnet_tokens(subnets["code"], "train", cfg.data)
+    assert r["signature_centroid"] == subnet_centroid(tokens, cfg.expert_train.seq_len, cfg.seed)
+    assert set(r["eval_bpb"]) == {"english", "code", "all"}
+
+
+def test_branch_starts_from_exactly_the_seed(tmp_path, subnets):
+    """An expert given zero training steps holds exactly the seed blob's weights (the branch copies the seed)."""
+    blob = tmp_path / "seed.bin"
+    cfg = expert_cfg(tmp_path, f"seed_checkpoint={blob}", "expert_train.steps=0")
+    seed = write_seed_blob(cfg, blob)
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    assert run_expert(cfg, subnets, layout) == 0
+    got = trained_weights(cfg, layout)
+    for k, v in seed.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_branch_from_a_seed_checkpoint_folder(tmp_path, subnets):
+    """seed_checkpoint may name a checkpoint folder (as the seed node leaves one): its weights are the start."""
+    folder = tmp_path / "seed-ckpt"
+    cfg = expert_cfg(tmp_path, f"seed_checkpoint={folder}", "expert_train.steps=0")
+    seed = seed_model(cfg, seed=7)
+    save_checkpoint(folder, seed, 30, config_dict(cfg.model))
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    assert run_expert(cfg, subnets, layout) == 0
+    assert json.loads((layout.expert("code") / RESULT).read_text())["branched_from"] == f"local seed {folder}"
+    got = trained_weights(cfg, layout)
+    for k, v in seed.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_branch_from_the_runs_own_seed(tmp_path, subnets):
+    """Without seed_checkpoint or peers, the expert branches from the run's seed/model.bin when it is there."""
+    cfg = expert_cfg(tmp_path, "expert_train.steps=0")
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    seed = write_seed_blob(cfg, layout.seed_blob)
+    assert run_expert(cfg, subnets, layout) == 0
+    assert json.loads((layout.expert("code") / RESULT).read_text())["branched_from"] == str(layout.seed_blob)
+    got = trained_weights(cfg, layout)
+    for k, v in seed.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_no_seed_trains_from_scratch_with_a_warning(tmp_path, subnets, caplog):
+    """With no seed anywhere, the expert trains from scratch and warns that it does."""
+    cfg = expert_cfg(tmp_path, "expert_train.steps=1")
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    with caplog.at_level(logging.WARNING, logger="moe.roles.expert"):
+        assert run_expert(cfg, subnets, layout) == 0
+    assert json.loads((layout.expert("code") / RESULT).read_text())["branched_from"] == "scratch"
+    assert "training from scratch" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["garbage-file", "missing-path"])
+def test_corrupt_seed_checkpoint_raises(tmp_path, subnets, case):
+    """A seed_checkpoint that is not a model blob, or names nothing, raises CheckpointError naming the path, and
+    the expert writes no result."""
+    seed = tmp_path / "seed.bin"
+    if case == "garbage-file":
+        seed.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(64))
+    cfg = expert_cfg(tmp_path, f"seed_checkpoint={seed}", "expert_train.steps=1")
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    with pytest.raises(CheckpointError, match=str(seed)):
+        run_expert(cfg, subnets, layout)
+    assert not (layout.expert("code") / RESULT).exists()
+
+
+def test_seed_of_another_architecture_raises(tmp_path, subnets):
+    """A seed blob made for another model shape is refused with CheckpointError, never loaded partially."""
+    blob = tmp_path / "seed.bin"
+    other = ModelConfig(d_model=48, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
+    blob.write_bytes(model_to_bytes(ByteLM(other), config_dict(other)))
+    cfg = expert_cfg(tmp_path, f"seed_checkpoint={blob}", "expert_train.steps=1")
+    with pytest.raises(CheckpointError, match="another model config"):
+        run_expert(cfg, subnets, RunLayout.create(cfg.out_dir, cfg.run_id))
+
+
+def test_weights_refresh_steps_must_be_positive():
+    """ExpertConfig refuses weights_refresh_steps=0 (the served weights would never refresh), also from a config."""
+    with pytest.raises(ValueError, match="weights_refresh_steps"):
+        ExpertConfig(weights_refresh_steps=0)
+    with pytest.raises(ConfigError, match="weights_refresh_steps"):
+        parse_args(RunConfig, ["expert.weights_refresh_steps=0"])
+    assert ExpertConfig(weights_refresh_steps=1).weights_refresh_steps == 1
