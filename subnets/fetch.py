@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         m = read_manifest(out)
         s = m["splits"]
+        shifted = s["shifted"]["bytes"] if "shifted" in s else "none"
         print(
             f"{name:>8}: {m['documents']} docs, {m['bytes']} bytes (train {s['train']['bytes']}, "
-            f"val {s['val']['bytes']}, route {s['route']['bytes']}), train sha256 {s['train']['sha256'][:16]}, "
-            f"{time.perf_counter() - t0:.1f}s -> {out}"
+            f"val {s['val']['bytes']}, route {s['route']['bytes']}, shifted {shifted}), "
+            f"train sha256 {s['train']['sha256'][:16]}, {time.perf_counter() - t0:.1f}s -> {out}"
         )
     return 1 if failed else 0
 

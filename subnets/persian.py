@@ -1,4 +1,8 @@
-"""Persian: the Divan of Hafez (495 ghazals with modern Persian readings) inside the MIT-licensed `hafez` wheel."""
+"""Persian: the Divan of Hafez (495 ghazals with modern Persian readings) inside the MIT-licensed `hafez` wheel.
+
+Shifted set: the Persian (fa_IR) providers of `faker`: everyday modern Persian (companies, addresses, names, common
+words) in another register than classical verse, with the ASCII markup of the Python source it sits in.
+"""
 
 from __future__ import annotations
 
@@ -18,4 +22,12 @@ SUBNET = Subnet(
         license="MIT",
     ),
     max_bytes=8_000_000,
+    shifted=WheelSource(
+        package="faker",
+        version="40.63.0",
+        filename="faker-40.63.0-py3-none-any.whl",
+        sha256="36627c20b575b4138f54b6c21f8703e9ab122fd487aca11319beec2aa6ca7232",
+        members="faker/providers/*/fa_IR/__init__.py",
+        license="MIT",
+    ),
 )

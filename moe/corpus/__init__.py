@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from moe.corpus.archives import ChecksumError, CorpusError, SourceUnavailable
 from moe.corpus.cache import (
+    SHIFTED,
     SLICE_BYTES,
     SPLITS,
     build_slice,
@@ -20,6 +21,7 @@ from moe.corpus.sources import DebSource, HubDataset, LocalFiles, Source, Stdlib
 from moe.corpus.subnet import Subnet
 
 __all__ = [
+    "SHIFTED",
     "SLICE_BYTES",
     "SPLITS",
     "ChecksumError",

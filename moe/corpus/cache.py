@@ -18,15 +18,18 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from moe.corpus.archives import CorpusError
+from moe.corpus.archives import CorpusError, SourceUnavailable
 from moe.corpus.subnet import Subnet
 from moe.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever chunking, selection or split rules change, so old caches are rebuilt."""
 SPLITS = ("train", "val", "route")
+"""The splits of a subnet's own corpus, chosen per document by a hash of its text."""
+SHIFTED = "shifted"
+"""The split holding the subnet's shifted evaluation set (text from another source; see `Subnet.shifted`)."""
 SLICE_BYTES = 200_000
 """Size of the small per-subnet slice tests and quick runs use."""
 SCAN_FACTOR = 3
@@ -117,7 +120,8 @@ def _key(subnet: Subnet, max_bytes: int | None) -> dict:
     return {"format": FORMAT_VERSION, "subnet": subnet.name, "netuid": subnet.netuid,
             "source": subnet.source.describe(), "max_bytes": subnet.max_bytes, "slice_bytes": max_bytes,
             "eval_fraction": subnet.eval_fraction, "route_fraction": subnet.route_fraction,
-            "chunk_bytes": subnet.chunk_bytes}  # fmt: skip
+            "chunk_bytes": subnet.chunk_bytes, "shifted_bytes": subnet.shifted_bytes,
+            "shifted": None if subnet.shifted is None else subnet.shifted.describe()}  # fmt: skip
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -190,6 +194,21 @@ def _slice(docs: list[str], subnet: Subnet, max_bytes: int) -> list[str]:
     return [docs[i] for i in sorted(keep)]
 
 
+def _collect_shifted(subnet: Subnet, archive_dir: Path) -> list[str]:
+    """The shifted evaluation set: chunks of the other source within `shifted_bytes`, spread over it; empty (logged)
+    when that source cannot be reached here, so a missing shifted set never costs the subnet its corpus."""
+    if subnet.shifted is None:
+        return []
+    docs: list[str] = []
+    try:
+        for raw in subnet.shifted.documents(archive_dir):
+            docs += chunk_text(raw, min(subnet.chunk_bytes, subnet.shifted_bytes // 8), subnet.shifted.boundary)
+    except SourceUnavailable as e:
+        logger.warning("%s: shifted evaluation set skipped: %s", subnet.name, e)
+        return []
+    return select_budget(docs, subnet.shifted_bytes)
+
+
 def fetch_subnet(
     subnet: Subnet, cache_dir: str | os.PathLike | None = None, max_bytes: int | None = None, force: bool = False
 ) -> Path:
@@ -210,24 +229,27 @@ def fetch_subnet(
         docs = _slice(docs, subnet, max_bytes)
     if not docs:
         raise CorpusError(f"subnet {subnet.name}: the source yielded no text")
+    shifted = _collect_shifted(subnet, root / "archives")
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    files = {s: open(tmp / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
-    stats = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
+    splits = (*SPLITS, SHIFTED) if shifted else SPLITS
+    files = {s: open(tmp / f"{s}.jsonl", "w", encoding="utf-8") for s in splits}
+    stats = {s: {"documents": 0, "bytes": 0} for s in splits}
     try:
-        for d in docs:
-            s = split_of(d, subnet.eval_fraction, subnet.route_fraction)
+        labelled = [(split_of(d, subnet.eval_fraction, subnet.route_fraction), d) for d in docs]
+        for s, d in [*labelled, *((SHIFTED, d) for d in shifted)]:
             files[s].write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
             stats[s]["documents"] += 1
             stats[s]["bytes"] += len(d.encode("utf-8"))
     finally:
         for f in files.values():
             f.close()
-    for s in SPLITS:
+    for s in splits:
         stats[s]["sha256"] = sha256_file(tmp / f"{s}.jsonl")
-    manifest = {"key": key, "splits": stats, "documents": len(docs), "bytes": sum(v["bytes"] for v in stats.values())}
+    corpus_bytes = sum(stats[s]["bytes"] for s in SPLITS)  # the shifted set is not part of the corpus budget
+    manifest = {"key": key, "splits": stats, "documents": len(docs), "bytes": corpus_bytes}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     if not force and _is_current(out, key):  # another process finished the same build meanwhile: keep its files
         shutil.rmtree(tmp, ignore_errors=True)
@@ -253,8 +275,8 @@ def build_slice(subnet: Subnet, cache_dir: str | os.PathLike | None = None, max_
 
 def read_documents(directory: str | os.PathLike, split: str) -> Iterator[str]:
     """Texts of one split of a fetched subnet folder, in file order."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split not in (*SPLITS, SHIFTED):
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, SHIFTED)}")
     path = Path(directory) / f"{split}.jsonl"
     if not path.is_file():
         raise CorpusError(f"{path} not found; fetch the subnet first (python -m subnets.fetch)")

@@ -33,6 +33,11 @@ class Subnet:
     """Share of documents carved out of train (a second hash bucket) for fitting the gate."""
     chunk_bytes: int = 8192
     """Target document size: longer texts are cut at line boundaries into chunks of about this size (max 2x)."""
+    shifted: Source | None = None
+    """Real text of the same domain from another source (another author, library, database or register): the
+    shifted evaluation set, which tells whether a model generalises beyond its corpus. Never trained on."""
+    shifted_bytes: int = 32_768
+    """UTF-8 bytes of the shifted set kept, as chunks spread over its source."""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -41,5 +46,5 @@ class Subnet:
             raise ValueError(f"subnet {self.name}: netuid must be >= 0, got {self.netuid}")
         if not (0 < self.eval_fraction < 1 and 0 <= self.route_fraction < 1 - self.eval_fraction):
             raise ValueError(f"subnet {self.name}: need 0 < eval_fraction and eval_fraction + route_fraction < 1")
-        if self.max_bytes <= 0 or self.chunk_bytes < 256:
-            raise ValueError(f"subnet {self.name}: max_bytes must be > 0 and chunk_bytes >= 256")
+        if self.max_bytes <= 0 or self.chunk_bytes < 256 or self.shifted_bytes <= 0:
+            raise ValueError(f"subnet {self.name}: max_bytes and shifted_bytes must be > 0 and chunk_bytes >= 256")

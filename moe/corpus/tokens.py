@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moe.corpus.archives import CorpusError
-from moe.corpus.cache import SLICE_BYTES, SPLITS, fetch_subnet
+from moe.corpus.cache import SHIFTED, SLICE_BYTES, SPLITS, fetch_subnet
 from moe.corpus.subnet import Subnet
 from moe.model.tokenizer import EOS, TOKEN_DTYPE, VOCAB_SIZE
 
@@ -42,6 +42,13 @@ def subnet_folder(subnet: Subnet, corpus: CorpusConfig) -> Path:
 def subnet_tokens(subnet: Subnet, split: str, corpus: CorpusConfig) -> np.ndarray:
     """Token stream of one split of a subnet, fetching the subnet first if needed."""
     return load_tokens(subnet_folder(subnet, corpus), split)
+
+
+def shifted_tokens(subnet: Subnet, corpus: CorpusConfig) -> np.ndarray | None:
+    """Token stream of the subnet's shifted evaluation set, or None when it declares none or it could not be
+    fetched here (then nothing is reported on shifted text for this subnet)."""
+    folder = subnet_folder(subnet, corpus)
+    return load_tokens(folder, SHIFTED) if (folder / f"{SHIFTED}.jsonl").is_file() else None
 
 
 def _source_stamp(path: Path) -> dict:
@@ -87,8 +94,8 @@ def load_tokens(directory: str | os.PathLike, split: str) -> np.ndarray:
     Built once from `<split>.jsonl` into `<split>.bin`; a stale or damaged .bin (wrong size, ids outside the
     vocabulary) is logged and rebuilt. Raises `CorpusError` when the jsonl is missing or malformed.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split not in (*SPLITS, SHIFTED):
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, SHIFTED)}")
     d = Path(directory)
     jsonl, bin_path, meta_path = d / f"{split}.jsonl", d / f"{split}.bin", d / f"{split}.bin.json"
     if not jsonl.is_file():

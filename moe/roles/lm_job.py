@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from moe.corpus.batches import BatchStream, blended_batches_at_step, eval_windows
-from moe.corpus.tokens import subnet_tokens
+from moe.corpus.tokens import shifted_tokens, subnet_tokens
 from moe.fileio import write_json
-from moe.metrics import macro_bpb
+from moe.metrics import byte_log_probs, macro_bpb, score_sets
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import CHECKPOINT, RESULT, RunLayout
 from moe.roles.node import StatusBoard
@@ -31,6 +31,22 @@ def validation_sets(cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConf
     """Every subnet's validation windows, the same for every model of the run."""
     tokens = {name: subnet_tokens(subnets[name], "val", cfg.data) for name in cfg.subnets}
     return eval_windows(tokens, train.seq_len, train.batch_size, train.eval_batches)
+
+
+def shifted_sets(cfg: RunConfig, subnets: dict[str, Subnet], seq_len: int, batch_size: int):
+    """Every window of each subnet's shifted evaluation set (text from another source), where it has one."""
+    tokens = {name: shifted_tokens(subnets[name], cfg.data) for name in cfg.subnets}
+    return eval_windows({k: t for k, t in tokens.items() if t is not None}, seq_len, batch_size, max_batches=0)
+
+
+def shifted_scores(model: ByteLM, sets) -> dict:
+    """The result fields of a model's score on shifted text: `shifted_bpb` and `worst_window_bpb`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bpb, worst = score_sets(lambda x: byte_log_probs(model(x.to(device))).cpu(), sets)
+    model.train(was_training)
+    return {"shifted_bpb": bpb if sets else {}, "worst_window_bpb": worst}
 
 
 def union_batches(cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConfig, seed: int) -> BatchStream:
@@ -80,7 +96,9 @@ def run_lm_job(
         on_step=step_hook,
     )
     eval_bpb = macro_bpb(result.eval_bpb)
+    shifted = shifted_scores(model, shifted_sets(cfg, subnets, train.seq_len, train.batch_size))
     tracker.summary({f"eval/bpb/{k}": v for k, v in eval_bpb.items()})
+    tracker.summary({f"shifted/bpb/{k}": v for k, v in shifted["shifted_bpb"].items()})
     tracker.finish()
     record = {
         "name": name,
@@ -91,6 +109,7 @@ def run_lm_job(
         "train_flops": result.flops,
         "final_loss": result.final_loss,
         "eval_bpb": eval_bpb,
+        **shifted,
         **(extra_result or {}),
     }
     write_json(out_dir / RESULT, record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,11 +17,13 @@ import torch
 from moe.corpus.batches import blended_batches_at_step, eval_windows
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
-from moe.metrics import bits_per_byte, macro_bpb
+from moe.metrics import score_sets
+from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import RESULT, RunLayout
+from moe.roles.lm_job import shifted_sets
 from moe.roles.node import StatusBoard, Stream
-from moe.routing.mixing import route_and_mix
 from moe.routing.remote import Mixture
+from moe.training.checkpoint import load_model_bytes
 from moe.training.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -31,21 +33,44 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def evaluate_mixture(mixture: Mixture, windows_by_subnet, k_best: int, probe_len: int) -> dict[str, float]:
-    """Bits per byte of the mixture on each subnet's validation windows (the same windows the experts saw)."""
-    out, answered, wanted = {}, 0, 0
-    for name, windows in windows_by_subnet.items():
-        bits, count = 0.0, 0
-        for x, y in windows():
-            with torch.no_grad():
-                mix = route_and_mix(mixture.gate, x, mixture.entries(), mixture.call, k_best, probe_len)
-            b, n = bits_per_byte(mix.logp, y)
-            bits, count = bits + b, count + n
-            answered += int(mix.answered[:, -1].sum())
-            wanted += int(mix.chosen.sum())
-        out[name] = bits / max(1, count)
+@dataclass
+class MixtureScores:
+    """The mixture on one family of window sets (each subnet's validation or shifted text)."""
+
+    bpb: dict[str, float]
+    """Bits per byte per subnet and `all`."""
+    worst_window_bpb: float
+    """The highest single-window score."""
+    calls_per_byte: float
+    """Remote expert distributions requested per byte scored."""
+
+
+def evaluate_mixture(mixture: Mixture, windows_by_subnet) -> MixtureScores:
+    """The mixture as it serves, on each subnet's windows (the same windows every model of the run is scored on)."""
+    answered, wanted, positions, calls = 0, 0, 0, 0
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        nonlocal answered, wanted, positions, calls
+        mix = mixture.mix(x)
+        answered += int(mix.answered[:, -1].sum())
+        wanted += int(mix.chosen.sum())
+        positions += x.numel()
+        calls += mix.expert_positions
+        return mix.logp
+
+    bpb, worst = score_sets(predict, windows_by_subnet)
     logger.info("chosen experts that answered: %d of %d", answered, wanted)
-    return macro_bpb(out)
+    return MixtureScores(bpb=bpb, worst_window_bpb=worst, calls_per_byte=calls / max(1, positions))
+
+
+def load_generalist(cfg: RunConfig, dht) -> ByteLM:
+    """The network's seed, fetched by hash over the DHT and verified: the generalist the mixture always includes."""
+    from moe.net.seed_transfer import fetch_seed
+
+    model = ByteLM(cfg.model)
+    blob = fetch_seed(dht, timeout=cfg.network.discovery_timeout_seconds)
+    load_model_bytes(model, blob, config_dict(cfg.model), source="the network's seed")
+    return model
 
 
 def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
@@ -57,6 +82,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     try:
         status.update(phase="discovering")
         mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.discovery_timeout_seconds)
+        if rc.generalist:
+            mixture.set_generalist(load_generalist(cfg, mixture.dht))
         seq_len = cfg.expert_train.seq_len
         route_tokens = [subnet_tokens(subnets[s], "route", cfg.data) for s in cfg.subnets]
         blend = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER)(0)
@@ -70,15 +97,22 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         status.update(phase="evaluating")
         val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
         t = cfg.expert_train
-        windows = eval_windows(val, t.seq_len, t.batch_size, t.eval_batches)
-        eval_bpb = evaluate_mixture(mixture, windows, rc.k_best, rc.probe_len)
+        in_dist = evaluate_mixture(mixture, eval_windows(val, t.seq_len, t.batch_size, t.eval_batches))
+        shifted = evaluate_mixture(mixture, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))
+        eval_bpb = in_dist.bpb
         tracker.summary({f"eval/bpb/mixture/{k}": v for k, v in eval_bpb.items()})
+        tracker.summary({f"shifted/bpb/mixture/{k}": v for k, v in shifted.bpb.items()})
         tracker.finish()
         mixture.save(layout.router)
         write_json(
             layout.router / RESULT,
             {
                 "eval_bpb": eval_bpb,
+                "shifted_bpb": shifted.bpb,
+                "worst_window_bpb": shifted.worst_window_bpb,
+                "calls_per_byte": {"eval": in_dist.calls_per_byte, "shifted": shifted.calls_per_byte},
+                "generalist": mixture.generalist is not None,
+                "switch_alpha": rc.switch_alpha,
                 "gate_steps": rc.steps,
                 "gate_final_loss": losses[-1] if losses else None,
                 "train_seconds": train_seconds,

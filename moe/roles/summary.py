@@ -1,7 +1,10 @@
 """`summary.json` of a local network run, and the table printed at its end.
 
-Schema: run_id, config, experts [{uid, hotkey, subnet, peer_id, params, train_steps, eval_bpb}], mixture {eval_bpb},
-best_single {eval_bpb, subnet, hotkey}, solo_baseline and dense_baseline {eval_bpb, params, train_flops}, checks.
+Schema: run_id, config, experts [{uid, hotkey, subnet, peer_id, params, train_steps, eval_bpb, shifted_bpb,
+worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte}, best_single {eval_bpb, subnet,
+hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb, worst_window_bpb, params, train_flops},
+checks. `eval_bpb` is in distribution (each subnet's validation split), `shifted_bpb` on each subnet's shifted set
+(same domain, another source; never trained on), `worst_window_bpb` the highest single window on the shifted sets.
 `all` is the plain mean over subnets, so every domain weighs the same.
 """
 
@@ -41,6 +44,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
                 "train_steps": r["train_steps"],
                 "train_flops": r["train_flops"],
                 "eval_bpb": r["eval_bpb"],
+                **_generalisation(r),
                 "adversary": r.get("adversary"),
             }
         )
@@ -49,7 +53,8 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
         keep = ("uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "train_flops", "eval_bpb", "adversary")
         experts.append({k: r.get(k) for k in keep})
     router = _read(layout.router / RESULT) or {}
-    mixture = {"eval_bpb": router.get("eval_bpb", {})}
+    mixture = {"eval_bpb": router.get("eval_bpb", {}), **_generalisation(router)}
+    mixture["calls_per_byte"] = router.get("calls_per_byte", {})
     honest = [e for e in experts if not e.get("adversary")]
     best = min(honest, key=lambda e: e["eval_bpb"]["all"]) if honest else None
     summary: dict[str, Any] = {
@@ -58,6 +63,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
         "wall_seconds": round(wall_seconds, 1),
         "seed": {
             "eval_bpb": seed.get("eval_bpb", {}),
+            **_generalisation(seed),
             "train_steps": seed.get("train_steps"),
             "train_flops": seed_flops,
         },
@@ -70,7 +76,12 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
     for kind in ("solo", "dense"):
         b = _read(layout.baseline(kind) / RESULT)
         summary[f"{kind}_baseline"] = (
-            {"eval_bpb": b["eval_bpb"], "params": b["params"], "train_flops": seed_flops + b["train_flops"]}
+            {
+                "eval_bpb": b["eval_bpb"],
+                **_generalisation(b),
+                "params": b["params"],
+                "train_flops": seed_flops + b["train_flops"],
+            }
             if b
             else None
         )
@@ -78,6 +89,32 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
     summary["checks"] = _checks(summary)
     summary["checks"].update(validation_checks(summary))
     return summary
+
+
+def _generalisation(result: dict) -> dict[str, Any]:
+    """A node's scores on the shifted sets, as its result.json holds them (empty where it has none)."""
+    return {"shifted_bpb": result.get("shifted_bpb", {}), "worst_window_bpb": result.get("worst_window_bpb")}
+
+
+MAX_SHIFTED_WINDOW_BPB = 6.0
+"""No window of the shifted sets may cost the mixture more than this (uniform bytes cost 8)."""
+
+
+def _shifted_checks(s: dict[str, Any]) -> dict[str, Any]:
+    """The mixture against what one participant builds alone, on text from other sources than the training corpora."""
+    mix = s["mixture"].get("shifted_bpb") or {}
+    if "all" not in mix:
+        return {}
+    out: dict[str, Any] = {}
+    for name, other in (("seed", s["seed"]), ("solo", s.get("solo_baseline")), ("dense", s.get("dense_baseline"))):
+        theirs = (other or {}).get("shifted_bpb") or {}
+        if "all" in theirs:
+            out[f"shifted_mixture_beats_{name}"] = mix["all"] < theirs["all"]
+            out[f"shifted_gap_to_{name}"] = round(mix["all"] - theirs["all"], 4)
+    worst = s["mixture"].get("worst_window_bpb")
+    if worst is not None:
+        out["shifted_no_window_above_6"] = worst <= MAX_SHIFTED_WINDOW_BPB
+    return out
 
 
 def _checks(s: dict[str, Any]) -> dict[str, Any]:
@@ -102,26 +139,41 @@ def _checks(s: dict[str, Any]) -> dict[str, Any]:
             out[f"gap_to_{kind}"] = round(mix["all"] - b["eval_bpb"]["all"], 4)
     if s.get("solo_baseline"):
         out["mixture_beats_solo"] = mix["all"] < s["solo_baseline"]["eval_bpb"]["all"]
+    if s.get("dense_baseline"):
+        out["mixture_beats_dense"] = mix["all"] < s["dense_baseline"]["eval_bpb"]["all"]
+    out.update(_shifted_checks(s))
     return out
 
 
 def print_summary(s: dict[str, Any], console) -> None:
+    """Two tables, in distribution and on the shifted sets (with each model's worst window), then the checks."""
     from rich.table import Table
 
-    mix = s["mixture"]["eval_bpb"]
-    subnets = [k for k in mix if k != "all"] or sorted({e["subnet"] for e in s["experts"]})
-    t = Table(title=f"bits per byte on held-out data (run {s['run_id']}, {s['wall_seconds']:.0f}s)")
-    t.add_column("model")
-    for name in [*subnets, "all"]:
-        t.add_column(name, justify="right")
-    rows = [(f"{e.get('adversary') or 'expert'} {e['subnet']}", e["eval_bpb"]) for e in s["experts"]]
-    rows.append(("seed", s["seed"]["eval_bpb"]))
-    for kind in ("solo", "dense"):
-        if s.get(f"{kind}_baseline"):
-            rows.append((f"{kind} baseline", s[f"{kind}_baseline"]["eval_bpb"]))
-    rows.append(("[bold]mixture[/bold]", mix))
-    for label, bpb in rows:
-        t.add_row(label, *[f"{bpb[k]:.3f}" if k in bpb else "" for k in [*subnets, "all"]])
-    console.print(t)
+    mix = s["mixture"]
+    subnets = [k for k in mix["eval_bpb"] if k != "all"] or sorted({e["subnet"] for e in s["experts"]})
+    models = [(f"{e.get('adversary') or 'expert'} {e['subnet']}", e) for e in s["experts"]]
+    models.append(("seed", s["seed"]))
+    models += [(f"{k} baseline", s[f"{k}_baseline"]) for k in ("solo", "dense") if s.get(f"{k}_baseline")]
+    models.append(("[bold]mixture[/bold]", mix))
+    for key, what in (("eval_bpb", "held-out data"), ("shifted_bpb", "shifted text (other sources)")):
+        if not any(m.get(key) for _, m in models):
+            continue
+        t = Table(title=f"bits per byte on {what} (run {s['run_id']}, {s['wall_seconds']:.0f}s)")
+        t.add_column("model")
+        for name in [*subnets, "all"]:
+            t.add_column(name, justify="right")
+        worst = key == "shifted_bpb"
+        if worst:
+            t.add_column("worst window", justify="right")
+        for label, m in models:
+            bpb = m.get(key) or {}
+            cells = [f"{bpb[k]:.3f}" if k in bpb else "" for k in [*subnets, "all"]]
+            if worst:
+                cells.append("" if m.get("worst_window_bpb") is None else f"{m['worst_window_bpb']:.2f}")
+            t.add_row(label, *cells)
+        console.print(t)
+    if mix.get("calls_per_byte"):
+        calls = ", ".join(f"{k} {v:.2f}" for k, v in mix["calls_per_byte"].items())
+        console.print(f"  mixture expert calls per byte: {calls}")
     for k, v in s.get("checks", {}).items():
         console.print(f"  {k}: {v}")

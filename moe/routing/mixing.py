@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from moe.metrics import byte_log_probs, target_log_probs
 from moe.model.tokenizer import PAD
 from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
+from moe.routing.switching import switching_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ class MixOutput:
     answered: torch.Tensor
     """(B, T, J) experts whose distribution entered each position."""
     keys: list[str] = field(default_factory=list)
+    expert_positions: int = 0
+    """Next-byte distributions requested from remote experts (one per expert per position sent)."""
+    generalist_positions: int = 0
+    """Distributions computed by the local generalist."""
+
+    @property
+    def calls_per_byte(self) -> float:
+        """Remote expert distributions per position scored: the router's cost (every expert on every byte = J)."""
+        return self.expert_positions / max(1, self.logp.shape[0] * self.logp.shape[1])
 
 
 def local_caller(models: dict[str, torch.nn.Module]) -> Caller:
@@ -102,9 +112,17 @@ def route_and_mix(
     k_best: int,
     probe_len: int,
     call_all: bool = False,
+    switch_alpha: float = 0.0,
+    generalist: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MixOutput:
     """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
-    full counterfactual); the mixing itself is identical either way."""
+    full counterfactual); the mixing itself is identical either way.
+
+    With a `generalist` ((B, T) -> (B, T, 256) log-probs, computed locally) or `switch_alpha` > 0, the experts that
+    answered (the probe round's on the probe bytes, the chosen ones after it) and the generalist are mixed byte by
+    byte with fixed-share weights (moe.routing.switching) instead of the gate's weights, so weight moves to whichever
+    predicts the bytes at hand, and the generalist bounds the damage where every specialist fails.
+    """
     B, T = x.shape
     J = len(experts)
     P = max(1, min(probe_len, T))
@@ -141,8 +159,25 @@ def route_and_mix(
         answered[:, P:] &= chosen.unsqueeze(1)
     target_lp = _next_byte_logp(logp, x) * answered  # (B, T, J)
     scores = gate(x, slots, centroids, prefix_loglik(target_lp))
-    mixed = mixture_log_probs(logp, scores.logits, answered)
-    return MixOutput(logp=mixed, gate_logits=scores.logits, chosen=chosen, answered=answered, keys=keys)
+    requested = B * T * J if call_all else B * P * J + int(chosen.sum()) * T * (T > P)
+    if generalist is None and switch_alpha == 0.0:
+        mixed = mixture_log_probs(logp, scores.logits, answered)
+    else:
+        available = answered
+        if generalist is not None:
+            logp = torch.cat([logp, generalist(x).unsqueeze(2)], 2)  # (B, T, J+1, 256)
+            available = torch.cat([answered, torch.ones(B, T, 1, dtype=torch.bool)], 2)
+        nxt = F.pad(x[:, 1:], (0, 1), value=PAD)  # the byte each position predicts; nothing follows the last one
+        mixed = switching_mixture(logp, nxt, available, switch_alpha).logp
+    return MixOutput(
+        logp=mixed,
+        gate_logits=scores.logits,
+        chosen=chosen,
+        answered=answered,
+        keys=keys,
+        expert_positions=requested,
+        generalist_positions=B * T if generalist is not None else 0,
+    )
 
 
 def gate_loss(

@@ -22,13 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moe.config_checks import require_at_least, require_positive
+from moe.metrics import byte_log_probs
 from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
 from moe.net.join import NetworkConfig
 from moe.routing.gate import Gate
-from moe.routing.mixing import ExpertEntry, ExpertSlots, gate_loss, route_and_mix
+from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, gate_loss, route_and_mix
 from moe.routing.signature import SIGNATURE_DIM
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,21 @@ class RouterConfig:
     """Width of the gate's byte encoder."""
     eval_batches: int = 8
     """Validation batches per subnet when scoring the mixture."""
+    switch_alpha: float = 0.005
+    """Fixed-share rate of the byte-level switching mixture: the share of weight handed back out after each byte so
+    it can move to another expert within a sequence (0: a plain per-sequence Bayesian mixture)."""
+    generalist: bool = True
+    """Always mix in the network's generalist (today its seed, fetched by hash and run locally): it bounds the damage
+    on bytes where every chosen specialist fails (markup, another language, a domain nobody serves)."""
     client: ClientConfig = field(default_factory=ClientConfig)
     """How the experts are called: timeouts, k_min, wire format, back-off."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches"])
-        require_at_least(self, 0, ["steps", "balance_coef"])
+        require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha"])
         require_positive(self, ["lr"])
+        if not self.switch_alpha < 1:
+            raise ValueError(f"switch_alpha must be below 1, got {self.switch_alpha}")
 
 
 class Mixture:
@@ -70,6 +79,8 @@ class Mixture:
         self.dht, self.directory, self.client, self.rc, self._own_dht = dht, directory, client, rc, own_dht
         self.gate = Gate(rc.d_gate)
         self.slots = ExpertSlots(self.gate.max_experts)
+        self.generalist: torch.nn.Module | None = None
+        """A local model always mixed in (see RouterConfig.generalist); None until `set_generalist`."""
 
     @classmethod
     def from_dht(
@@ -118,13 +129,35 @@ class Mixture:
     def faults(self) -> list[FaultReport]:
         return list(self.client.faults)
 
+    def set_generalist(self, model: torch.nn.Module | None) -> None:
+        """Mix `model` (a byte LM run here, e.g. the network's seed) into every prediction; None stops it."""
+        self.generalist = None if model is None else model.eval()
+
+    def _generalist_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return byte_log_probs(self.generalist(x))
+
     @torch.no_grad()
-    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) byte ids -> (B, T, 256) next-byte log-probs of the mixture."""
+    def mix(self, x: torch.Tensor) -> MixOutput:
+        """Route and mix (B, T) byte ids: probe, gate, top-k, then byte-level switching with the generalist."""
         entries = self.entries()
         if not entries:
             raise RuntimeError("no experts known yet; wait_for_experts first")
-        return route_and_mix(self.gate, x, entries, self.call, self.rc.k_best, self.rc.probe_len).logp
+        rc = self.rc
+        generalist = self._generalist_log_probs if self.generalist is not None else None
+        return route_and_mix(
+            self.gate,
+            x,
+            entries,
+            self.call,
+            rc.k_best,
+            rc.probe_len,
+            switch_alpha=rc.switch_alpha,
+            generalist=generalist,
+        )
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) byte ids -> (B, T, 256) next-byte log-probs of the mixture."""
+        return self.mix(x).logp
 
     @torch.no_grad()
     def generate(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import subnets
-from moe.corpus import SLICE_BYTES, SPLITS, CorpusError, default_cache_dir, read_documents, subnet_dir
+from moe.corpus import SHIFTED, SLICE_BYTES, SPLITS, CorpusError, default_cache_dir, read_documents, subnet_dir
 from moe.corpus.tokens import CorpusConfig, load_tokens, subnet_folder, subnet_tokens
 from moe.model.tokenizer import EOS, TOKEN_DTYPE, decode
 
@@ -113,7 +113,7 @@ def test_data_dir_is_used_as_given(declared, tmp_path):
     src = subnet_folder(subnet, CorpusConfig(slice=True))
     dst = tmp_path / f"{name}-{SLICE_BYTES}B"
     dst.mkdir()
-    for f in ["manifest.json", *(f"{s}.jsonl" for s in SPLITS)]:
+    for f in ["manifest.json", *(f"{s}.jsonl" for s in (*SPLITS, SHIFTED))]:
         shutil.copy2(src / f, dst / f)
     corpus = CorpusConfig(data_dir=str(tmp_path), slice=True)
     assert subnet_folder(subnet, corpus) == dst

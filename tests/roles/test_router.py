@@ -92,7 +92,10 @@ def reference_bpb(net: Net, alive: set[str]) -> dict[str, float]:
         bits, count = 0.0, 0
         for x, y in windows():
             with torch.no_grad():
-                mix = route_and_mix(net.mixture.gate, x, net.mixture.entries(), call, rc.k_best, rc.probe_len)
+                entries = net.mixture.entries()
+                mix = route_and_mix(
+                    net.mixture.gate, x, entries, call, rc.k_best, rc.probe_len, switch_alpha=rc.switch_alpha
+                )
             b, n = bits_per_byte(mix.logp, y)
             bits, count = bits + b, count + n
         out[name] = bits / count
@@ -114,7 +117,7 @@ def test_remote_mixture_scores_like_the_in_process_mixture(net, caplog):
     process (fp32 replies), `all` is their plain mean, and every chosen expert answered."""
     rc = net.cfg.router
     with caplog.at_level(logging.INFO, logger="moe.roles.router"):
-        got = evaluate_mixture(net.mixture, net.windows, rc.k_best, rc.probe_len)
+        got = evaluate_mixture(net.mixture, net.windows).bpb
     ref = reference_bpb(net, alive=set(net.models))
     assert set(got) == {*SUBNETS, "all"}
     for name in SUBNETS:
@@ -127,11 +130,10 @@ def test_remote_mixture_scores_like_the_in_process_mixture(net, caplog):
 def test_dead_expert_is_averaged_out(net, caplog):
     """With one expert's server gone (its record not yet expired), every subnet is still scored as the in-process
     mixture without that expert scores it: the dead expert misses the probe, so only the live one is chosen."""
-    rc = net.cfg.router
     dead = next(iter(net.models))
     close_all(net.heartbeats[0], net.servers[0])
     with caplog.at_level(logging.INFO, logger="moe.roles.router"):
-        got = evaluate_mixture(net.mixture, net.windows, rc.k_best, rc.probe_len)
+        got = evaluate_mixture(net.mixture, net.windows).bpb
     assert dead in {e.key for e in net.mixture.entries()}, "the dead expert's record should still be listed"
     ref = reference_bpb(net, alive=set(net.models) - {dead})
     for name in SUBNETS:

@@ -81,7 +81,12 @@ def test_summary_collects_every_result(run):
     unfinished one left out), then the adversaries by kind, the mixture and both baselines."""
     s = build_summary(run.cfg, run.layout, wall_seconds=12.345)
     assert s["run_id"] == "r1" and s["config"] == to_dict(run.cfg) and s["wall_seconds"] == 12.3
-    assert s["seed"] == {"eval_bpb": {"english": 3.0, "code": 3.0, "all": 3.0}, "train_steps": 30, "train_flops": 1e9}
+    seed = {"eval_bpb": {"english": 3.0, "code": 3.0, "all": 3.0}, "train_steps": 30, "train_flops": 1e9}
+    assert s["seed"] == {
+        **seed,
+        "shifted_bpb": {},
+        "worst_window_bpb": None,
+    }  # no shifted scores in these hand-written results
     assert [(e["subnet"], e["adversary"]) for e in s["experts"]] == [
         ("english", None),
         ("code", None),
@@ -89,15 +94,23 @@ def test_summary_collects_every_result(run):
         ("code", "noise"),
     ]
     english = s["experts"][0]
-    assert english == {k: expert_result("english", 0, {"english": 2.0, "code": 3.0}).get(k) for k in english}
-    assert s["mixture"] == {"eval_bpb": {"english": 2.01, "code": 1.83, "all": 1.92}}
+    want = {"shifted_bpb": {}, **expert_result("english", 0, {"english": 2.0, "code": 3.0})}
+    assert english == {k: want.get(k) for k in english}
+    mix = {"eval_bpb": {"english": 2.01, "code": 1.83, "all": 1.92}, "calls_per_byte": {}}
+    assert s["mixture"] == {**mix, "shifted_bpb": {}, "worst_window_bpb": None}
     assert json.loads(json.dumps(s)) == s  # what network.py writes to summary.json
 
 
 def test_baselines_count_the_seed_once(run):
     """Each baseline's FLOPs are its own training plus the seed's, as the mixture's compute counts the seed."""
     s = build_summary(run.cfg, run.layout, 0.0)
-    solo = {"eval_bpb": {"english": 2.2, "code": 2.2, "all": 2.2}, "params": 1000, "train_flops": 3.0e9}
+    solo = {
+        "eval_bpb": {"english": 2.2, "code": 2.2, "all": 2.2},
+        "params": 1000,
+        "train_flops": 3.0e9,
+        "shifted_bpb": {},
+        "worst_window_bpb": None,
+    }
     assert s["solo_baseline"] == solo
     assert s["dense_baseline"]["train_flops"] == 5.0e9
 
@@ -146,7 +159,7 @@ def test_partial_run_has_no_checks(tmp_path):
     cfg = RunConfig(subnets=["english", "code"], run_id="r2")
     layout = RunLayout.create(tmp_path, "r2")
     s = build_summary(cfg, layout, 0.0)
-    assert s["experts"] == [] and s["best_single"] is None and s["mixture"] == {"eval_bpb": {}}
+    assert s["experts"] == [] and s["best_single"] is None and s["mixture"]["eval_bpb"] == {}
     assert s["solo_baseline"] is None and s["dense_baseline"] is None and s["checks"] == {}
     write_json(layout.expert("code") / RESULT, expert_result("code", 1, {"english": 3.0, "code": 2.0}))
     s = build_summary(cfg, layout, 0.0)
