@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from moe.corpus import Subnet, read_manifest
+from moe.corpus import SourceUnavailable, Subnet, read_documents, read_manifest
+from moe.corpus.tokens import CorpusConfig, subnet_folder
 from subnets import all_subnets, get_subnet
 from subnets.fetch import main as fetch_main
 
@@ -49,3 +52,32 @@ def test_math_is_skipped_without_apt(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith("math: skipped:") and "apt-get not found" in out and "\n" not in out
     assert not (tmp_path / "math-200000B").exists()
+
+
+def test_every_subnet_declares_a_shifted_source():
+    """Every declared subnet names a shifted evaluation source, described differently from its training source."""
+    for s in all_subnets().values():
+        assert s.shifted is not None and s.shifted.describe()["kind"]
+        assert s.shifted.describe() != s.source.describe()
+
+
+@pytest.mark.parametrize("name", list(all_subnets()))
+def test_fetched_slice_holds_a_disjoint_shifted_set(name):
+    """The subnet's fetched slice (python -m subnets.fetch --slice) holds a non-empty shifted.jsonl of at most
+    shifted_bytes whose documents share no 64-byte substring with the train split (50 sampled a document)."""
+    subnet = all_subnets()[name]
+    try:
+        folder = subnet_folder(subnet, CorpusConfig(slice=True))
+    except SourceUnavailable as e:
+        pytest.skip(f"{name} cannot be fetched here: {e}")
+    assert (folder / "shifted.jsonl").is_file()
+    shifted = [d.encode() for d in read_documents(folder, "shifted")]
+    assert shifted and 0 < sum(len(d) for d in shifted) <= subnet.shifted_bytes
+    assert read_manifest(folder)["splits"]["shifted"]["bytes"] == sum(len(d) for d in shifted)
+    train = "\x00".join(read_documents(folder, "train")).encode()
+    rng = random.Random(0)
+    for d in shifted:
+        starts = range(len(d) - 63)  # empty for a document shorter than 64 bytes
+        for i in rng.sample(starts, min(50, len(starts))):
+            piece = d[i : i + 64]
+            assert piece not in train, f"{name}: shifted text also in train: {piece!r}"

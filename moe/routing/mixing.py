@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from moe.metrics import byte_log_probs, target_log_probs
 from moe.model.tokenizer import PAD
 from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
-from moe.routing.switching import switching_mixture
+from moe.routing.switching import gate_prior, switching_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def route_and_mix(
     call_all: bool = False,
     switch_alpha: float = 0.0,
     generalist: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    gate_weight: float = 0.0,
+    generalist_share: float = 0.2,
 ) -> MixOutput:
     """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
     full counterfactual); the mixing itself is identical either way.
@@ -121,7 +123,8 @@ def route_and_mix(
     With a `generalist` ((B, T) -> (B, T, 256) log-probs, computed locally) or `switch_alpha` > 0, the experts that
     answered (the probe round's on the probe bytes, the chosen ones after it) and the generalist are mixed byte by
     byte with fixed-share weights (moe.routing.switching) instead of the gate's weights, so weight moves to whichever
-    predicts the bytes at hand, and the generalist bounds the damage where every specialist fails.
+    predicts the bytes at hand, and the generalist bounds the damage where every specialist fails. The weight shared
+    back after each byte follows the gate for a `gate_weight` share and is uniform for the rest (see `gate_prior`).
     """
     B, T = x.shape
     J = len(experts)
@@ -168,7 +171,9 @@ def route_and_mix(
             logp = torch.cat([logp, generalist(x).unsqueeze(2)], 2)  # (B, T, J+1, 256)
             available = torch.cat([answered, torch.ones(B, T, 1, dtype=torch.bool)], 2)
         nxt = F.pad(x[:, 1:], (0, 1), value=PAD)  # the byte each position predicts; nothing follows the last one
-        mixed = switching_mixture(logp, nxt, available, switch_alpha).logp
+        share = generalist_share if generalist is not None else None
+        prior = gate_prior(scores.logits, gate_weight, share)
+        mixed = switching_mixture(logp, nxt, available, switch_alpha, prior_logits=prior).logp
     return MixOutput(
         logp=mixed,
         gate_logits=scores.logits,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe.config_checks import require_at_least, require_positive
+from moe.config_checks import require_at_least, require_between, require_positive
 from moe.metrics import byte_log_probs
 from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
@@ -58,6 +58,12 @@ class RouterConfig:
     switch_alpha: float = 0.005
     """Fixed-share rate of the byte-level switching mixture: the share of weight handed back out after each byte so
     it can move to another expert within a sequence (0: a plain per-sequence Bayesian mixture)."""
+    switch_gate_weight: float = 0.6
+    """Share of the weight handed back after each byte that goes where the gate expects it; the rest is spread evenly
+    over the candidates. 0.6 keeps the gate's in-distribution choices (2.166 against 2.171 bits per byte at 0) and
+    nearly all of the switching's gain on shifted text (3.339 against 3.334)."""
+    generalist_share: float = 0.2
+    """The generalist's weight in the gate-following part of that share, relative to the experts' total."""
     generalist: bool = True
     """Always mix in the network's generalist (today its seed, fetched by hash and run locally): it bounds the damage
     on bytes where every chosen specialist fails (markup, another language, a domain nobody serves)."""
@@ -67,6 +73,8 @@ class RouterConfig:
     def __post_init__(self):
         require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches"])
         require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha"])
+        require_between(self, "switch_gate_weight", 0.0, 1.0)
+        require_positive(self, ["generalist_share"])
         require_positive(self, ["lr"])
         if not self.switch_alpha < 1:
             raise ValueError(f"switch_alpha must be below 1, got {self.switch_alpha}")
@@ -153,6 +161,8 @@ class Mixture:
             rc.probe_len,
             switch_alpha=rc.switch_alpha,
             generalist=generalist,
+            gate_weight=rc.switch_gate_weight,
+            generalist_share=rc.generalist_share,
         )
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:

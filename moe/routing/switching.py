@@ -13,7 +13,8 @@ prediction for byte t uses only bytes before t.
 
 `reset_at` lets a caller bring in more experts mid-sequence (the router escalates when the mixture's recent loss
 jumps): from position t* + 1 on, those experts are available and the weights restart from π times each expert's
-likelihood of the last `reset_window` bytes, which only uses bytes already seen.
+likelihood of the last `reset_window` bytes, which only uses bytes already seen (so a newcomer's log-probs for those
+bytes must be real: the router calls it on the whole window).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def switching_mixture(
     log_pi = torch.stack([_normalize(prior[:, t], available[:, t]) for t in range(T)], dim=1)  # (B, T, J)
     is_byte = targets < V
     tgt = targets.clamp(max=V - 1)
-    lp_t = logp.gather(-1, tgt[:, :, None, None].expand(B, T, J, 1)).squeeze(-1)  # (B, T, J) log p_e(target)
-    lp_t = torch.where(available & is_byte[..., None], lp_t, torch.zeros(()))
+    lp_all = logp.gather(-1, tgt[:, :, None, None].expand(B, T, J, 1)).squeeze(-1)  # (B, T, J) log p_e(target)
+    lp_all = torch.where(is_byte[..., None], lp_all, torch.zeros(()))  # specials are not scored by anyone
+    lp_t = torch.where(available, lp_all, torch.zeros(()))
     reset = torch.full((B,), -1, dtype=torch.long) if reset_at is None else reset_at.long()
     log_keep, log_share = (math.log1p(-alpha), math.log(alpha)) if alpha > 0 else (0.0, NEG_INF)
     uniform = torch.full((B, V), -math.log(V))
@@ -83,9 +85,11 @@ def switching_mixture(
         restart = reset + 1 == t  # (B,) rows whose extra experts join now
         if restart.any():
             lo = max(0, t - reset_window)
-            recent = lp_t[:, lo:t].sum(1)  # (B, J) likelihood of the bytes just seen, by every expert
+            recent = lp_all[:, lo:t].sum(1)  # (B, J) how well each expert predicted the bytes just seen
             log_w = torch.where(restart[:, None], log_pi[:, t] + recent, log_w)
         log_w = _normalize(log_w, available[:, t])
+        stuck = available[:, t].any(-1, keepdim=True) & ~torch.isfinite(log_w).any(-1, keepdim=True)
+        log_w = torch.where(stuck, log_pi[:, t], log_w)  # with alpha = 0 only the experts that just arrived answer
         weights[:, t] = log_w
         mixed = torch.logsumexp(log_w[..., None] + logp[:, t], dim=1)  # (B, 256)
         none = ~available[:, t].any(-1, keepdim=True)
@@ -97,6 +101,20 @@ def switching_mixture(
             shared = torch.logaddexp(posterior + log_keep, log_pi[:, t + 1] + log_share)
             log_w = torch.where(torch.isfinite(posterior).any(-1, keepdim=True), shared, log_pi[:, t + 1])
     return SwitchOutput(logp=out, log_weights=weights, target_bits=bits)
+
+
+def gate_prior(gate_logits: torch.Tensor, gate_weight: float, generalist_share: float | None = None) -> torch.Tensor:
+    """The switching prior π as (B, T, J[+1]) logits: a `gate_weight` share follows the gate's softmax, the rest is
+    uniform, so weight shared back after each byte goes mostly where the gate expects it (keeping what it learned in
+    distribution) and still reaches every candidate (so a surprise can move it anywhere). With `generalist_share`
+    the generalist is appended last, its gate logit that share of the experts' total."""
+    g = gate_logits.detach().float()
+    if generalist_share is not None:
+        g = torch.cat([g, torch.logsumexp(g, -1, keepdim=True) + math.log(generalist_share)], -1)
+    n = g.shape[-1]
+    follow = torch.log_softmax(g, -1) + math.log(gate_weight) if gate_weight > 0 else torch.full_like(g, NEG_INF)
+    spread = math.log((1 - gate_weight) / n) if gate_weight < 1 else NEG_INF
+    return torch.logaddexp(follow, torch.full_like(g, spread))
 
 
 def first_loss_jump(target_bits: torch.Tensor, window: int, threshold_bits: float, start: int = 0) -> torch.Tensor:
@@ -112,4 +130,4 @@ def first_loss_jump(target_bits: torch.Tensor, window: int, threshold_bits: floa
     return first.long()
 
 
-__all__ = ["N_BYTES", "SwitchOutput", "first_loss_jump", "switching_mixture"]
+__all__ = ["N_BYTES", "SwitchOutput", "first_loss_jump", "gate_prior", "switching_mixture"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import random
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moe.corpus import (
@@ -32,6 +34,9 @@ from moe.corpus import (
     split_of,
 )
 from moe.corpus.archives import read_ar_members
+from moe.corpus.tokens import CorpusConfig, shifted_tokens
+from moe.fileio import sha256_file
+from moe.model.tokenizer import EOS
 
 
 def _all_docs(directory: Path) -> dict[str, list[str]]:
@@ -273,6 +278,104 @@ def test_subnet_validation():
         Subnet(name="Bad Name", netuid=1, source=StdlibSource())
     with pytest.raises(ValueError, match="eval_fraction"):
         Subnet(name="ok", netuid=1, source=StdlibSource(), eval_fraction=0.6, route_fraction=0.5)
+
+
+def _shifted_case(tmp_path: Path, shifted_text: str = "", **kw) -> Subnet:
+    """A local-files subnet of "paragraph" text whose shifted source (when `shifted_text` is given) is another
+    file of "zebra" quotations, about 20 KB, of which 4 KB are kept."""
+    main = tmp_path / "main.txt"
+    if not main.exists():
+        main.write_text("".join(f"paragraph {i} " + "word " * 50 + "\n\n" for i in range(400)))
+    shifted = None
+    if shifted_text:
+        other = tmp_path / "other.txt"
+        if not other.exists() or other.read_text() != shifted_text:  # rewriting it would change its stamp
+            other.write_text(shifted_text)
+        shifted = LocalFiles((str(other),))
+    return Subnet(name="mine", netuid=7, source=LocalFiles((str(main),)), chunk_bytes=1024, shifted=shifted,
+                  shifted_bytes=4096, **kw)  # fmt: skip
+
+
+ZEBRA = "".join(f"zebra quote {i}: " + "stripes " * 20 + "\n\n" for i in range(120))
+
+
+def test_shifted_set_is_written_apart(tmp_path):
+    """A shifted source is cut into shifted.jsonl within shifted_bytes, listed in the manifest with its sha256 but
+    left out of the corpus bytes, none of it in train/val/route; shifted_tokens reads it back, each document
+    followed by EOS."""
+    subnet = _shifted_case(tmp_path, ZEBRA)
+    out = fetch_subnet(subnet, tmp_path / "cache")
+    shifted = list(read_documents(out, "shifted"))
+    size = sum(len(d.encode()) for d in shifted)
+    assert shifted and 4096 - 2 * 512 < size <= 4096  # chunks of ~shifted_bytes / 8, up to twice that
+    assert all(d in ZEBRA and "paragraph" not in d for d in shifted)
+    assert len({d.split(":")[0] for d in shifted}) == len(shifted) > 1 and shifted == sorted(shifted, key=ZEBRA.find)
+    main = _all_docs(out)
+    assert not any("zebra" in t for ts in main.values() for t in ts)
+    m = read_manifest(out)
+    info = m["splits"]["shifted"]
+    assert info == {"documents": len(shifted), "bytes": size, "sha256": sha256_file(out / "shifted.jsonl")}
+    assert m["bytes"] == sum(len(t.encode()) for ts in main.values() for t in ts)
+    assert m["bytes"] == sum(m["splits"][s]["bytes"] for s in ("train", "val", "route"))
+    assert m["documents"] == sum(len(ts) for ts in main.values())
+    tokens = shifted_tokens(subnet, CorpusConfig(data_dir=str(tmp_path / "cache")))
+    want = [b for d in shifted for b in (*d.encode(), EOS)]
+    assert tokens is not None and np.array_equal(np.asarray(tokens), np.array(want))
+
+
+def test_no_shifted_source_no_shifted_file(tmp_path):
+    """A subnet without a shifted source has no shifted file or manifest entry and shifted_tokens gives None, also
+    after a rebuild that drops a shifted source it had."""
+    cache, corpus = tmp_path / "cache", CorpusConfig(data_dir=str(tmp_path / "cache"))
+    out = fetch_subnet(_shifted_case(tmp_path, ZEBRA), cache)
+    assert (out / "shifted.jsonl").is_file() and shifted_tokens(_shifted_case(tmp_path, ZEBRA), corpus) is not None
+    plain = _shifted_case(tmp_path)
+    assert fetch_subnet(plain, cache) == out
+    assert not (out / "shifted.jsonl").exists() and "shifted" not in read_manifest(out)["splits"]
+    assert shifted_tokens(plain, corpus) is None
+    with pytest.raises(CorpusError, match="shifted.jsonl not found"):
+        list(read_documents(out, "shifted"))
+
+
+def test_unreachable_shifted_source_is_skipped(tmp_path, monkeypatch, caplog):
+    """A shifted source that raises SourceUnavailable (a hub dataset, offline) is skipped with a warning naming the
+    subnet, and the corpus is built all the same, without a shifted file."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    base = _shifted_case(tmp_path)
+    subnet = Subnet(name=base.name, netuid=base.netuid, source=base.source, chunk_bytes=base.chunk_bytes,
+                    shifted=HubDataset("nobody-xyz/nothing-here"))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="moe.corpus.cache"):
+        out = fetch_subnet(subnet, tmp_path / "cache")
+    assert any("mine" in r.message and "shifted" in r.message for r in caplog.records if r.levelno == logging.WARNING)
+    docs = _all_docs(out)
+    assert docs["train"] and "".join(docs["train"]).count("paragraph") > 300
+    assert not (out / "shifted.jsonl").exists() and set(read_manifest(out)["splits"]) == {"train", "val", "route"}
+    assert shifted_tokens(subnet, CorpusConfig(data_dir=str(tmp_path / "cache"))) is None
+
+
+def test_changed_shifted_source_rebuilds(tmp_path):
+    """A second fetch with the same shifted source reuses the cache; a changed shifted file or a damaged
+    shifted.jsonl makes the next fetch rebuild it."""
+    cache = tmp_path / "cache"
+    out = fetch_subnet(_shifted_case(tmp_path, ZEBRA), cache)
+    path = out / "shifted.jsonl"
+    first = path.stat().st_mtime_ns, path.read_bytes()
+    assert fetch_subnet(_shifted_case(tmp_path, ZEBRA), cache) == out and path.stat().st_mtime_ns == first[0]
+
+    path.write_text('{"text": "tampered"}\n')
+    fetch_subnet(_shifted_case(tmp_path, ZEBRA), cache)
+    assert path.read_bytes() == first[1]
+
+    okapi = ZEBRA.replace("zebra", "okapis")  # another size, so the change shows even with coarse timestamps
+    fetch_subnet(_shifted_case(tmp_path, okapi), cache)
+    shifted = list(read_documents(out, "shifted"))
+    assert shifted and all(d.startswith("okapi") for d in shifted)
+    tokens = shifted_tokens(_shifted_case(tmp_path, okapi), CorpusConfig(data_dir=str(cache)))
+    assert bytes(np.asarray(tokens)[:5].astype(np.uint8)) == b"okapi"
 
 
 @pytest.mark.slow

@@ -94,7 +94,14 @@ def reference_bpb(net: Net, alive: set[str]) -> dict[str, float]:
             with torch.no_grad():
                 entries = net.mixture.entries()
                 mix = route_and_mix(
-                    net.mixture.gate, x, entries, call, rc.k_best, rc.probe_len, switch_alpha=rc.switch_alpha
+                    net.mixture.gate,
+                    x,
+                    entries,
+                    call,
+                    rc.k_best,
+                    rc.probe_len,
+                    switch_alpha=rc.switch_alpha,
+                    gate_weight=rc.switch_gate_weight,
                 )
             b, n = bits_per_byte(mix.logp, y)
             bits, count = bits + b, count + n

@@ -184,3 +184,116 @@ def test_print_summary_shows_every_row(run):
     assert row == {"model": "mixture", "english": "2.010", "code": "1.830", "all": "1.920"}
     noise = [cells(line) for line in text.splitlines() if "noise code" in line][-1]
     assert noise[1:] == ["", "", ""]  # an adversary's row, named by its attack: nothing scored
+
+
+SEED_SHIFTED = {"english": 4.0, "code": 3.6, "all": 3.8}
+
+
+def write_shifted(run: Run, mix_all: float = 2.9, mix_worst: float | None = 5.2, dense: tuple = (1.9, 2.8)) -> None:
+    """Give the seed, both experts, the router and both baselines hand-picked shifted scores: the mixture's mean
+    `mix_all` (english 3.1) with worst window `mix_worst`, solo at 3.3 on shifted text, dense at (eval, shifted)."""
+    seed = {"eval_bpb": {"english": 3.0, "code": 3.0, "all": 3.0}, "train_steps": 30, "train_flops": 1.0e9}
+    write_json(run.layout.seed / RESULT, {**seed, "shifted_bpb": SEED_SHIFTED, "worst_window_bpb": 7.5})
+    for subnet, uid, bpb, shifted, worst in (
+        ("english", 0, {"english": 2.0, "code": 3.0}, {"english": 3.0, "code": 4.2, "all": 3.6}, 6.8),
+        ("code", 1, {"english": 3.2, "code": 1.8}, {"english": 4.4, "code": 2.6, "all": 3.5}, 6.9),
+    ):
+        r = expert_result(subnet, uid, bpb, shifted_bpb=shifted, worst_window_bpb=worst)
+        write_json(run.layout.expert(subnet) / RESULT, r)
+    router = {
+        "eval_bpb": {"english": 2.01, "code": 1.83, "all": 1.92},
+        "shifted_bpb": {"english": 3.1, "code": 2 * mix_all - 3.1, "all": mix_all},
+        "worst_window_bpb": mix_worst,
+        "calls_per_byte": {"eval": 2.25, "shifted": 2.5},
+    }
+    write_json(run.layout.router / RESULT, router)
+    for kind, (ev, sh), flops in (("solo", (2.2, 3.3), 2.0e9), ("dense", dense, 4.0e9)):
+        b = {
+            "eval_bpb": {"english": ev, "code": ev, "all": ev},
+            "shifted_bpb": {"english": sh, "code": sh, "all": sh},
+            "worst_window_bpb": sh + 2.0,
+            "params": 1000,
+            "train_flops": flops,
+        }
+        write_json(run.layout.baseline(kind) / RESULT, b)
+
+
+def test_summary_copies_shifted_scores(run):
+    """Shifted bits per byte and worst windows of the seed, each expert, the mixture (with its calls per byte) and
+    both baselines are copied as the results hold them."""
+    write_shifted(run)
+    s = build_summary(run.cfg, run.layout, 0.0)
+    assert s["seed"]["shifted_bpb"] == SEED_SHIFTED and s["seed"]["worst_window_bpb"] == 7.5
+    english, code = s["experts"][:2]
+    assert english["shifted_bpb"] == {"english": 3.0, "code": 4.2, "all": 3.6} and english["worst_window_bpb"] == 6.8
+    assert code["shifted_bpb"]["all"] == 3.5 and code["worst_window_bpb"] == 6.9
+    assert all("shifted_bpb" not in e for e in s["experts"][2:])  # adversaries score nothing
+    assert s["mixture"]["shifted_bpb"] == {"english": 3.1, "code": 2 * 2.9 - 3.1, "all": 2.9}
+    assert s["mixture"]["worst_window_bpb"] == 5.2
+    assert s["mixture"]["calls_per_byte"] == {"eval": 2.25, "shifted": 2.5}
+    assert s["solo_baseline"]["shifted_bpb"]["all"] == 3.3 and s["solo_baseline"]["worst_window_bpb"] == 5.3
+    assert s["dense_baseline"]["shifted_bpb"]["all"] == 2.8
+    assert json.loads(json.dumps(s)) == s
+
+
+def test_shifted_checks(run):
+    """On shifted text the mixture beats seed and solo but not dense (gaps are the differences of the means), with
+    no window above 6 bits; mixture_beats_dense compares the in-distribution means."""
+    write_shifted(run)
+    c = build_summary(run.cfg, run.layout, 0.0)["checks"]
+    assert c["shifted_mixture_beats_seed"] is True and c["shifted_gap_to_seed"] == round(2.9 - 3.8, 4)
+    assert c["shifted_mixture_beats_solo"] is True and c["shifted_gap_to_solo"] == round(2.9 - 3.3, 4)
+    assert c["shifted_mixture_beats_dense"] is False and c["shifted_gap_to_dense"] == round(2.9 - 2.8, 4)
+    assert c["shifted_no_window_above_6"] is True
+    assert c["mixture_beats_dense"] is False  # 1.92 in distribution against dense's 1.9
+
+
+def test_shifted_checks_flip(run):
+    """A mixture above the seed on shifted text with a 6.5-bit window fails those checks, while one below dense in
+    and out of distribution passes theirs; a worst window of exactly 6 bits is allowed."""
+    write_shifted(run, mix_all=3.9, mix_worst=6.5, dense=(2.0, 4.0))
+    c = build_summary(run.cfg, run.layout, 0.0)["checks"]
+    assert c["shifted_mixture_beats_seed"] is False and c["shifted_gap_to_seed"] == round(3.9 - 3.8, 4)
+    assert c["shifted_mixture_beats_solo"] is False
+    assert c["shifted_mixture_beats_dense"] is True and c["shifted_gap_to_dense"] == round(3.9 - 4.0, 4)
+    assert c["shifted_no_window_above_6"] is False
+    assert c["mixture_beats_dense"] is True and c["gap_to_dense"] == round(1.92 - 2.0, 4)
+    write_shifted(run, mix_worst=6.0)
+    assert build_summary(run.cfg, run.layout, 0.0)["checks"]["shifted_no_window_above_6"] is True
+
+
+def test_shifted_checks_need_shifted_scores(run):
+    """Without shifted scores for the mixture there is no shifted check; a baseline or worst window without them
+    gets none of its own."""
+    assert not any(k.startswith("shifted") for k in build_summary(run.cfg, run.layout, 0.0)["checks"])
+    write_shifted(run, mix_worst=None)
+    b = json.loads((run.layout.baseline("solo") / RESULT).read_text())
+    write_json(run.layout.baseline("solo") / RESULT, {k: v for k, v in b.items() if k != "shifted_bpb"})
+    c = build_summary(run.cfg, run.layout, 0.0)["checks"]
+    assert "shifted_mixture_beats_solo" not in c and "shifted_gap_to_solo" not in c
+    assert "shifted_no_window_above_6" not in c
+    assert c["shifted_mixture_beats_seed"] is True and c["shifted_mixture_beats_dense"] is False
+
+
+def test_print_summary_shows_shifted_table(run):
+    """With shifted scores a second table, titled for shifted text, lists every model with a worst-window column,
+    and the mixture's expert calls per byte are printed."""
+    write_shifted(run)
+    s = build_summary(run.cfg, run.layout, 0.0)
+    console = Console(record=True, width=160, color_system=None)
+    print_summary(s, console)
+    lines = console.export_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "shifted" in line and "bits per byte" in line)
+    assert not any("worst window" in line for line in lines[:start])  # the held-out table has no such column
+    cells = lambda line: [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+    table = lines[start:]
+    header = cells(next(line for line in table if "model" in line))
+    assert header[0] == "model" and header[-1] == "worst window" and set(header[1:-1]) == {"english", "code", "all"}
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in map(cells, table) if len(r) == len(header)}
+    assert rows["mixture"] == {"model": "mixture", "english": "3.100", "code": "2.700", "all": "2.900",
+                               "worst window": "5.20"}  # fmt: skip
+    assert rows["seed"]["all"] == "3.800" and rows["seed"]["worst window"] == "7.50"
+    assert rows["expert english"]["worst window"] == "6.80" and rows["dense baseline"]["all"] == "2.800"
+    assert rows["noise code"]["all"] == "" and rows["noise code"]["worst window"] == ""
+    assert any("mixture expert calls per byte: eval 2.25, shifted 2.50" in line for line in lines)
+    assert any("shifted_no_window_above_6: True" in line for line in lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import random
 import textwrap
 
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from moe.corpus.batches import ByteBatches
-from moe.metrics import byte_log_probs
-from moe.model.tokenizer import encode
+from moe.metrics import byte_log_probs, target_log_probs
+from moe.model.tokenizer import EOS, PAD, encode
 from moe.model.transformer import ByteLM, ModelConfig
-from moe.routing.gate import Gate
+from moe.routing.gate import Gate, mixture_log_probs
 from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, local_caller, route_and_mix
 from moe.routing.mixing import gate_loss as mixture_gate_loss
 from moe.routing.signature import SIGNATURE_DIM, domain_centroid
+from moe.routing.switching import switching_mixture
 
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
 P = 8  # probe length
@@ -158,6 +160,124 @@ def test_expert_slots():
     assert slots.assign("c", {"a", "b", "c"}) is None  # full, nobody departed
     assert slots.assign("c", {"b", "c"}) == 0  # "a" departed: its slot is reused
     assert "a" not in slots.slot_of
+
+
+# --- byte-level switching with a local generalist ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generalist():
+    """A fourth tiny untrained ByteLM, run locally as (B, T) -> (B, T, 256) log-probs."""
+    torch.manual_seed(3)
+    model = ByteLM(MODEL).eval()
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return byte_log_probs(model(x))
+
+    return predict
+
+
+@torch.no_grad()
+def full_log_probs(models, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, J, 256) every expert's log-probs on the whole of x, in key order."""
+    return torch.stack([byte_log_probs(models[k](x)) for k in "abc"], 2)
+
+
+def next_tokens(x: torch.Tensor) -> torch.Tensor:
+    """The token each position predicts; PAD (scored nowhere) after the last one."""
+    return torch.cat([x[:, 1:], torch.full((x.shape[0], 1), PAD)], 1)
+
+
+@pytest.mark.parametrize(("alpha", "with_generalist", "drop"), [(0.0, True, ""), (0.05, True, "b"), (0.05, False, "")])
+def test_switching_mix_equals_switching_mixture(three, generalist, alpha, with_generalist, drop):
+    """With a generalist or switch_alpha > 0, the output is switching_mixture over the experts that answered (every
+    live one on the probe, the chosen ones after it) plus the generalist available everywhere, whose targets are
+    the next tokens of x (a special one updating nothing, none after the last position)."""
+    models, gate, experts = three
+    x = bytes_batch(seed=8)
+    x[1, 10] = EOS  # a document boundary inside a sequence
+    g = generalist if with_generalist else None
+    out = route_and_mix(gate, x, experts, Recorder(models, drop=set(drop)), 2, P, switch_alpha=alpha, generalist=g)
+    B, T = x.shape
+    answered = torch.ones(B, T, 3, dtype=torch.bool)
+    answered[:, P:] = out.chosen[:, None, :]
+    if drop:
+        answered[..., "abc".index(drop)] = False
+    assert torch.equal(out.answered, answered)
+    logp, available = full_log_probs(models, x), answered
+    if with_generalist:
+        logp = torch.cat([logp, generalist(x)[:, :, None]], 2)  # (B, T, J+1, 256)
+        available = torch.cat([answered, torch.ones(B, T, 1, dtype=torch.bool)], 2)
+    want = switching_mixture(logp, next_tokens(x), available, alpha).logp
+    torch.testing.assert_close(out.logp, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.logp.exp().sum(-1), torch.ones(B, T))
+
+
+@pytest.mark.parametrize(
+    ("T", "k_best", "drop", "call_all"),
+    [(24, 1, "", False), (24, 2, "c", False), (6, 2, "", False), (24, 1, "", True)],
+)
+def test_calls_are_counted(three, generalist, T, k_best, drop, call_all):
+    """expert_positions is every position requested from a remote expert (B*P*J on the probe plus T for each chosen
+    row; B*T*J when every expert is called on everything), the same as the caller saw, generalist_positions is B*T,
+    and calls_per_byte is expert_positions / (B*T)."""
+    models, gate, experts = three
+    x = bytes_batch(T=T, seed=9)
+    call = Recorder(models, drop=set(drop))
+    out = route_and_mix(gate, x, experts, call, k_best, P, call_all=call_all, switch_alpha=0.01, generalist=generalist)
+    B, J, p = x.shape[0], 3, min(P, T)
+    seen = sum(n * t for r in call.rounds for n, t in r.values())
+    want = B * T * J if call_all else B * p * J + int(out.chosen.sum()) * T * (T > p)
+    assert out.expert_positions == seen == want
+    assert out.generalist_positions == B * T
+    assert out.calls_per_byte == pytest.approx(want / (B * T))
+    if not call_all and T > p:
+        assert out.chosen.sum().item() == B * k_best and out.calls_per_byte == pytest.approx(p * J / T + k_best)
+
+
+def test_without_switching_the_gate_mixes(three):
+    """With neither a generalist nor switch_alpha the output is the gate's mixture (mixture_log_probs of the experts'
+    log-probs with the gate logits over those that answered), and no generalist position is counted."""
+    models, gate, experts = three
+    x = bytes_batch(seed=10)
+    for drop in ("", "a"):
+        out = route_and_mix(gate, x, experts, Recorder(models, drop=set(drop)), k_best=2, probe_len=P)
+        want = mixture_log_probs(full_log_probs(models, x), out.gate_logits, out.answered)
+        torch.testing.assert_close(out.logp, want, rtol=1e-4, atol=1e-5)
+        assert out.generalist_positions == 0
+        assert out.expert_positions == 6 * P * 3 + int(out.chosen.sum()) * 24
+
+
+def repeat_generalist(x: torch.Tensor) -> torch.Tensor:
+    """A causal generalist that bets 0.9 on the next byte repeating the current one."""
+    logp = torch.full((*x.shape, 256), math.log(0.1 / 255))
+    return logp.scatter(-1, x.clamp(max=255)[..., None], math.log(0.9))
+
+
+@pytest.mark.parametrize("alpha", [0.005, 0.05])
+def test_generalist_bounds_the_damage(three, alpha):
+    """Where the generalist is far better than every expert (a run of one repeated byte after the probe), the
+    mixture pays on that stretch at most the generalist's bits + log2((k+1)/α) + (n-1)·log2(1/(1-α)) (the
+    fixed-share bound, π uniform over the k chosen experts and the generalist), far below any expert."""
+    models, gate, experts = three
+    k, s, T = 2, 12, 24
+    x = bytes_batch(T=T, seed=11)
+    x[:, s:] = 65  # positions s..T-2 predict another "A"
+    out = route_and_mix(gate, x, experts, local_caller(models), k, P, switch_alpha=alpha, generalist=repeat_generalist)
+    y = next_tokens(x)[:, s : T - 1]  # (B, n)
+    n = T - 1 - s
+
+    def stretch_bits(logp: torch.Tensor) -> torch.Tensor:
+        return -target_log_probs(logp[:, s : T - 1], y)[0].sum(-1) / math.log(2)  # (B,)
+
+    mix = stretch_bits(out.logp)
+    general = stretch_bits(repeat_generalist(x))
+    bound = general + math.log2((k + 1) / alpha) + (n - 1) * math.log2(1 / (1 - alpha))
+    assert (mix <= bound + 1e-3).all()
+    every = full_log_probs(models, x)
+    best_expert = torch.stack([stretch_bits(every[:, :, j]) for j in range(3)], -1).min(-1).values
+    assert (best_expert > 5 * bound).all()  # the bound is far below what any expert alone pays there
 
 
 # --- gate training on two real specialists ---------------------------------------------------------------------

@@ -171,6 +171,7 @@ def test_log_probs_equal_local_route_and_mix(net, mixture):
         ROUTER.k_best,
         P,
         switch_alpha=ROUTER.switch_alpha,
+        gate_weight=ROUTER.switch_gate_weight,
     )
     assert got.shape == (6, 20, 256)
     torch.testing.assert_close(got, ref.logp, atol=1e-5, rtol=0)
@@ -187,7 +188,14 @@ def test_generate_greedy_follows_mixture_argmax(net, mixture):
     for _ in range(n):
         x = torch.tensor([ids[-16:]])
         logp = route_and_mix(
-            mixture.gate, x, mixture.entries(), call, ROUTER.k_best, P, switch_alpha=ROUTER.switch_alpha
+            mixture.gate,
+            x,
+            mixture.entries(),
+            call,
+            ROUTER.k_best,
+            P,
+            switch_alpha=ROUTER.switch_alpha,
+            gate_weight=ROUTER.switch_gate_weight,
         ).logp
         ids.append(int(logp[0, -1].argmax()))
     assert out == bytes(ids[-n:])
@@ -249,7 +257,14 @@ def test_garbage_expert_is_dropped_and_reported(net):
         entries = mix.entries()
         assert len(entries) == 3
         ref = route_and_mix(
-            mix.gate, x, entries, local_caller(net.models), ROUTER.k_best, P, switch_alpha=ROUTER.switch_alpha
+            mix.gate,
+            x,
+            entries,
+            local_caller(net.models),
+            ROUTER.k_best,
+            P,
+            switch_alpha=ROUTER.switch_alpha,
+            gate_weight=ROUTER.switch_gate_weight,
         )
         torch.testing.assert_close(got, ref.logp, atol=1e-5, rtol=0)
         evil = next(r.hotkey for r in mix.records() if r.peer_id == net.evil_peer)
@@ -273,9 +288,25 @@ def test_record_naming_another_experts_peer_cannot_break_the_mixture(net):
         copied = next(r.hotkey for r in mix.records() if r.uid == 0)
         x, entries = byte_batch(8, seed=3), mix.entries()
         both = local_caller({**net.models, net.copycat: net.models[copied]})
-        served = route_and_mix(mix.gate, x, entries, both, ROUTER.k_best, P, switch_alpha=ROUTER.switch_alpha)
+        served = route_and_mix(
+            mix.gate,
+            x,
+            entries,
+            both,
+            ROUTER.k_best,
+            P,
+            switch_alpha=ROUTER.switch_alpha,
+            gate_weight=ROUTER.switch_gate_weight,
+        )
         left_out = route_and_mix(
-            mix.gate, x, entries, local_caller(net.models), ROUTER.k_best, P, switch_alpha=ROUTER.switch_alpha
+            mix.gate,
+            x,
+            entries,
+            local_caller(net.models),
+            ROUTER.k_best,
+            P,
+            switch_alpha=ROUTER.switch_alpha,
+            gate_weight=ROUTER.switch_gate_weight,
         ).logp
         keys = [e.key for e in entries]
         assert served.chosen[:, keys.index(copied)].any() and served.chosen[:, keys.index(net.copycat)].any()
