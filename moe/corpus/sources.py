@@ -121,6 +121,9 @@ class DebSource:
     """Bytes of the member read (from its start); bounds decompression time for very large files."""
     skip_to: str | None = None
     """Text starts at the first occurrence of this string (drops a preamble such as a change log)."""
+    stop_at: str | None = None
+    """Text ends before the first occurrence of this string (after `skip_to`; drops a trailer such as typesetting
+    definitions in another language)."""
     license: str = ""
     """License of the text, recorded in the manifest."""
     boundary: str | None = None
@@ -129,7 +132,7 @@ class DebSource:
     def describe(self) -> dict:
         return {"kind": "deb", "package": self.package, "version": self.version, "sha256": self.sha256,
                 "member": self.member, "read_bytes": self.read_bytes, "skip_to": self.skip_to,
-                "license": self.license}  # fmt: skip
+                "stop_at": self.stop_at, "license": self.license}  # fmt: skip
 
     def documents(self, archive_dir: Path) -> Iterator[str]:
         deb = fetch_deb(self.package, self.version, self.sha256, archive_dir)
@@ -142,6 +145,11 @@ class DebSource:
             if i < 0:
                 raise CorpusError(f"{self.member} does not contain {self.skip_to!r}")
             text = text[i:]
+        if self.stop_at is not None:
+            j = text.find(self.stop_at)
+            if j < 0:
+                raise CorpusError(f"{self.member} does not contain {self.stop_at!r}")
+            text = text[:j]
         yield text
 
 

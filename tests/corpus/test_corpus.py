@@ -215,6 +215,19 @@ def test_deb_source_reads_member_after_marker(tmp_path):
         list(missing.documents(archives))
 
 
+def test_deb_source_stops_before_the_trailer(tmp_path):
+    """With stop_at, the member's text ends before that marker (a trailer in another language is dropped); a member
+    without the marker is a CorpusError naming it, not a silently longer text."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    body = "$( start $)\naxiom $.\n$( $t\nhtmldef \"R\" as '<I>R</I>';\n$)\n"
+    sha = _deb(archives / "mm-data_1.0_all.deb", "usr/share/mm/hol.mm", body)
+    src = DebSource("mm-data", "1.0", sha, "usr/share/mm/hol.mm", skip_to="$( start", stop_at="$( $t")
+    assert list(src.documents(archives)) == ["$( start $)\naxiom $.\n"]
+    with pytest.raises(CorpusError, match="does not contain"):
+        list(DebSource("mm-data", "1.0", sha, "usr/share/mm/hol.mm", stop_at="$( end").documents(archives))
+
+
 def test_malformed_ar_archive_is_rejected():
     """A truncated or non-ar file gives a one-line CorpusError rather than a crash."""
     with pytest.raises(CorpusError, match="bad magic"):
