@@ -80,7 +80,7 @@ def model_logp(model: ByteLM, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
 
 
 def per_window_bpb(logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    bits, n = window_bits(logp, y)
+    bits, n = window_bits(logp.detach(), y)
     return bits / n.clamp(min=1)
 
 
@@ -143,6 +143,8 @@ def main() -> None:
                 for i in torch.nonzero(jump >= 0).flatten().tolist():
                     more[i, jump[i] + 1 :, :] = True  # the left-out experts are called on the whole window
                 row[f"escalate@{a}"] = per_window_bpb(switching_mixture(ES, nxt, more, a, reset_at=jump).logp, y)
+                escalated = float((jump >= 0).float().mean())  # those rows call the J - k left-out experts too
+                calls.setdefault(f"escalate@{a}", []).append(served.calls_per_byte + escalated * (J - k))
                 prior = gate_prior(served.gate_logits, rc.switch_gate_weight, rc.generalist_share)
                 live = switching_mixture(ES, nxt, cand, a, prior_logits=prior)
                 row[f"live@{a}"] = per_window_bpb(live.logp, y)
