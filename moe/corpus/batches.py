@@ -156,13 +156,18 @@ def batches_at_step(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int
 
 
 def blended_batches_at_step(
-    tokens: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int, grad_accum: int = 1
+    tokens: Sequence[np.ndarray],
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    grad_accum: int = 1,
+    weights: Sequence[float] | None = None,
 ) -> BatchStream:
-    """Batches drawn evenly from several token streams (the union of the subnets), startable at any step."""
+    """Batches drawn from several token streams (evenly unless `weights` say otherwise), startable at any step."""
 
     def start(step: int):
         samplers = [ByteBatches(t, seq_len, batch_size, seed + i) for i, t in enumerate(tokens)]
-        blend = BlendedBatches(samplers, [1.0] * len(samplers), batch_size, seed)
+        blend = BlendedBatches(samplers, list(weights or [1.0] * len(samplers)), batch_size, seed)
         for _ in range(step * grad_accum):
             blend.sample()
         return iter(blend)

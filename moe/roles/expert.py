@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moe.config_checks import require_at_least
-from moe.corpus.batches import batches_at_step
+from moe.config_checks import require_at_least, require_between
+from moe.corpus.batches import batches_at_step, blended_batches_at_step
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
@@ -48,9 +48,13 @@ class ExpertConfig:
 
     weights_refresh_steps: int = 25
     """Training steps between copies of fresh weights into the served model."""
+    replay_fraction: float = 0.0
+    """Share of each training batch drawn from every subnet's training text (the seed's blend) instead of the
+    expert's own, so a specialist forgets less of what the seed knew (forgetting control; 0 trains on its own only)."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["weights_refresh_steps"])
+        require_between(self, "replay_fraction", 0.0, 1.0)
 
 
 def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[[ByteLM], None], str]:
@@ -134,6 +138,14 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     try:
         seed = cfg.seed + subnet.netuid  # each subnet's expert draws its own batches
         batches = batches_at_step(train_tokens, train.seq_len, train.batch_size, seed, train.grad_accum)
+        r = cfg.expert.replay_fraction
+        if r > 0:  # the own subnet, then every subnet of the run (its own included) at r between them
+            replay = [subnet_tokens(subnets[s], "train", cfg.data) for s in cfg.subnets]
+            weights = [1 - r] + [r / len(replay)] * len(replay)
+            streams = [train_tokens, *replay]
+            batches = blended_batches_at_step(
+                streams, train.seq_len, train.batch_size, seed, train.grad_accum, weights
+            )
         model, result = run_lm_job(
             cfg, subnets, layout, name, train, batches, out, init=init_and_serve, on_step=refresh, extra_result=extra
         )

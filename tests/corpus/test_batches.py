@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe.corpus.batches import IGNORE, BlendedBatches, ByteBatches, iter_eval_windows
+from moe.corpus.batches import IGNORE, BlendedBatches, ByteBatches, blended_batches_at_step, iter_eval_windows
 
 
 def test_windows_shapes_and_shift():
@@ -78,3 +78,21 @@ def test_bad_sampler_arguments():
         BlendedBatches([s, s], [1.0, -1.0], batch_size=4)
     with pytest.raises(ValueError, match="too short"):
         next(iter_eval_windows(np.arange(5), 8, 2))
+
+
+def test_weighted_blend_at_step_draws_rows_by_weight_and_resumes():
+    """blended_batches_at_step with weights draws each stream's rows at about its weight (a zero weight never), and a
+    stream started at step s yields what the step-0 stream yields after s batches."""
+    streams = [np.full(5000, i, dtype=np.uint16) for i in range(3)]  # each stream's bytes name it
+    start = blended_batches_at_step(streams, 16, 32, seed=7, weights=[0.8, 0.2, 0.0])
+    it = start(0)
+    rows = torch.cat([next(it)[0][:, 0] for _ in range(50)])  # first byte of every row: its source
+    share = torch.bincount(rows, minlength=3).double() / len(rows)
+    assert abs(share[0] - 0.8) < 0.05 and abs(share[1] - 0.2) < 0.05 and share[2] == 0
+    late = start(3)
+    skipped = start(0)
+    for _ in range(3):
+        next(skipped)
+    x1, y1 = next(late)
+    x2, y2 = next(skipped)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)

@@ -150,3 +150,26 @@ def test_weights_refresh_steps_must_be_positive():
     with pytest.raises(ConfigError, match="weights_refresh_steps"):
         parse_args(RunConfig, ["expert.weights_refresh_steps=0"])
     assert ExpertConfig(weights_refresh_steps=1).weights_refresh_steps == 1
+
+
+def test_replay_changes_what_the_expert_learns_and_zero_is_the_plain_specialist(tmp_path, subnets):
+    """With expert.replay_fraction > 0 the expert trains on a blend of its own and every subnet's text (different
+    weights from the same seed); 0 gives exactly the plain specialist; values outside [0, 1] are refused."""
+    blob = tmp_path / "seed.bin"
+    runs = {}
+    for r in (0.0, 0.5):
+        cfg = expert_cfg(tmp_path, f"seed_checkpoint={blob}", "expert_train.steps=3", f"run_id=r{r}")
+        cfg.expert.replay_fraction = r
+        write_seed_blob(cfg, blob)
+        layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+        assert run_expert(cfg, subnets, layout) == 0
+        runs[r] = trained_weights(cfg, layout)
+    plain = expert_cfg(tmp_path, f"seed_checkpoint={blob}", "expert_train.steps=3", "run_id=again")
+    layout = RunLayout.create(plain.out_dir, plain.run_id)
+    assert run_expert(plain, subnets, layout) == 0
+    again = trained_weights(plain, layout)
+    assert all(torch.equal(again[k], runs[0.0][k]) for k in again)
+    assert any(not torch.equal(runs[0.5][k], runs[0.0][k]) for k in again)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="replay_fraction"):
+            ExpertConfig(replay_fraction=bad)
