@@ -50,7 +50,10 @@ class ExpertConfig:
     """Training steps between copies of fresh weights into the served model."""
     replay_fraction: float = 0.0
     """Share of each training batch drawn from every subnet's training text (the seed's blend) instead of the
-    expert's own, so a specialist forgets less of what the seed knew (forgetting control; 0 trains on its own only)."""
+    expert's own, so a specialist forgets less of what the seed knew (forgetting control). Measured on the default
+    run, 0.1 cuts the experts' off-domain bits per byte from 6.4-17.9 to 2.9-3.3 for +0.01-0.05 on their own domain,
+    but the switching mixture, whose generalist already covers off-domain bytes, gets worse (2.198 vs 2.166 in
+    distribution, 3.422 vs 3.200 shifted): so 0."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["weights_refresh_steps"])
