@@ -151,6 +151,20 @@ def mixture(net) -> Iterator[Mixture]:
         mix.shutdown()
 
 
+def as_router(gate, x, entries, call):
+    """route_and_mix with the test router's settings, in process: the reference every remote result is held to."""
+    return route_and_mix(
+        gate,
+        x,
+        entries,
+        call,
+        ROUTER.k_best,
+        P,
+        switch_alpha=ROUTER.switch_alpha,
+        gate_weight=ROUTER.switch_gate_weight,
+    )
+
+
 def test_only_records_with_full_signatures_are_experts(net, mixture):
     """Records whose centroid is not SIGNATURE_DIM long are left out; the rest get distinct gate slots."""
     assert len(mixture.directory.experts()) == 3
@@ -163,16 +177,7 @@ def test_log_probs_equal_local_route_and_mix(net, mixture):
     """Over fp32 wire, the mixture's log-probs equal route_and_mix with local_caller over the same models and gate."""
     x = byte_batch(6)
     got = mixture.log_probs(x)
-    ref = route_and_mix(
-        mixture.gate,
-        x,
-        mixture.entries(),
-        local_caller(net.models),
-        ROUTER.k_best,
-        P,
-        switch_alpha=ROUTER.switch_alpha,
-        gate_weight=ROUTER.switch_gate_weight,
-    )
+    ref = as_router(mixture.gate, x, mixture.entries(), local_caller(net.models))
     assert got.shape == (6, 20, 256)
     torch.testing.assert_close(got, ref.logp, atol=1e-5, rtol=0)
     assert bool(ref.chosen.any(0).all())  # k_best=1 splits the rows: each expert serves some, others skip them
@@ -187,16 +192,7 @@ def test_generate_greedy_follows_mixture_argmax(net, mixture):
     call = local_caller(net.models)
     for _ in range(n):
         x = torch.tensor([ids[-16:]])
-        logp = route_and_mix(
-            mixture.gate,
-            x,
-            mixture.entries(),
-            call,
-            ROUTER.k_best,
-            P,
-            switch_alpha=ROUTER.switch_alpha,
-            gate_weight=ROUTER.switch_gate_weight,
-        ).logp
+        logp = as_router(mixture.gate, x, mixture.entries(), call).logp
         ids.append(int(logp[0, -1].argmax()))
     assert out == bytes(ids[-n:])
 
@@ -256,16 +252,7 @@ def test_garbage_expert_is_dropped_and_reported(net):
         got = mix.log_probs(x)
         entries = mix.entries()
         assert len(entries) == 3
-        ref = route_and_mix(
-            mix.gate,
-            x,
-            entries,
-            local_caller(net.models),
-            ROUTER.k_best,
-            P,
-            switch_alpha=ROUTER.switch_alpha,
-            gate_weight=ROUTER.switch_gate_weight,
-        )
+        ref = as_router(mix.gate, x, entries, local_caller(net.models))
         torch.testing.assert_close(got, ref.logp, atol=1e-5, rtol=0)
         evil = next(r.hotkey for r in mix.records() if r.peer_id == net.evil_peer)
         assert not ref.answered[..., [e.key for e in entries].index(evil)].any()
@@ -288,26 +275,8 @@ def test_record_naming_another_experts_peer_cannot_break_the_mixture(net):
         copied = next(r.hotkey for r in mix.records() if r.uid == 0)
         x, entries = byte_batch(8, seed=3), mix.entries()
         both = local_caller({**net.models, net.copycat: net.models[copied]})
-        served = route_and_mix(
-            mix.gate,
-            x,
-            entries,
-            both,
-            ROUTER.k_best,
-            P,
-            switch_alpha=ROUTER.switch_alpha,
-            gate_weight=ROUTER.switch_gate_weight,
-        )
-        left_out = route_and_mix(
-            mix.gate,
-            x,
-            entries,
-            local_caller(net.models),
-            ROUTER.k_best,
-            P,
-            switch_alpha=ROUTER.switch_alpha,
-            gate_weight=ROUTER.switch_gate_weight,
-        ).logp
+        served = as_router(mix.gate, x, entries, both)
+        left_out = as_router(mix.gate, x, entries, local_caller(net.models)).logp
         keys = [e.key for e in entries]
         assert served.chosen[:, keys.index(copied)].any() and served.chosen[:, keys.index(net.copycat)].any()
         got = mix.log_probs(x)
