@@ -5,7 +5,8 @@ For a batch of byte sequences x (B, T):
 2. route: at position probe_len - 1 the gate (which by then has each expert's likelihood of the probe bytes)
    picks the top-k experts per sequence, and only those are called on the whole sequence;
 3. mix: at every position the gate's weights over the experts that answered combine their next-byte
-   distributions in probability space.
+   distributions in probability space; or, with a generalist or a switching rate (what the live router does), the
+   answered experts and the generalist are mixed byte by byte with fixed-share weights (moe.routing.switching).
 Each prediction uses only bytes at or before its position, so the mixture is a proper causal byte model and its
 bits per byte compare fairly with any single expert's. Experts that time out, fail or send malformed replies are
 averaged out (the gate renormalizes over those that answered); the caller reports them.
