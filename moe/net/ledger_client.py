@@ -22,7 +22,7 @@ from moe.identity import Hotkey
 from moe.ledger import WeightSubmission
 from moe.ledger.records import pow_registration_record, stake_record
 from moe.net.dht_records import publish_signed, read_signed
-from moe.net.signed import MalformedRecord
+from moe.net.signed import MalformedRecord, check_float
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class LedgerHead:
     """Hotkey → (uid, block it registered at) on `netuid`."""
     stakes: dict[str, int] = field(default_factory=dict)
     """Hotkey → staked rao, for registered hotkeys with stake."""
+    incentive: dict[str, float] = field(default_factory=dict)
+    """Hotkey → its share of the miners' emission at the last epoch (Yuma consensus over the validators' weights;
+    empty before the first epoch). What a router reads to learn whom the validators trust."""
 
     def epoch_progress(self) -> float:
         """Fraction of the current epoch's blocks already produced, in [0, 1)."""
@@ -78,7 +81,7 @@ class LedgerHead:
     def from_payload(cls, host: str, d: dict) -> LedgerHead:
         """Raises MalformedRecord (one line) on a missing or mistyped field."""
         try:
-            return cls(
+            head = cls(
                 host=host,
                 height=int(d["height"]),
                 head_hash=str(d["head_hash"]),
@@ -89,9 +92,13 @@ class LedgerHead:
                 block_interval=float(d["block_interval"]),
                 uids={str(k): (int(v[0]), int(v[1])) for k, v in d["uids"].items()},
                 stakes={str(k): int(v) for k, v in d["stakes"].items()},
+                incentive={str(k): check_float(f"incentive of {k}", v, 0.0, 1.0) for k, v in d["incentive"].items()},
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise MalformedRecord(f"malformed ledger head: {e!r}") from None
+        if head.tempo < 1:
+            raise MalformedRecord(f"malformed ledger head: tempo={head.tempo} must be at least 1")
+        return head
 
 
 def read_head(dht, host: str | None = None) -> LedgerHead | None:

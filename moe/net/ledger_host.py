@@ -170,6 +170,7 @@ class LedgerHost:
             "block_interval": self.block_interval,
             "uids": uids,
             "stakes": {hk: st.stakes[hk] for hk in uids if st.stakes.get(hk, 0) > 0},
+            "incentive": last_incentive(sub.latest_epoch),
         }
         publish_signed(self.dht, HEAD_KEY, self.hotkey, payload, HEAD_CONTEXT, self.head_ttl)
 
@@ -222,3 +223,10 @@ def local_genesis(
         max_difficulty=max(difficulty, 1) * 16,
     )
     return GenesisConfig(ledger=rules, balances=dict(balances), timestamp=time.time())
+
+
+def last_incentive(epoch: dict | None) -> dict[str, float]:
+    """Hotkey → incentive from a subnet's latest epoch record (empty before the first epoch)."""
+    if not epoch:
+        return {}
+    return {hk: float(i) for hk, i in zip(epoch["hotkeys"], epoch["incentive"], strict=True)}

@@ -2,8 +2,9 @@
 
 A bootstrap DHT peer (this process), then the seed node (trains and publishes the shared seed), one expert node per
 subnet (each fetches the seed over hivemind, trains its specialist while serving it), the solo and dense baselines,
-and the router (discovers the experts in the DHT and trains the gate through remote calls), then the validators,
-whose weights the ledger hosted here pays out. The nodes talk only over hivemind; this process only starts them,
+the validators, whose weights the ledger hosted here turns into consensus and pays out, then the router (discovers
+the experts in the DHT, drops those the validators' consensus gave nothing, and trains the gate through remote
+calls). The nodes talk only over hivemind; this process only starts them,
 shows their progress, and writes the summary from their results.
 """
 
@@ -183,16 +184,16 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
             nodes.start(name, ["role=adversary", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
         adversary_done = lambda n: (layout.adversary(adversaries[n]) / RESULT).exists()
         nodes.wait_for(list(adversaries), adversary_done, tm.adversaries_seconds, display)
-        nodes.start("router", ["role=router"], _child_env(0))
-        nodes.wait_for(["router"], lambda n: (layout.router / RESULT).exists(), tm.router_seconds, display)
         for name, (key, stake) in validators.items():
             args = ["role=validator", f"validator.stake_tao={stake}", f"hotkey_path={key}"]
             nodes.start(name, args, _child_env(0))
         nodes.wait_for(list(validators), lambda n: nodes.procs[n].poll() == 0, tm.validators_seconds, display)
-        if host is not None:  # one more ledger epoch, so the last weights are paid out
+        if host is not None:  # one more ledger epoch: the last weights are paid out and the router reads them
             tempo = cfg.ledger_host.tempo
             paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo
             host.wait(paid, tm.payout_seconds + tempo * cfg.ledger_host.block_interval_seconds)
+        nodes.start("router", ["role=router"], _child_env(0))
+        nodes.wait_for(["router"], lambda n: (layout.router / RESULT).exists(), tm.router_seconds, display)
         baseline_done = lambda n: (layout.baseline(baselines[n]) / RESULT).exists()
         nodes.wait_for(list(baselines), baseline_done, tm.baselines_seconds, display)
     except NodeFailed as e:

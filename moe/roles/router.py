@@ -84,6 +84,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.discovery_timeout_seconds)
         if rc.generalist:
             mixture.set_generalist(load_generalist(cfg, mixture.dht))
+        if rc.follow_validators and cfg.ledger.enabled:
+            mixture.follow_ledger(cfg.ledger.host or None)
         seq_len = cfg.expert_train.seq_len
         route_tokens = [subnet_tokens(subnets[s], "route", cfg.data) for s in cfg.subnets]
         blend = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER)(0)
@@ -117,6 +119,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
                 "gate_final_loss": losses[-1] if losses else None,
                 "train_seconds": train_seconds,
                 "experts": [e.key for e in mixture.entries()],
+                "distrusted": sorted(mixture.distrusted()),
+                "trust": mixture.trust,
                 "faults": [f"{f.peer_id}: {f.reason}" for f in mixture.faults()],
                 "wire_format": rc.client.wire_format,
             },

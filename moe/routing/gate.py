@@ -5,7 +5,9 @@ A score combines three terms, each causal (position t sees only x[:t+1] and the 
 - a c-BTM prior, minus the scaled distance between the input's running signature and the expert's published
   domain centroid, so an expert that joined a moment ago is routable at once,
 - a Bayesian term, the expert's log-likelihood of the bytes already seen in this sequence, scaled by a learned
-  factor (where an expert was not called, it contributes nothing).
+  factor (where an expert was not called, it contributes nothing),
+- a trust term, the log of the expert's share of the validators' consensus relative to the others' (0 when they
+  have not scored it yet), scaled by a learned factor: the gate learns how far to follow the validators.
 Experts occupy slots; departed experts are masked with -inf, and a newcomer takes a fresh slot with a zero key.
 """
 
@@ -58,6 +60,7 @@ class Gate(nn.Module):
         self.bias = nn.Parameter(torch.zeros(max_experts))
         self.centroid_scale = nn.Parameter(torch.tensor(20.0))
         self.likelihood_scale = nn.Parameter(torch.tensor(1.0))
+        self.trust_scale = nn.Parameter(torch.tensor(1.0))
 
     @property
     def max_experts(self) -> int:
@@ -69,8 +72,10 @@ class Gate(nn.Module):
         slots: torch.Tensor,
         centroids: torch.Tensor,
         prefix_loglik: torch.Tensor | None = None,
+        log_trust: torch.Tensor | None = None,
     ) -> GateScores:
-        """x (B, T) bytes, slots (J,), centroids (J, S), prefix_loglik (B, T, J) summed log-probs of earlier bytes."""
+        """x (B, T) bytes, slots (J,), centroids (J, S), prefix_loglik (B, T, J) summed log-probs of earlier bytes,
+        log_trust (J,) the validators' relative trust in each expert."""
         h = self.encoder(x)  # (B, T, d)
         learned = h @ self.keys[slots].T + self.bias[slots]  # (B, T, J)
         sig = running_signature(x)  # (B, T, S)
@@ -78,6 +83,8 @@ class Gate(nn.Module):
         logits = learned - self.centroid_scale.abs() * dist
         if prefix_loglik is not None:
             logits = logits + self.likelihood_scale.abs() * prefix_loglik
+        if log_trust is not None:
+            logits = logits + self.trust_scale.abs() * log_trust
         return GateScores(logits=logits, features=h)
 
 

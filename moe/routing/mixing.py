@@ -41,6 +41,8 @@ class ExpertEntry:
     centroid: list[float]
     """Its published domain signature centroid."""
     subnet: str = ""
+    log_trust: float = 0.0
+    """Log of the validators' consensus share for it relative to the mean scored expert (0: not scored yet)."""
 
 
 @dataclass
@@ -133,6 +135,7 @@ def route_and_mix(
     keys = [e.key for e in experts]
     slots = torch.tensor([e.slot for e in experts], dtype=torch.long)
     centroids = torch.tensor([e.centroid for e in experts], dtype=torch.float32).view(J, -1)
+    trust = torch.tensor([e.log_trust for e in experts], dtype=torch.float32)
     logp = torch.zeros(B, T, J, 256)
     answered = torch.zeros(B, T, J, dtype=torch.bool)
 
@@ -147,7 +150,8 @@ def route_and_mix(
         answered[:, P:] = False
     # note: gate scores need the probe likelihoods, so selection waits for the probe round
     with torch.no_grad():
-        probe_scores = gate(x[:, :P], slots, centroids, prefix_loglik(_next_byte_logp(logp[:, :P], x[:, :P]))).logits
+        probe_lik = prefix_loglik(_next_byte_logp(logp[:, :P], x[:, :P]))
+        probe_scores = gate(x[:, :P], slots, centroids, probe_lik, trust).logits
     decision = probe_scores[:, -1].masked_fill(~answered[:, P - 1], float("-inf"))  # (B, J)
     k = min(k_best, J)
     top = decision.topk(k, dim=-1).indices  # (B, k)
@@ -162,7 +166,7 @@ def route_and_mix(
     else:
         answered[:, P:] &= chosen.unsqueeze(1)
     target_lp = _next_byte_logp(logp, x) * answered  # (B, T, J)
-    scores = gate(x, slots, centroids, prefix_loglik(target_lp))
+    scores = gate(x, slots, centroids, prefix_loglik(target_lp), trust)
     requested = B * T * J if call_all else B * P * J + int(chosen.sum()) * T * (T > P)
     if generalist is None and switch_alpha == 0.0:
         mixed = mixture_log_probs(logp, scores.logits, answered)

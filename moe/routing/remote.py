@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,9 @@ class RouterConfig:
     generalist: bool = True
     """Always mix in the network's generalist (today its seed, fetched by hash and run locally): it bounds the damage
     on bytes where every chosen specialist fails (markup, another language, a domain nobody serves)."""
+    follow_validators: bool = True
+    """Read the validators' consensus from the ledger head: never call an expert it gives nothing (a flagged cheat
+    or a useless one), and feed each expert's relative share to the gate as a prior it learns to weigh."""
     client: ClientConfig = field(default_factory=ClientConfig)
     """How the experts are called: timeouts, k_min, wire format, back-off."""
 
@@ -89,6 +93,10 @@ class Mixture:
         self.slots = ExpertSlots(self.gate.max_experts)
         self.generalist: torch.nn.Module | None = None
         """A local model always mixed in (see RouterConfig.generalist); None until `set_generalist`."""
+        self.trust: dict[str, float] = {}
+        """Hotkey → the validators' consensus share (see `set_trust`); empty trusts every expert equally."""
+        self.registered: set[str] | None = None
+        """Hotkeys registered on the ledger, when the mixture follows one (None: no ledger, no filter)."""
 
     @classmethod
     def from_dht(
@@ -117,14 +125,56 @@ class Mixture:
         return [r for r in self.directory.experts() if len(r.signature_centroid) == SIGNATURE_DIM]
 
     def entries(self) -> list[ExpertEntry]:
-        records = self.records()
+        """The experts the mixture routes over: every discovered one the validators have not ruled out."""
+        records = [r for r in self.records() if self.routable(r.hotkey)]
         active = {r.hotkey for r in records}
+        log_trust = self._log_trust(active)
         out = []
         for r in records:
             slot = self.slots.assign(r.hotkey, active)
             if slot is not None:
-                out.append(ExpertEntry(key=r.hotkey, slot=slot, centroid=r.signature_centroid, subnet=r.subnet))
+                entry = ExpertEntry(r.hotkey, slot, r.signature_centroid, r.subnet, log_trust.get(r.hotkey, 0.0))
+                out.append(entry)
         return out
+
+    def set_trust(self, incentive: dict[str, float], registered: set[str] | None = None) -> None:
+        """Follow the validators' consensus (hotkey → share of the miners' emission, as the ledger head carries it)
+        and, when given, the ledger's `registered` hotkeys.
+
+        An expert scored at zero is never called until a later epoch scores it above zero; an expert the ledger does
+        not know is never called; one registered since the last epoch is routed with a neutral prior. If nobody got
+        anything (no weights yet), every registered expert is trusted alike."""
+        self.trust = dict(incentive) if any(v > 0 for v in incentive.values()) else {}
+        self.registered = None if registered is None else set(registered)
+        if self.distrusted():
+            logger.info("not routing to experts the validators ruled out: %s", sorted(self.distrusted()))
+
+    def routable(self, hotkey: str) -> bool:
+        if self.registered is not None and hotkey not in self.registered:
+            return False
+        return self.trust.get(hotkey, 1.0) > 0
+
+    def distrusted(self) -> set[str]:
+        """Discovered experts the mixture does not call: unregistered on the ledger, or given nothing last epoch."""
+        return {r.hotkey for r in self.records() if not self.routable(r.hotkey)}
+
+    def _log_trust(self, active: set[str]) -> dict[str, float]:
+        """Log of each scored expert's share over the mean share of the scored experts routed to, in [-4, 4]."""
+        scored = {hk: self.trust[hk] for hk in active if hk in self.trust}
+        if not scored:
+            return {}
+        mean = sum(scored.values()) / len(scored)
+        return {hk: max(-4.0, min(4.0, math.log(share / mean))) for hk, share in scored.items()}
+
+    def follow_ledger(self, host: str | None = None) -> bool:
+        """Read the ledger head from the DHT and `set_trust` from it; False (nothing changed) when there is none."""
+        from moe.net.ledger_client import read_head
+
+        head = read_head(self.dht, host)
+        if head is None:
+            return False
+        self.set_trust(head.incentive, set(head.uids))
+        return True
 
     def call(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{hotkey: x} -> {hotkey: log-probs} for the experts that answered validly within the timeouts."""

@@ -37,6 +37,7 @@ def head_payload(height: int = 12, **overrides) -> dict:
         "block_interval": 0.5,
         "uids": {MINER.address: [0, 7]},
         "stakes": {MINER.address: 1000},
+        "incentive": {MINER.address: 0.75},
     }
     return payload | overrides
 
@@ -55,6 +56,7 @@ def test_from_payload_reads_every_field():
         block_interval=0.5,
         uids={MINER.address: (0, 7)},
         stakes={MINER.address: 1000},
+        incentive={MINER.address: 0.75},
     )
 
 
@@ -81,6 +83,11 @@ def test_from_payload_refuses_a_missing_field(field):
         dict(uids={MINER.address: ["zero", 7]}),
         dict(stakes={MINER.address: "lots"}),
         dict(stakes=None),
+        dict(tempo=0),  # would divide by zero in epoch_progress
+        dict(incentive={MINER.address: float("nan")}),
+        dict(incentive={MINER.address: 2.5}),  # a share above the whole
+        dict(incentive={MINER.address: "all"}),
+        dict(incentive=[0.5]),
     ],
 )
 def test_from_payload_refuses_mistyped_fields(overrides):

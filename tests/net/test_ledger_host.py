@@ -64,6 +64,8 @@ def test_host_accepts_signed_weights_and_rejects_forged_ones(ledger_net, tmp_pat
     assert feed.wait(lambda f: ("weights", validator.address) in f.accepted, 10)
     tempo = 10
     assert feed.wait(lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo, 15)
+    assert feed.wait(lambda f: read_head(dht, host.address).incentive.get(miner.address) == 1.0, 10)
+    assert read_head(dht, host.address).incentive[validator.address] == 0.0  # the router learns whom they paid
     feed.stop()
 
     with Ledger.open(tmp_path / "ledger.sqlite") as ledger:

@@ -35,7 +35,8 @@ def test_query_windows_drops_malformed_and_missing_replies(caplog):
 @pytest.mark.slow
 def test_tiny_network_with_adversaries(procs, tmp_path):
     """On a tiny local network with a copycat and a noise expert, validators give both zero weight, adversaries earn
-    under 1% of the miners' emission, the weights are signed on the ledger, and the ledger file verifies."""
+    under 1% of the miners' emission, the weights are signed on the ledger, the ledger file verifies, and the
+    router, which reads the validators' consensus from the ledger, routes to the honest experts only."""
     args = [f"out_dir={tmp_path}", "run_id=v", "baselines=false", "adversaries=copycat,noise", "validator.epochs=2"]
     proc = procs.run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -51,3 +52,7 @@ def test_tiny_network_with_adversaries(procs, tmp_path):
     assert s["checks"]["adversaries_below_1pct"]
     assert s["checks"]["ledger_verifies"]
     assert verify_ledger(tmp_path / "v" / "ledger.sqlite", workers=0).ok
+    router = json.loads((tmp_path / "v" / "router" / "result.json").read_text())
+    honest = {e["hotkey"] for e in s["experts"] if not e["adversary"]}
+    assert set(router["distrusted"]) == {e["hotkey"] for e in adversaries.values()}
+    assert set(router["experts"]) == honest

@@ -135,3 +135,19 @@ def test_balance_loss(J):
     skewed = torch.zeros(B, J, dtype=torch.bool)
     skewed[:, 0] = True
     assert balance_loss(skewed_logits, skewed).item() > 1.5
+
+
+def test_validators_trust_shifts_each_experts_logit_by_a_learned_scale():
+    """log_trust (J,) adds trust_scale * log_trust to every position's logits, and the gate learns that scale."""
+    torch.manual_seed(0)
+    gate = Gate(d_gate=8, max_experts=4)
+    x = torch.randint(0, 256, (2, 6))
+    slots, centroids = torch.tensor([0, 1, 2]), torch.softmax(torch.randn(3, SIGNATURE_DIM), -1)
+    trust = torch.tensor([0.0, -1.0, 2.0])
+    with torch.no_grad():
+        gate.trust_scale.fill_(0.5)
+    plain = gate(x, slots, centroids).logits
+    trusted = gate(x, slots, centroids, log_trust=trust).logits
+    torch.testing.assert_close(trusted - plain, (0.5 * trust).expand_as(plain))
+    trusted[..., 2].sum().backward()
+    assert gate.trust_scale.grad is not None and gate.trust_scale.grad.item() != 0.0

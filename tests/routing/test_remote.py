@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,6 +284,48 @@ def test_record_naming_another_experts_peer_cannot_break_the_mixture(net):
         assert any(torch.allclose(got, ref, atol=1e-5, rtol=0) for ref in (served.logp, left_out))
     finally:
         mix.shutdown()
+
+
+def test_an_expert_the_validators_gave_nothing_is_never_called(net, mixture):
+    """After set_trust gives one honest expert a zero share, no request reaches its peer (probe or chosen round) and
+    the mixture equals the in-process reference over the other expert alone; the scored one carries log 1 = 0."""
+    dropped, kept = sorted(net.models)
+    asked = []
+    call_many = mixture.client.call_many
+    mixture.client.call_many = lambda peers, inputs: asked.extend(p.to_base58() for p in peers) or call_many(
+        peers, inputs
+    )
+    mixture.set_trust({dropped: 0.0, kept: 0.7})
+    assert mixture.distrusted() == {dropped}
+    entries = mixture.entries()
+    assert [(e.key, e.log_trust) for e in entries] == [(kept, 0.0)]
+    x = byte_batch(seed=4)
+    got = mixture.log_probs(x)
+    peer_of = {r.hotkey: r.peer_id for r in mixture.records()}
+    assert asked and set(asked) == {peer_of[kept]}
+    ref = as_router(mixture.gate, x, entries, local_caller({kept: net.models[kept]}))
+    torch.testing.assert_close(got, ref.logp, atol=1e-5, rtol=0)
+
+
+def test_trust_reaches_the_gate_as_a_relative_log_share(net, mixture):
+    """Scored experts carry log(share / mean share); with no positive share at all (no weights yet) everyone is
+    trusted alike; a share for a hotkey that is not online changes nobody's prior."""
+    a, b = sorted(net.models)
+    mixture.set_trust({a: 0.2, b: 0.6, "f" * 64: 0.2})
+    trust = {e.key: e.log_trust for e in mixture.entries()}
+    assert trust == pytest.approx({a: math.log(0.5), b: math.log(1.5)})
+    mixture.set_trust({a: 0.0, b: 0.0})
+    assert mixture.distrusted() == set() and {e.log_trust for e in mixture.entries()} == {0.0}
+
+
+def test_an_expert_the_ledger_does_not_know_is_never_routed(net, mixture):
+    """Following a ledger, an expert whose hotkey is not registered there is left out even before any epoch
+    scored anyone; a registered newcomer no epoch has scored yet is routed with a neutral prior."""
+    a, b = sorted(net.models)
+    mixture.set_trust({}, registered={b})
+    assert mixture.distrusted() == {a} and [e.key for e in mixture.entries()] == [b]
+    mixture.set_trust({a: 0.5}, registered={a, b})
+    assert {e.key: e.log_trust for e in mixture.entries()} == {a: 0.0, b: 0.0}
 
 
 def test_log_probs_without_experts_raises(net):
