@@ -3,7 +3,10 @@
 Experts are used for inference only (frozen from the caller's side: no backward through them). Every reply is
 decoded and validated before it is returned; a malformed or non-normalized reply is dropped, the peer is backed off,
 and a `FaultReport` is recorded for validators to turn into a penalty. Nothing a peer sends can raise out of
-`call_many`: missing experts are simply absent from its result, as in hivemind's RemoteMixtureOfExperts.
+`call_many`: missing experts are simply absent from its result, as in hivemind's RemoteMixtureOfExperts. A reply is
+held to the size and frame layout its request calls for before it is decoded, so a small reply cannot make the client
+allocate gigabytes. Inputs the caller got wrong raise ValueError before any peer is called, and never count against
+a peer.
 
 `ExpertClient` is async and lives on the event loop of its P2P; `SyncExpertClient` wraps it on a private loop
 thread for synchronous training/validation code.
@@ -26,18 +29,20 @@ from hivemind.p2p import P2P, P2PDaemonError, P2PHandlerError, PeerID
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
-from moe.config_checks import require_at_least, require_one_of, require_positive
+from moe.config_checks import require_at_least, require_between, require_one_of, require_positive
 from moe.model.tokenizer import VOCAB_SIZE
-from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, RemoteError
+from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, OversizedReply, RemoteError
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.server import forward_handle, info_handle, session_handle
 from moe.net.wire import (
     ACT_FORMATS,
+    VOCAB,
     WIRE_FORMATS,
     MaliciousReply,
     decode_activations,
     decode_logp,
     encode_request,
+    reply_nbytes,
     validate_reply,
 )
 
@@ -59,7 +64,7 @@ class ClientConfig:
     """Reply encoding: fp32, fp16, q8 (a quarter of fp32, ~0 bits per byte lost), topk (distributions) or act32,
     act16 (hidden states)."""
     topk: int = 16
-    """Bytes sent exactly by the topk format."""
+    """Bytes sent exactly by the topk format (1..255)."""
     backoff_base_seconds: float = 1.0
     """Seconds a peer is skipped after its first consecutive failure; doubles with each further one."""
     backoff_cap_seconds: float = 300.0
@@ -69,12 +74,15 @@ class ClientConfig:
     direct: bool = True
     """Use the server's direct TCP path (moe.net.direct) when it offers one; P2P otherwise."""
     max_reply_bytes: int = 1 << 26
-    """Largest reply accepted on the direct path (a server claiming more is cut off)."""
+    """Largest reply a request may call for (a bigger batch raises ValueError before any peer is called). Every
+    reply is also held to the exact size of an honest one for its request; on the direct path a server claiming
+    more than this is cut off unread."""
 
     def __post_init__(self):
         require_one_of(self, "wire_format", WIRE_FORMATS)
         require_at_least(self, 0, ["k_min", "timeout_after_k_min_seconds", "backoff_base_seconds"])
-        require_at_least(self, 1, ["topk", "max_reply_bytes"])
+        require_at_least(self, 1, ["max_reply_bytes"])
+        require_between(self, "topk", 1, VOCAB - 1)
         require_positive(self, ["forward_timeout_seconds", "backoff_cap_seconds", "tol"])
 
 
@@ -85,6 +93,20 @@ class FaultReport:
     peer_id: PeerID
     reason: str
     time: float
+
+
+@dataclass(frozen=True)
+class Request:
+    """One encoded forward request and the reply it calls for: every reply is checked against these, not against
+    what the reply's own headers claim."""
+
+    raw: bytes
+    wire_format: str
+    reply_shape: tuple[int, ...]
+    """(B, T) for a distribution format, the whole output shape for an activation format."""
+    topk: int
+    reply_bytes: int
+    """Exact length of an honest reply; a longer one is refused before it is decoded."""
 
 
 class PeerUnavailable(RuntimeError):
@@ -149,16 +171,42 @@ class ExpertClient:
     ) -> torch.Tensor:
         """One validated forward of `inputs` (byte ids (B, T), or activations (..., d) for act formats).
 
-        Returns float32 log-probs (B, T, 256), or activations (..., out_dim or d). Raises PeerUnavailable if the
-        peer is backed off, TimeoutError, P2PHandlerError (the server refused), or MaliciousReply (also recorded
-        as a FaultReport); every failure backs the peer off, a success clears its record.
+        Returns float32 log-probs (B, T, 256), or activations (..., out_dim or d). Raises ValueError if `inputs`
+        cannot make a valid request (the caller's mistake: the peer is neither called nor backed off). Otherwise
+        raises PeerUnavailable if the peer is backed off, TimeoutError, P2PHandlerError (the server refused), or
+        MaliciousReply (also recorded as a FaultReport); every failure backs the peer off, a success clears its record.
         """
+        return await self._call(peer_id, self.prepare(inputs, wire_format, out_dim), timeout)
+
+    def prepare(self, inputs: torch.Tensor, wire_format: str | None = None, out_dim: int | None = None) -> Request:
+        """Check and encode the caller's `inputs`; raises ValueError, naming the problem, if they are unusable."""
+        cfg = self.config
+        wire_format = wire_format or cfg.wire_format
+        if wire_format not in WIRE_FORMATS:
+            raise ValueError(f"unknown wire format {wire_format!r}, expected one of {', '.join(WIRE_FORMATS)}")
+        if wire_format in ACT_FORMATS:
+            inputs = _activation_batch(inputs)
+            reply_shape = (*inputs.shape[:-1], out_dim or inputs.shape[-1])
+        else:
+            inputs = _byte_batch(inputs)
+            reply_shape = tuple(inputs.shape)
+        reply_bytes = reply_nbytes(wire_format, reply_shape, cfg.topk)
+        if reply_bytes > cfg.max_reply_bytes:
+            raise ValueError(
+                f"a {wire_format} reply of shape {reply_shape} takes {reply_bytes} bytes, over max_reply_bytes="
+                f"{cfg.max_reply_bytes}; split the batch"
+            )
+        raw = encode_request(inputs, wire_format, cfg.topk)
+        return Request(raw, wire_format, reply_shape, cfg.topk, reply_bytes)
+
+    async def _call(self, peer_id: PeerID, request: Request, timeout: float | None) -> torch.Tensor:
+        """`call` after the caller's inputs passed: from here on every failure is the peer's (or the network's)."""
         if not self.health.available(peer_id):
             raise PeerUnavailable(
                 f"peer {peer_id} backed off for {self.health.banned_until(peer_id) - time.monotonic():.1f} s"
             )
         try:
-            out = await self._call(peer_id, inputs, timeout, wire_format, out_dim)
+            out = await self._exchange(peer_id, request, timeout)
         except asyncio.CancelledError:
             raise
         except MaliciousReply as e:
@@ -171,48 +219,34 @@ class ExpertClient:
         self.health.record_success(peer_id)
         return out
 
-    async def _call(
-        self,
-        peer_id: PeerID,
-        inputs: torch.Tensor,
-        timeout: float | None,
-        wire_format: str | None,
-        out_dim: int | None,
-    ) -> torch.Tensor:
-        cfg = self.config
-        wire_format = wire_format or cfg.wire_format
-        timeout = cfg.forward_timeout_seconds if timeout is None else timeout
-        act = wire_format in ACT_FORMATS
-        if not act:
-            if inputs.dim() != 2 or inputs.dtype.is_floating_point:
-                raise ValueError(
-                    f"byte batch must be an integer (B, T) tensor, got {inputs.dtype} {tuple(inputs.shape)}"
-                )
-            if bool(((inputs < 0) | (inputs >= VOCAB_SIZE)).any()):
-                raise ValueError(f"token batch holds ids outside 0..{VOCAB_SIZE - 1}")
-            # 8x less upload than int64; a batch with special ids (EOS between documents) needs int32
-            inputs = inputs.to(torch.uint8 if bool((inputs < 256).all()) else torch.int32)
-        raw = encode_request(inputs.detach().cpu(), wire_format, cfg.topk)
+    async def _exchange(self, peer_id: PeerID, request: Request, timeout: float | None) -> torch.Tensor:
+        """Send `request` and decode the reply against it; raises MaliciousReply for a reply it does not call for."""
+        timeout = self.config.forward_timeout_seconds if timeout is None else timeout
         try:
-            payload = await asyncio.wait_for(self._request(peer_id, raw), timeout=timeout)
+            payload = await asyncio.wait_for(self._request(peer_id, request), timeout=timeout)
         except DecodeError:
             raise MaliciousReply("reply is not a valid protobuf message") from None
         except asyncio.TimeoutError:
             raise TimeoutError(f"peer {peer_id} did not answer within {timeout} s") from None
-        if act:
-            shape = (*inputs.shape[:-1], out_dim or inputs.shape[-1])
-            return decode_activations(payload, wire_format, shape)
-        return validate_reply(decode_logp(payload, wire_format), tuple(inputs.shape), cfg.tol)
+        fmt, shape = request.wire_format, request.reply_shape
+        if len(payload) > request.reply_bytes:  # checked before decoding, whatever the reply's headers claim
+            raise MaliciousReply(f"{fmt} reply of {len(payload)} bytes, at most {request.reply_bytes} expected")
+        if fmt in ACT_FORMATS:
+            return decode_activations(payload, fmt, shape)
+        return validate_reply(decode_logp(payload, fmt, shape, request.topk), shape, self.config.tol)
 
-    async def _request(self, peer_id: PeerID, raw: bytes) -> bytes:
+    async def _request(self, peer_id: PeerID, request: Request) -> bytes:
         """Send one encoded request, directly if the peer offers it, else over P2P; returns the reply payload."""
         conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
         if conn is not None:
             try:
-                out = await conn.request(raw)
+                out = await conn.request(request.raw, max_reply_bytes=request.reply_bytes)
             except RemoteError as e:
                 self._idle.setdefault(peer_id, []).append(conn)
                 raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
+            except OversizedReply as e:
+                conn.close()
+                raise MaliciousReply(f"{request.wire_format} {e}") from None
             except DirectError:
                 conn.close()
                 self._no_direct.add(peer_id)  # later calls go over P2P
@@ -222,9 +256,11 @@ class ExpertClient:
                 raise
             self._idle.setdefault(peer_id, []).append(conn)
             return out
-        request = runtime_pb2.ExpertRequest(metadata=raw)
         reply = await self.p2p.call_protobuf_handler(
-            peer_id, forward_handle(self.uid), request, runtime_pb2.ExpertResponse
+            peer_id,
+            forward_handle(self.uid),
+            runtime_pb2.ExpertRequest(metadata=request.raw),
+            runtime_pb2.ExpertResponse,
         )
         return reply.metadata
 
@@ -268,20 +304,21 @@ class ExpertClient:
         Backed-off peers are not called. Each call gets `timeout` seconds; once `k_min` replies are in (0: every
         peer called), the others get `timeout_after_k_min` more and are then skipped. Failed, timed-out and malicious
         peers are missing from the result (and backed off); fewer than `k_min` replies is not an error, the caller
-        decides what to do.
+        decides what to do. Inputs that cannot make a valid request raise ValueError before any peer is called.
         """
+        peer_ids = list(dict.fromkeys(peer_ids))  # de-duplicated, order kept
+        requests = self._prepare_each(peer_ids, inputs, wire_format, out_dim)
         cfg = self.config
         timeout = cfg.forward_timeout_seconds if timeout is None else timeout
         k_min = cfg.k_min if k_min is None else k_min
         grace = cfg.timeout_after_k_min_seconds if timeout_after_k_min is None else timeout_after_k_min
         loop = asyncio.get_running_loop()
         tasks: dict[asyncio.Task, PeerID] = {}
-        for pid in dict.fromkeys(peer_ids):  # de-duplicated, order kept
+        for pid in peer_ids:
             if not self.health.available(pid):
                 logger.debug("skipping backed-off peer %s", pid)
                 continue
-            x = inputs[pid] if isinstance(inputs, Mapping) else inputs
-            tasks[asyncio.ensure_future(self.call(pid, x, timeout, wire_format, out_dim))] = pid
+            tasks[asyncio.ensure_future(self._call(pid, requests[pid], timeout))] = pid
         k_min = len(tasks) if k_min <= 0 else k_min
 
         results: dict[PeerID, torch.Tensor] = {}
@@ -314,6 +351,19 @@ class ExpertClient:
                 await asyncio.gather(*pending, return_exceptions=True)
         return results
 
+    def _prepare_each(
+        self,
+        peer_ids: list[PeerID],
+        inputs: torch.Tensor | Mapping[PeerID, torch.Tensor],
+        wire_format: str | None,
+        out_dim: int | None,
+    ) -> dict[PeerID, Request]:
+        """The request for each peer (one shared encoding when every peer gets the same tensor)."""
+        if isinstance(inputs, Mapping):
+            return {pid: self.prepare(inputs[pid], wire_format, out_dim) for pid in peer_ids}
+        request = self.prepare(inputs, wire_format, out_dim)
+        return dict.fromkeys(peer_ids, request)
+
     async def info(self, peer_id: PeerID, timeout: float | None = None) -> dict:
         """The expert's served metadata (kind, formats, limits, weights version); raises MaliciousReply on garbage."""
         timeout = self.config.forward_timeout_seconds if timeout is None else timeout
@@ -342,6 +392,38 @@ class ExpertClient:
                 self.on_fault(report)
             except Exception:
                 logger.exception("fault callback failed")
+
+
+def _byte_batch(inputs: torch.Tensor) -> torch.Tensor:
+    """Byte ids (B, T) as the smallest wire dtype; raises ValueError for anything that is not a non-empty id batch."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dtype not in _ID_DTYPES or inputs.dim() != 2:
+        raise ValueError(f"byte batch must be an integer (B, T) tensor, got {_describe(inputs)}")
+    if inputs.numel() == 0:
+        raise ValueError(f"byte batch {tuple(inputs.shape)} is empty")
+    inputs = inputs.detach().cpu()
+    if bool(((inputs < 0) | (inputs >= VOCAB_SIZE)).any()):
+        raise ValueError(f"token batch holds ids outside 0..{VOCAB_SIZE - 1}")
+    # 8x less upload than int64; a batch with special ids (EOS between documents) needs int32
+    return inputs.to(torch.uint8 if bool((inputs < 256).all()) else torch.int32)
+
+
+def _activation_batch(inputs: torch.Tensor) -> torch.Tensor:
+    """Finite float activations (..., d) as float16 or float32; raises ValueError otherwise."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.dtype.is_floating_point or inputs.dim() < 2:
+        raise ValueError(f"activations must be a float (..., d) tensor, got {_describe(inputs)}")
+    if inputs.numel() == 0:
+        raise ValueError(f"activations {tuple(inputs.shape)} are empty")
+    inputs = inputs.detach().cpu()
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("activations contain NaN or infinity")
+    return inputs if inputs.dtype == torch.float16 else inputs.float()
+
+
+_ID_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _describe(x: object) -> str:
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 class SyncExpertClient:
@@ -424,5 +506,6 @@ __all__ = [
     "P2PHandlerError",
     "PeerHealth",
     "PeerUnavailable",
+    "Request",
     "SyncExpertClient",
 ]

@@ -12,6 +12,10 @@ Payloads are not encrypted (byte batches and distributions are not secrets in th
 
 Layout (little-endian): hello = b"HMD1" | session id (16); request = counter u64 | length u32 | payload | mac (32);
 reply = counter u64 | status u8 (0 ok, 1 error: payload is a UTF-8 message) | length u32 | payload | mac (32).
+
+Memory: the client reads a reply's length before its payload and holds each reply to the size its request calls
+for. A longer one, up to the connection's cap, is read through the MAC without being stored, so that the peer can be
+blamed (`OversizedReply`) for what it provably sent; a length over the cap is cut off unread (`DirectError`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 HELLO = b"HMD1"
 KEY_BYTES, SESSION_BYTES, MAC_BYTES = 32, 16, 32
+MAX_ERROR_BYTES = 4096  # longest error message a server sends (and a client accepts)
+_DRAIN_CHUNK = 1 << 16
 _REQ = struct.Struct("<QI")
 _REP = struct.Struct("<QBI")
 
@@ -40,6 +46,10 @@ class DirectError(ConnectionError):
 
 class RemoteError(RuntimeError):
     """The server refused the request (its one-line reason is the message)."""
+
+
+class OversizedReply(RuntimeError):
+    """The authenticated server sent a reply longer than the request allows: the peer is at fault."""
 
 
 def _mac(key: bytes, tag: bytes, header: bytes, payload: bytes) -> bytes:
@@ -114,7 +124,7 @@ class DirectServer:
                 try:
                     status, out = 0, await self.process(payload)
                 except Exception as e:
-                    status, out = 1, str(e).encode()[:4096]
+                    status, out = 1, str(e).encode()[:MAX_ERROR_BYTES]
                 rep = _REP.pack(counter, status, len(out))
                 writer.write(rep + out + _mac(key, b"R", rep, out))
                 await writer.drain()
@@ -143,10 +153,15 @@ class DirectConnection:
         writer.write(HELLO + session_id)
         return cls(reader, writer, key, max_reply_bytes)
 
-    async def request(self, payload: bytes) -> bytes:
-        """Send `payload`, return the authenticated reply; RemoteError if refused, DirectError if anything is off."""
+    async def request(self, payload: bytes, max_reply_bytes: int | None = None) -> bytes:
+        """Send `payload`, return the authenticated reply of at most `max_reply_bytes` (and the connection's cap).
+
+        Raises RemoteError if refused, OversizedReply if the authenticated reply is longer than allowed (it is read
+        but not kept), DirectError if anything else is off.
+        """
         self.counter += 1
         header = _REQ.pack(self.counter, len(payload))
+        limit = self.max_reply_bytes if max_reply_bytes is None else min(max_reply_bytes, self.max_reply_bytes)
         try:
             self.writer.write(header + payload + _mac(self.key, b"Q", header, payload))
             await self.writer.drain()
@@ -154,15 +169,35 @@ class DirectConnection:
             counter, status, n = _REP.unpack(rep)
             if n > self.max_reply_bytes:
                 raise DirectError(f"reply claims {n} bytes, over the {self.max_reply_bytes} limit")
+            allowed = MAX_ERROR_BYTES if status else limit
+            if n > allowed:
+                await self._drain_authenticated(rep, counter, n)
+                raise OversizedReply(f"reply of {n} bytes, at most {allowed} expected for this request")
             out = await self.reader.readexactly(n)
             mac = await self.reader.readexactly(MAC_BYTES)
+        except DirectError:
+            raise
         except (asyncio.IncompleteReadError, OSError) as e:
             raise DirectError(f"direct connection broke: {e!r}") from None
-        if counter != self.counter or not hmac.compare_digest(mac, _mac(self.key, b"R", rep, out)):
-            raise DirectError("direct reply failed authentication (bad MAC or counter)")
+        self._authenticate(counter, mac, _mac(self.key, b"R", rep, out))
         if status != 0:
             raise RemoteError(out.decode(errors="replace"))
         return out
+
+    async def _drain_authenticated(self, rep: bytes, counter: int, n: int) -> None:
+        """Read an `n`-byte payload and its MAC in chunks, keeping only the running MAC; DirectError if forged."""
+        h = hashlib.blake2b(key=self.key, digest_size=MAC_BYTES)
+        h.update(b"R")
+        h.update(rep)
+        while n > 0:
+            chunk = await self.reader.readexactly(min(n, _DRAIN_CHUNK))
+            h.update(chunk)
+            n -= len(chunk)
+        self._authenticate(counter, await self.reader.readexactly(MAC_BYTES), h.digest())
+
+    def _authenticate(self, counter: int, mac: bytes, expected_mac: bytes) -> None:
+        if counter != self.counter or not hmac.compare_digest(mac, expected_mac):
+            raise DirectError("direct reply failed authentication (bad MAC or counter)")
 
     def close(self) -> None:
         self.writer.close()

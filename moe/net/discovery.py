@@ -18,7 +18,7 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.dht_records import open_entries
+from moe.net.dht_records import EXPERTS_RULE, check_ttl, experts_key, open_entries
 from moe.net.expert_record import ExpertRecord
 from moe.net.loop import PeriodicThread
 from moe.net.signed import MalformedRecord
@@ -26,12 +26,12 @@ from moe.net.signed import MalformedRecord
 logger = logging.getLogger(__name__)
 
 
-def experts_key(netuid: int) -> str:
-    return f"hivemoe/{int(netuid)}/experts"
-
-
 def announce(dht: hivemind.DHT, record: ExpertRecord, hotkey: Hotkey, ttl: float) -> bool:
-    """Sign `record` with expiration now+ttl and store it under its subnet's key; False if no peer accepted it."""
+    """Sign `record` with expiration now+ttl and store it under its subnet's key; False if no peer accepted it.
+
+    Raises ValueError if `ttl` exceeds the experts keys' maximum (`EXPERTS_RULE.max_ttl`), which peers would refuse.
+    """
+    check_ttl(experts_key(record.netuid), ttl)
     record = dataclasses.replace(record, expiration=get_dht_time() + ttl)
     value = record.to_dht_value(hotkey)
     ok = dht.store(experts_key(record.netuid), value, expiration_time=record.expiration, subkey=hotkey.address)
@@ -73,9 +73,10 @@ def discover(dht: hivemind.DHT, netuids: Iterable[int], latest: bool = True) -> 
 class Heartbeat(PeriodicThread):
     """Re-announce `make_record()` every `interval` seconds with expiration now+ttl, until stopped.
 
-    `ttl` should be a few intervals so one missed beat does not drop the expert; after `stop()` the record lives on
-    until its expiration, then disappears from discovery. A failed beat (DHT busy, record invalid) is logged and the
-    next beat tries again.
+    `ttl` should be a few intervals so one missed beat does not drop the expert, and at most `EXPERTS_RULE.max_ttl`
+    (ValueError otherwise, since peers would refuse every beat); after `stop()` the record lives on until its
+    expiration, then disappears from discovery. A failed beat (DHT busy, record invalid) is logged and the next beat
+    tries again.
     """
 
     def __init__(
@@ -87,6 +88,8 @@ class Heartbeat(PeriodicThread):
         ttl: float = 90.0,
     ):
         super().__init__("hivemoe-heartbeat", interval)
+        if not 0 < ttl <= EXPERTS_RULE.max_ttl:
+            raise ValueError(f"heartbeat ttl {ttl}s is outside (0, {EXPERTS_RULE.max_ttl}] s; peers would refuse it")
         if ttl <= interval:
             logger.warning("heartbeat ttl %.1fs <= interval %.1fs: the record will flicker", ttl, interval)
         self.dht, self.make_record, self.hotkey, self.ttl = dht, make_record, hotkey, ttl

@@ -1,7 +1,8 @@
 """A node's view of the ledger through the DHT: the host's signed head, registering, and publishing weights.
 
 Keys (each value a `SignedValue` stored under a subkey equal to its signer's hotkey, so the DHT-level guard already
-refuses values under someone else's name):
+refuses values under someone else's name, of another key's context, or living longer than the key allows; the keys
+and their maximum TTLs are in `moe.net.dht_records.KEY_RULES`):
 
 - `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, and every registered hotkey's uid,
   registration block and stake), re-published after every block; nodes read their uid and the epoch from it.
@@ -21,19 +22,21 @@ from dataclasses import dataclass, field
 from moe.identity import Hotkey
 from moe.ledger import WeightSubmission
 from moe.ledger.records import pow_registration_record, stake_record
-from moe.net.dht_records import publish_signed, read_signed
+from moe.net.dht_records import (
+    COMMIT_CONTEXT,
+    COMMITS_KEY,
+    HEAD_CONTEXT,
+    HEAD_KEY,
+    INBOX_CONTEXT,
+    INBOX_KEY,
+    WEIGHTS_CONTEXT,
+    WEIGHTS_KEY,
+    publish_signed,
+    read_signed,
+)
 from moe.net.signed import MalformedRecord, check_float
 
 logger = logging.getLogger(__name__)
-
-HEAD_KEY = "hivemoe/ledger/head"
-INBOX_KEY = "hivemoe/ledger/inbox"
-WEIGHTS_KEY = "hivemoe/validators/weights"
-COMMITS_KEY = "hivemoe/validators/commits"
-HEAD_CONTEXT = "ledger-head"
-INBOX_CONTEXT = "ledger-inbox"
-WEIGHTS_CONTEXT = "validator-weights"
-COMMIT_CONTEXT = "validator-commit"
 
 
 @dataclass
@@ -150,7 +153,29 @@ def publish_weights(dht, hotkey: Hotkey, submissions: list[WeightSubmission], tt
     )
 
 
-def publish_commit(dht, hotkey: Hotkey, commit: dict, seed: bytes | None, ttl: float) -> bool:
-    """A validator's seed commitment (JSON of `moe.poi.commit.SeedCommit`), with the seed once it is revealed."""
-    payload = {"commit": commit, "seed": None if seed is None else seed.hex()}
+def publish_commit(
+    dht, hotkey: Hotkey, commit: dict, seed: bytes | None, ttl: float, flags: dict[str, list[str]] | None = None
+) -> bool:
+    """A validator's seed commitment (JSON of `moe.poi.commit.SeedCommit`), with the seed once it is revealed, and
+    then the epoch's verdict on cheats (hotkey → reasons), which anyone can check by re-drawing the windows."""
+    payload = {"commit": commit, "seed": None if seed is None else seed.hex(), "flags": flags or {}}
     return publish_signed(dht, COMMITS_KEY, hotkey, payload, COMMIT_CONTEXT, ttl)
+
+
+def flagged_by_validators(dht, head: LedgerHead) -> dict[str, list[str]]:
+    """Hotkey → reasons, for experts flagged in the revealed verdicts of validators holding more than half the stake
+    of all staked validators that revealed one: one validator alone cannot exclude an honest expert."""
+    votes: dict[str, float] = {}
+    reasons: dict[str, set[str]] = {}
+    total = 0.0
+    for address, payload in read_signed(dht, COMMITS_KEY, COMMIT_CONTEXT).items():
+        stake = head.stakes.get(address, 0)
+        flags = payload.get("flags")
+        if stake <= 0 or payload.get("seed") is None or not isinstance(flags, dict):
+            continue
+        total += stake
+        for hotkey, why in flags.items():
+            if isinstance(hotkey, str) and isinstance(why, list) and all(isinstance(w, str) for w in why):
+                votes[hotkey] = votes.get(hotkey, 0.0) + stake
+                reasons.setdefault(hotkey, set()).update(why)
+    return {hk: sorted(reasons[hk]) for hk, v in votes.items() if v > total / 2}

@@ -25,7 +25,7 @@ from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.dht_records import open_entries
+from moe.net.dht_records import SEED_CONTEXT, SEED_KEY, check_ttl, open_entries
 from moe.net.loop import PeriodicThread
 from moe.net.signed import (
     MalformedRecord,
@@ -41,8 +41,6 @@ from moe.net.signed import (
 
 logger = logging.getLogger(__name__)
 
-SEED_KEY = "hivemoe/seed"
-SEED_CONTEXT = "seed-record"
 HANDLER_NAME = "hivemoe.seed.chunk"
 CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 2 << 20
@@ -169,7 +167,9 @@ class SeedServer:
 
 
 def announce_seed(dht: hivemind.DHT, record: SeedRecord, hotkey: Hotkey, ttl: float) -> bool:
-    """Store a signed seed record expiring at now+ttl; False if no peer accepted it."""
+    """Store a signed seed record expiring at now+ttl; False if no peer accepted it, ValueError if `ttl` exceeds the
+    seed key's maximum (`moe.net.dht_records.KEY_RULES`)."""
+    check_ttl(SEED_KEY, ttl)
     record = dataclasses.replace(record, expiration=get_dht_time() + ttl)
     value = record.to_dht_value(hotkey)
     return bool(dht.store(SEED_KEY, value, expiration_time=record.expiration, subkey=hotkey.address))

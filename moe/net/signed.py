@@ -47,6 +47,14 @@ def _reject_constant(name: str) -> Any:
     raise MalformedRecord(f"non-finite number {name} in payload")
 
 
+def _finite_float(text: str) -> float:
+    """Parse a JSON float, refusing ones that overflow to infinity (1e400), which canonical_json cannot re-encode."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise MalformedRecord(f"non-finite number {text[:32]} in payload")
+    return v
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -102,14 +110,20 @@ class SignedValue:
             raise MalformedRecord("context is not ASCII") from None
         body = signed[1 + ctx_len :]
         try:
-            payload = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+            payload = json.loads(
+                body, parse_float=_finite_float, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
+            )
         except MalformedRecord:
             raise
         except (ValueError, RecursionError) as e:
             raise MalformedRecord(f"payload is not valid JSON: {str(e).splitlines()[0]}") from None
         if not isinstance(payload, dict):
             raise MalformedRecord(f"payload must be a JSON object, got {type(payload).__name__}")
-        if canonical_json(payload) != body:
+        try:
+            canonical = canonical_json(payload)
+        except (ValueError, RecursionError) as e:  # parsed but not re-encodable: refuse, never raise it to readers
+            raise MalformedRecord(f"payload cannot be re-encoded: {str(e).splitlines()[0]}") from None
+        if canonical != body:
             raise MalformedRecord("payload is not in canonical form")
         return pub.hex(), context, payload
 
@@ -128,7 +142,10 @@ def check_int(name: str, v: Any, lo: int, hi: int) -> int:
 def check_float(name: str, v: Any, lo: float, hi: float) -> float:
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise MalformedRecord(f"{name} must be a number, got {type(v).__name__}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an integer beyond float range, e.g. 10**400
+        raise MalformedRecord(f"{name} is an integer too large for a float") from None
     if not math.isfinite(v) or not lo <= v <= hi:
         raise MalformedRecord(f"{name}={v} not finite or outside [{lo}, {hi}]")
     return v

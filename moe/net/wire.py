@@ -3,7 +3,9 @@
 Nothing here is pickled: a tensor travels as a *frame*, a fixed little-endian header followed by its raw buffer,
 and the header's dtype and shape are checked against the buffer length before a single element is read. Peers do
 not trust each other, so every decoder raises `MaliciousReply` (or `WireError` for requests) with a one-line reason
-instead of returning something half-valid.
+instead of returning something half-valid. A reply is decoded against the request it answers: the caller knows
+(B, T), the format and k, so every frame header and the total length must match `reply_layout` exactly before any
+data is copied, and a 60 KB topk reply cannot claim the (B, T, 256) rows of a million positions.
 
 Frame layout (all integers little-endian):
     magic  b"HMT1"           4 bytes
@@ -77,6 +79,17 @@ def encode_frame(x: torch.Tensor) -> bytes:
 def decode_frame(buf: bytes | memoryview, offset: int = 0, max_bytes: int = 1 << 26) -> tuple[torch.Tensor, int]:
     """Parse one frame at `offset`; returns (tensor, offset after it). Raises WireError on any inconsistency."""
     buf = memoryview(buf)
+    code, shape, start = _frame_header(buf, offset)
+    nbytes = _data_nbytes(code, shape)
+    if nbytes > max_bytes:
+        raise WireError(f"frame of {nbytes} bytes exceeds the {max_bytes}-byte limit")
+    if len(buf) - start < nbytes:
+        raise WireError(f"frame data truncated: header says {nbytes} bytes, {len(buf) - start} present")
+    return _frame_data(buf, code, shape, start), start + nbytes
+
+
+def _frame_header(buf: memoryview, offset: int) -> tuple[int, tuple[int, ...], int]:
+    """(dtype code, shape, offset of the data) of the frame at `offset`; reads the header only, allocates nothing."""
     if len(buf) - offset < 6 or bytes(buf[offset : offset + 4]) != MAGIC:
         raise WireError("frame header missing or bad magic")
     code, ndim = buf[offset + 4], buf[offset + 5]
@@ -87,16 +100,18 @@ def decode_frame(buf: bytes | memoryview, offset: int = 0, max_bytes: int = 1 <<
     start = offset + 6 + 4 * ndim
     if len(buf) < start:
         raise WireError("frame shape truncated")
-    shape = struct.unpack_from(f"<{ndim}I", buf, offset + 6)
-    np_dtype, _ = _DTYPES[code]
-    nbytes = math.prod(shape) * np_dtype.itemsize
-    if nbytes > max_bytes:
-        raise WireError(f"frame of {nbytes} bytes exceeds the {max_bytes}-byte limit")
-    if len(buf) - start < nbytes:
-        raise WireError(f"frame data truncated: header says {nbytes} bytes, {len(buf) - start} present")
+    return code, struct.unpack_from(f"<{ndim}I", buf, offset + 6), start
+
+
+def _data_nbytes(code: int, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * _DTYPES[code][0].itemsize
+
+
+def _frame_data(buf: memoryview, code: int, shape: tuple[int, ...], start: int) -> torch.Tensor:
+    """A native-endian copy of the frame's data; the caller has checked that it lies within `buf`."""
+    np_dtype = _DTYPES[code][0]
     a = np.frombuffer(buf, dtype=np_dtype, count=math.prod(shape), offset=start).reshape(shape)
-    x = torch.from_numpy(a.astype(np_dtype.newbyteorder("="), copy=True))
-    return x, start + nbytes
+    return torch.from_numpy(a.astype(np_dtype.newbyteorder("="), copy=True))
 
 
 def decode_frames(buf: bytes | memoryview, n: int, max_bytes: int = 1 << 26) -> list[torch.Tensor]:
@@ -143,55 +158,105 @@ def encode_logp(logp: torch.Tensor, wire_format: str, topk: int = 16) -> bytes:
     raise WireError(f"unknown distribution wire format {wire_format!r}")
 
 
-def decode_logp(payload: bytes | memoryview, wire_format: str) -> torch.Tensor:
-    """Decode a reply payload to float32 log-probs (B, T, 256); raises MaliciousReply on a malformed payload.
+def reply_layout(
+    wire_format: str, shape: tuple[int, ...], topk: int = 16
+) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+    """The frames (dtype, shape), in order, of an honest reply to a request: `shape` is the request's (B, T) for a
+    distribution format and the whole output shape for an activation format.
 
-    The result is not yet validated: call `validate_reply` on it.
+    Raises WireError if the request itself could not be valid (unknown format, bad shape or k): the caller's fault.
     """
+    shape = tuple(int(n) for n in shape)
+    if wire_format in ACT_FORMATS:
+        if not 1 <= len(shape) <= MAX_NDIM or min(shape) < 0:
+            raise WireError(f"activation shape {shape} cannot be sent on the wire")
+        return [(torch.float32 if wire_format == "act32" else torch.float16, shape)]
+    if len(shape) != 2 or min(shape) < 0:
+        raise WireError(f"a distribution request has shape (B, T), got {shape}")
+    B, T = shape
+    if wire_format == "fp32":
+        return [(torch.float32, (B, T, VOCAB))]
+    if wire_format == "fp16":
+        return [(torch.float16, (B, T, VOCAB))]
+    if wire_format == "q8":
+        return [(torch.float32, (B, T)), (torch.float32, (B, T)), (torch.uint8, (B, T, VOCAB))]
+    if wire_format == "topk":
+        if not 1 <= topk < VOCAB:
+            raise WireError(f"topk must be in 1..{VOCAB - 1}, got {topk}")
+        return [(torch.uint8, (B, T, topk)), (torch.float16, (B, T, topk))]
+    raise WireError(f"unknown wire format {wire_format!r}")
+
+
+def reply_nbytes(wire_format: str, shape: tuple[int, ...], topk: int = 16) -> int:
+    """Exact length of an honest reply (see `reply_layout`); the client refuses a longer one before decoding it."""
+    return sum(6 + 4 * len(s) + math.prod(s) * d.itemsize for d, s in reply_layout(wire_format, shape, topk))
+
+
+def decode_layout(buf: bytes | memoryview, layout: list[tuple[torch.dtype, tuple[int, ...]]]) -> list[torch.Tensor]:
+    """Exactly the frames of `layout` filling `buf`; raises WireError on any difference.
+
+    Every header, and the total length, is checked against `layout` before any data is copied, so a reply costs at
+    most the memory its request asked for, whatever its headers claim.
+    """
+    buf, headers, offset = memoryview(buf), [], 0
+    for i, (dtype, shape) in enumerate(layout):
+        code, got, start = _frame_header(buf, offset)
+        if (_DTYPES[code][1], got) != (dtype, shape):
+            raise WireError(f"frame {i} declares {_DTYPES[code][1]} {got}, {dtype} {shape} expected")
+        headers.append((code, got, start))
+        offset = start + _data_nbytes(code, got)
+    if offset != len(buf):
+        raise WireError(f"{len(buf)} bytes, {offset} expected")
+    return [_frame_data(buf, *h) for h in headers]
+
+
+def decode_logp(
+    payload: bytes | memoryview, wire_format: str, batch_shape: tuple[int, int], topk: int = 16
+) -> torch.Tensor:
+    """Decode the reply to a (B, T) = `batch_shape` request (with `topk` for the topk format) to float32 log-probs
+    (B, T, 256); raises MaliciousReply, before allocating anything, if the payload is not laid out for that request.
+
+    The result is not yet validated: call `validate_reply` on it. A bad `wire_format`/`batch_shape`/`topk` raises
+    WireError (the caller's mistake, not the peer's).
+    """
+    if wire_format not in DIST_FORMATS:
+        raise WireError(f"unknown distribution wire format {wire_format!r}")
+    layout = reply_layout(wire_format, batch_shape, topk)
     try:
-        if wire_format == "fp32":
-            (x,) = decode_frames(payload, 1)
-            _expect(x, torch.float32, 3)
-            return x
-        if wire_format == "fp16":
-            (x,) = decode_frames(payload, 1)
-            _expect(x, torch.float16, 3)
-            x = x.float()
-            lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, T, 1)
-            if not bool(torch.isfinite(lse).all()) or _max_abs(lse) > FP16_LOOSE_TOL:
-                raise MaliciousReply("fp16 rows are not normalized (beyond fp16 rounding)")
-            return x - lse  # undo the rounding drift only
-        if wire_format == "q8":
-            offset, step, q = decode_frames(payload, 3)
-            _expect(q, torch.uint8, 3)
-            _expect(offset, torch.float32, 2)
-            _expect(step, torch.float32, 2)
-            if offset.shape != q.shape[:2] or step.shape != q.shape[:2]:
-                raise MaliciousReply("q8 offset/step shapes do not match the quantized rows")
-            return offset.unsqueeze(-1) + q.float() * step.unsqueeze(-1)  # (B, T, 256)
-        if wire_format == "topk":
-            ids, vals = decode_frames(payload, 2)
-            _expect(ids, torch.uint8, 3)
-            _expect(vals, torch.float16, 3)
-            if ids.shape != vals.shape or not 1 <= ids.shape[-1] < VOCAB:
-                raise MaliciousReply(f"topk ids {tuple(ids.shape)} and values {tuple(vals.shape)} do not match")
-            B, T, k = ids.shape
-            ids = ids.long()
-            seen = torch.zeros(B, T, VOCAB, dtype=torch.int32).scatter_add_(
-                -1, ids, torch.ones_like(ids, dtype=torch.int32)
-            )
-            if bool((seen > 1).any()):
-                raise MaliciousReply("topk ids repeat within a row")
-            vals = vals.double()
-            rest = -torch.expm1(torch.logsumexp(vals, dim=-1, keepdim=True))  # (B, T, 1) mass left for the others
-            if not bool((rest > 0).all()):
-                raise MaliciousReply("topk mass is 1 or more (or not finite), nothing left for the other bytes")
-            logp = (torch.log(rest) - math.log(VOCAB - k)).expand(B, T, VOCAB).clone()  # (B, T, 256)
-            logp.scatter_(-1, ids, vals)
-            return logp.float()
+        frames = decode_layout(payload, layout)
     except WireError as e:
-        raise MaliciousReply(f"{wire_format} payload malformed: {e}") from None
-    raise WireError(f"unknown distribution wire format {wire_format!r}")
+        raise MaliciousReply(f"{wire_format} reply malformed for a {batch_shape} request: {e}") from None
+    return _DIST_DECODERS[wire_format](*frames)
+
+
+def _from_fp16(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, T, 1)
+    if not bool(torch.isfinite(lse).all()) or _max_abs(lse) > FP16_LOOSE_TOL:
+        raise MaliciousReply("fp16 rows are not normalized (beyond fp16 rounding)")
+    return x - lse  # undo the rounding drift only
+
+
+def _from_q8(offset: torch.Tensor, step: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return offset.unsqueeze(-1) + q.float() * step.unsqueeze(-1)  # (B, T, 256)
+
+
+def _from_topk(ids: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """Spread the mass the top k leave uniformly over the other 256 - k bytes; ids must not repeat within a row."""
+    B, T, k = ids.shape
+    ids = ids.long()
+    ranked = ids.sort(dim=-1).values  # (B, T, k): a repeat shows up as equal neighbours
+    if bool((ranked[..., 1:] == ranked[..., :-1]).any()):
+        raise MaliciousReply("topk ids repeat within a row")
+    vals = vals.double()
+    rest = -torch.expm1(torch.logsumexp(vals, dim=-1, keepdim=True))  # (B, T, 1) mass left for the others
+    if not bool((rest > 0).all()):
+        raise MaliciousReply("topk mass is 1 or more (or not finite), nothing left for the other bytes")
+    logp = (torch.log(rest) - math.log(VOCAB - k)).float().expand(B, T, VOCAB).clone()  # (B, T, 256)
+    return logp.scatter_(-1, ids, vals.float())
+
+
+_DIST_DECODERS = {"fp32": lambda x: x, "fp16": _from_fp16, "q8": _from_q8, "topk": _from_topk}
 
 
 def encode_activations(x: torch.Tensor, wire_format: str) -> bytes:
@@ -204,16 +269,15 @@ def encode_activations(x: torch.Tensor, wire_format: str) -> bytes:
 
 
 def decode_activations(payload: bytes | memoryview, wire_format: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Float32 activations of exactly `shape`, all finite; raises MaliciousReply otherwise."""
-    want = torch.float32 if wire_format == "act32" else torch.float16
+    """Float32 activations of exactly `shape`, all finite; raises MaliciousReply (before allocating, if the layout
+    is wrong) otherwise."""
+    if wire_format not in ACT_FORMATS:
+        raise WireError(f"unknown activation wire format {wire_format!r}")
+    layout = reply_layout(wire_format, shape)
     try:
-        (x,) = decode_frames(payload, 1)
+        (x,) = decode_layout(payload, layout)
     except WireError as e:
-        raise MaliciousReply(f"{wire_format} payload malformed: {e}") from None
-    if x.dtype != want:
-        raise MaliciousReply(f"activations have dtype {x.dtype}, {want} expected for {wire_format}")
-    if tuple(x.shape) != tuple(shape):
-        raise MaliciousReply(f"activations have shape {tuple(x.shape)}, {tuple(shape)} expected")
+        raise MaliciousReply(f"{wire_format} reply malformed for shape {tuple(shape)}: {e}") from None
     x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise MaliciousReply("activations contain NaN or infinity")
@@ -241,11 +305,6 @@ def validate_reply(logp: torch.Tensor, batch_shape: tuple[int, int], tol: float 
     return logp
 
 
-def _expect(x: torch.Tensor, dtype: torch.dtype, ndim: int) -> None:
-    if x.dtype != dtype or x.dim() != ndim:
-        raise MaliciousReply(f"frame is {x.dtype} with {x.dim()} dims, {dtype} with {ndim} expected")
-
-
 def wire_cost(logp: torch.Tensor, targets: torch.Tensor, topk: int = 16) -> dict[str, dict[str, float]]:
     """Bytes per position on the wire and bits-per-byte of `targets` under each decoded format vs fp32.
 
@@ -257,7 +316,7 @@ def wire_cost(logp: torch.Tensor, targets: torch.Tensor, topk: int = 16) -> dict
     base = None
     for fmt in DIST_FORMATS:
         payload = encode_logp(logp, fmt, topk=topk)
-        dec = validate_reply(decode_logp(payload, fmt), (B, T))
+        dec = validate_reply(decode_logp(payload, fmt, (B, T), topk), (B, T))
         bits, n = bits_per_byte(dec, targets.long())
         bpb = bits / n
         base = bpb if base is None else base

@@ -2,7 +2,9 @@
 
 - copycat: serves another expert's outputs, fetched live through the ordinary client, plus tiny noise, hoping to
   share that expert's reward without training anything;
-- noise: serves random distributions (the cheapest way to look busy).
+- noise: serves random distributions (the cheapest way to look busy);
+- peek: reads the byte it is asked to predict from the request itself and puts its mass there (no model at all);
+  only a causality audit (moe.poi.causality) tells it from a superb expert.
 
 Validators must give both (near) zero weight. Results go to `<run_dir>/adversaries/<kind>/result.json` with the
 same fields as an honest expert's, plus `adversary`.
@@ -15,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moe.corpus.tokens import subnet_tokens
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ADVERSARIES = ("copycat", "noise")
+ADVERSARIES = ("copycat", "noise", "peek")
 """The attacks `role=adversary adversary=KIND` (and the local network's `adversaries=`) can run."""
 
 
@@ -56,6 +59,34 @@ class NoiseLM(nn.Module):
 
     def __deepcopy__(self, memo: dict) -> NoiseLM:
         return self  # the server keeps two "copies"; a generator is fine to share
+
+
+class PeekLM(nn.Module):
+    """Puts `mass` of each position's distribution on the byte that follows it in the request, at a `fraction` of
+    positions chosen by a hash of the last bytes seen (so the same prefix is always treated the same way); uniform
+    elsewhere. The last position has nothing to peek at."""
+
+    def __init__(self, fraction: float = 1.0, mass: float = 0.99):
+        super().__init__()
+        self.fraction, self.mass = fraction, mass
+
+    def peeks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the positions this peeker cheats at, a function of x[:t+1] only."""
+        B, T = x.shape
+        h = torch.zeros_like(x)
+        for lag, mult in enumerate((2654435761, 40503, 9973, 131)):
+            h = h + mult * F.pad(x, (lag, 0))[:, :T]
+        h = h + 7919 * torch.arange(T)
+        return (h % 10007).float() < self.fraction * 10007
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T = x.shape
+        p = torch.full((B, T, 256), (1 - self.mass) / 256)
+        nxt = F.pad(x[:, 1:], (0, 1))  # (B, T); the last position's "next byte" is unknown
+        peek = self.peeks(x) & (torch.arange(T) < T - 1)
+        p.scatter_add_(-1, nxt.clamp(0, 255).unsqueeze(-1), (self.mass * peek.float()).unsqueeze(-1))
+        p[~peek] = 1 / 256
+        return p.log()
 
 
 class RelayLM(nn.Module):
@@ -101,6 +132,8 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             client = SyncExpertClient(dataclasses.replace(cfg.router.client, wire_format="fp32"), dht=dht)
             module: nn.Module = RelayLM(client, PeerID.from_base58(victim.peer_id), seed=cfg.seed)
             logger.info("copycat relays expert %s", victim.hotkey[:16])
+        elif kind == "peek":
+            module = PeekLM()
         else:
             module = NoiseLM(cfg.seed)
         server = ExpertServer(module, serving_config(net), dht=dht).start()

@@ -28,6 +28,8 @@ class Stream(IntEnum):
     """The solo and dense baselines' training batches."""
     ROUTER = 3000
     """The gate's training batches on the routing split."""
+    ROUTER_AUDIT = 3100
+    """The router's causality audit: windows of the routing split, their twins' donors, where twins go."""
 
 
 def setup_logging(logs_dir: Path, name: str, console_level: int = logging.WARNING) -> None:

@@ -89,6 +89,11 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         seq_len = cfg.expert_train.seq_len
         route_tokens = [subnet_tokens(subnets[s], "route", cfg.data) for s in cfg.subnets]
         blend = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER)(0)
+        if rc.audit_twins:
+            status.update(phase="auditing")
+            audit = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER_AUDIT)(0)
+            (x, _), (donors, _) = next(audit), next(audit)
+            mixture.audit_causality(x, donors, seed=cfg.seed + Stream.ROUTER_AUDIT)
         tracker = Tracker(cfg.wandb, layout.root, "router", {"router": asdict(rc)}, group=cfg.run_id)
         status.update(phase="training gate")
         t0 = time.perf_counter()
@@ -120,6 +125,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
                 "train_seconds": train_seconds,
                 "experts": [e.key for e in mixture.entries()],
                 "distrusted": sorted(mixture.distrusted()),
+                "flagged": mixture.flagged,
+                "noncausal": sorted(mixture.noncausal),
                 "trust": mixture.trust,
                 "faults": [f"{f.peer_id}: {f.reason}" for f in mixture.faults()],
                 "wire_format": rc.client.wire_format,

@@ -71,7 +71,7 @@ class RunConfig:
     validator_stakes_tao: list[float] = field(default_factory=lambda: [1000.0, 300.0])
     """The local network starts one validator per stake (TAO) after the router; empty starts none."""
     adversaries: list[str] = field(default_factory=list)
-    """Adversarial experts the local network adds (see moe.roles.adversary for the kinds)."""
+    """Adversarial experts the local network adds (see moe.roles.adversary for the kinds; `all` for every one)."""
     timeouts: PhaseTimeouts = field(default_factory=PhaseTimeouts)
 
     def __post_init__(self):
@@ -81,6 +81,8 @@ class RunConfig:
             raise ValueError(f"role={self.role} needs subnet=NAME")
         if self.role == "adversary" and not self.adversary:
             raise ValueError(f"role=adversary needs adversary=KIND ({', '.join(ADVERSARIES)})")
+        if self.adversaries == ["all"]:
+            self.adversaries = list(ADVERSARIES)
         bad = [a for a in [*self.adversaries, *([self.adversary] if self.adversary else [])] if a not in ADVERSARIES]
         if bad:
             raise ValueError(f"unknown adversary {bad[0]!r}; known: {', '.join(ADVERSARIES)}")

@@ -86,6 +86,8 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
             else None
         )
     summary.update(validation_summary(layout, experts))
+    for e in experts:
+        e["flags"] = summary.get("flags", {}).get(e["hotkey"], [])
     summary["checks"] = _checks(summary)
     summary["checks"].update(validation_checks(summary))
     return summary

@@ -36,10 +36,20 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
         "contribution": contribution,
         "weights": {r["hotkey"]: r["weights"] for r in results},
         "validators": [{"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"]} for r in results],
+        "flags": _flags_by_expert(results),
     }
     if layout.ledger.is_file():
         out.update(_ledger_figures(layout.ledger, [e["hotkey"] for e in experts]))
     return out
+
+
+def _flags_by_expert(results: list[dict]) -> dict[str, list[str]]:
+    """Hotkey → every reason any validator flagged it for (experts nobody flagged are left out)."""
+    flags: dict[str, set[str]] = {}
+    for r in results:
+        for hk, reasons in r["flags"].items():
+            flags.setdefault(hk, set()).update(reasons)
+    return {hk: sorted(reasons) for hk, reasons in sorted(flags.items())}
 
 
 def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
@@ -88,7 +98,10 @@ def validation_checks(s: dict[str, Any]) -> dict[str, Any]:
     miners = s["ledger"]["miner_emission_tao"]
     adv = sum(s["rewards"].get(hk, 0.0) for hk in adversaries)
     share = adv / miners if miners > 0 else math.nan
+    flagged = s.get("flags", {})
     return {
+        "no_honest_expert_flagged": not any(hk in flagged for hk in honest),
+        **({"every_adversary_flagged": all(hk in flagged for hk in adversaries)} if adversaries else {}),
         "rewards_spearman_honest": None if math.isnan(rho) else round(rho, 4),
         "rewards_rank_like_contributions": (not math.isnan(rho)) and round(rho, 9) >= MIN_SPEARMAN,
         "adversaries_emission_share": None if math.isnan(share) else round(share, 6),

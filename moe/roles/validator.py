@@ -3,16 +3,20 @@
 Each epoch the validator commits to a fresh secret seed in the DHT (`hivemoe/validators/commits`) before querying
 anyone, draws evaluation windows from the subnets' validation splits with that seed, and sends them to every
 discovered expert through the same client and request path the router uses (an expert cannot tell the two apart).
-From the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
-earlier-registered expert, timeouts) and computes exact Shapley contributions of the remaining experts to the
-mixture's bits-per-byte saving; the validator turns them into u16 weights over the experts' ledger uids, publishes a
-signed `WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone can re-draw the windows and
-check them with `check_windows`. Experts that never answer are simply absent (zero weight); nothing an expert sends
-can crash the validator. Results go to `<run_dir>/validators/<name>/result.json`.
+Spliced twins of those windows go out shuffled among them (a causality audit, `moe.poi.causality`: an
+expert that reads the byte it predicts is flagged `noncausal`). From the replies `moe.poi.epoch.score_experts`
+flags cheats (malformed, uninformative, copies of an earlier-registered expert, timeouts) and computes exact
+Shapley contributions of the remaining experts to the mixture's bits-per-byte saving; the validator turns them
+into u16 weights over the experts' ledger uids, publishes a signed `WeightSubmission`
+(`hivemoe/validators/weights`) and reveals the seed, so anyone can re-draw the windows (and twins) and check them
+with `check_windows`. Experts that never answer are simply absent (zero weight); nothing an expert sends can crash
+the validator. Results go to `<run_dir>/validators/<name>/result.json`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,11 +32,13 @@ from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.ledger import RAO_PER_TAO, WeightSubmission
 from moe.net.expert_record import ExpertRecord
+from moe.poi.causality import AuditConfig, audited_query
 from moe.poi.cheats import CheatConfig
 from moe.poi.commit import draw_windows, make_commit, new_seed
 from moe.poi.epoch import score_experts
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard
+from moe.routing.window_query import query_windows
 
 if TYPE_CHECKING:
     from moe.corpus import Subnet
@@ -64,37 +70,15 @@ class ValidatorConfig:
     """Seconds a seed commitment (and its reveal) stays in the DHT for anyone to check the windows."""
     cheats: CheatConfig = field(default_factory=CheatConfig)
     """Thresholds of the cheat detectors (noise, copies, timeouts, malformed replies)."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """The causality audit each epoch: spliced twins of the epoch's windows, shuffled among them, catch experts
+    that read the byte they predict (135 twins by default: a 5% peeker is caught with probability 0.999)."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["windows_per_epoch", "seq_len", "batch_size"])
         require_at_least(self, 0, ["epochs", "epoch_interval_seconds"])
         require_positive(self, ["stake_tao", "commit_ttl_seconds", "weights_deadline_fraction"])
         require_between(self, "weights_deadline_fraction", 0.0, 1.0)
-
-
-def query_windows(call, hotkeys: list[str], x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Send (W, T) windows to every expert in batches via `call({hotkey: x}) -> {hotkey: logp}`.
-
-    Returns (E, W, T, 256) float32 log-probs (0 where absent) and (E, W) presence; a reply of the wrong shape or
-    dtype counts as absent (logged), as does an expert that did not answer a batch in time.
-    """
-    W, T = x.shape
-    E = len(hotkeys)
-    dists = torch.zeros(E, W, T, 256)
-    present = torch.zeros(E, W, dtype=torch.bool)
-    for w0 in range(0, W, batch_size):
-        xb = x[w0 : w0 + batch_size]
-        replies = call({hk: xb for hk in hotkeys})
-        for i, hk in enumerate(hotkeys):
-            r = replies.get(hk)
-            if r is None:
-                continue
-            if not isinstance(r, torch.Tensor) or tuple(r.shape) != (xb.shape[0], T, 256) or not r.is_floating_point():
-                logger.warning("expert %s sent a reply of shape %s; windows counted missing", hk[:16], tuple(r.shape))
-                continue
-            dists[i, w0 : w0 + xb.shape[0]] = r.float()
-            present[i, w0 : w0 + xb.shape[0]] = True
-    return dists, present
 
 
 def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -158,12 +142,24 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             x, y, drawn = _windows(val, seed, vc.windows_per_epoch, vc.seq_len)
             records: list[ExpertRecord] = [r for r in mixture.records() if r.hotkey != hotkey.address]
             hotkeys = [r.hotkey for r in records]
-            dists, present = query_windows(mixture.call, hotkeys, x, vc.batch_size)
+            donors = _windows(val, hashlib.sha256(seed + b"audit-donors").digest(), vc.audit.count(), vc.seq_len)[0]
+            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed + b"audit").digest()[:8], "big"))
+            query = functools.partial(query_windows, mixture.call, hotkeys, batch_size=vc.batch_size)
+            dists, present, audit = audited_query(query, x, donors, vc.audit, rng)
+            audit_flags = audit.flags(vc.audit)
             reg = _registration(records, head)
             domains = sorted(val)
             groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
             score = score_experts(
-                hotkeys, reg, dists, y, present, vc.cheats, seed=int.from_bytes(seed[:4], "big"), groups=groups
+                hotkeys,
+                reg,
+                dists,
+                y,
+                present,
+                vc.cheats,
+                seed=int.from_bytes(seed[:4], "big"),
+                groups=groups,
+                audit_flags=audit_flags,
             )
             weights: dict[int, int] = {}
             if lc.enabled and head is not None:
@@ -175,7 +171,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 sub = WeightSubmission.create(hotkey, head.netuid, epoch, uids, ws)
                 publish_weights(dht, hotkey, [sub])
                 weights = dict(zip(sub.uids, sub.weights, strict=True))
-            publish_commit(dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds)
+            publish_commit(dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds, flags=score.flags)
             epochs.append(
                 {
                     "epoch": epoch,
@@ -185,6 +181,10 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                     "contribution": score.contribution,
                     "shapley_bits": score.shapley_bits,
                     "flags": score.flags,
+                    "audit": {
+                        hk: {"twins": int(audit.checked[i]), "violations": int(audit.violations[i])}
+                        for i, hk in enumerate(hotkeys)
+                    },
                     "bpb": score.bpb,
                     "answered": score.answered,
                     "mixture_bpb": score.mixture_bpb,

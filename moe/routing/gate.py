@@ -60,7 +60,7 @@ class Gate(nn.Module):
         self.bias = nn.Parameter(torch.zeros(max_experts))
         self.centroid_scale = nn.Parameter(torch.tensor(20.0))
         self.likelihood_scale = nn.Parameter(torch.tensor(1.0))
-        self.trust_scale = nn.Parameter(torch.tensor(1.0))
+        self.trust_scale = nn.Parameter(torch.tensor(0.25))  # a prior to earn its weight, not to dictate
 
     @property
     def max_experts(self) -> int:

@@ -12,6 +12,7 @@ and its expert slots are saved as safetensors + JSON, so a router restarts with 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -29,9 +31,11 @@ from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
 from moe.net.join import NetworkConfig
+from moe.poi.causality import NONCAUSAL, AuditConfig, audited_query
 from moe.routing.gate import Gate
 from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, gate_loss, route_and_mix
 from moe.routing.signature import SIGNATURE_DIM
+from moe.routing.window_query import query_windows
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +72,20 @@ class RouterConfig:
     generalist: bool = True
     """Always mix in the network's generalist (today its seed, fetched by hash and run locally): it bounds the damage
     on bytes where every chosen specialist fails (markup, another language, a domain nobody serves)."""
+    audit_twins: int = 16
+    """Spliced twins of the router's own sampled audit (moe.poi.causality) before it trusts the experts: catches an
+    expert peeking on every position for certain, on 5% of positions with probability 0.56 (the validators' full
+    audit takes 135); 0 skips it."""
     follow_validators: bool = True
-    """Read the validators' consensus from the ledger head: never call an expert it gives nothing (a flagged cheat
-    or a useless one), and feed each expert's relative share to the gate as a prior it learns to weigh."""
+    """Follow the validators through the DHT: never call an expert a stake majority of them flagged (or that the
+    ledger does not know), and feed each expert's share of the last epoch's incentive to the gate as a prior whose
+    weight the gate learns."""
     client: ClientConfig = field(default_factory=ClientConfig)
     """How the experts are called: timeouts, k_min, wire format, back-off."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches"])
-        require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha"])
+        require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha", "audit_twins"])
         require_between(self, "switch_gate_weight", 0.0, 1.0)
         require_positive(self, ["generalist_share"])
         require_positive(self, ["lr"])
@@ -97,6 +106,10 @@ class Mixture:
         """Hotkey → the validators' consensus share (see `set_trust`); empty trusts every expert equally."""
         self.registered: set[str] | None = None
         """Hotkeys registered on the ledger, when the mixture follows one (None: no ledger, no filter)."""
+        self.flagged: dict[str, list[str]] = {}
+        """Hotkey → reasons, for experts the validators flagged (see `set_trust`)."""
+        self.noncausal: set[str] = set()
+        """Hotkeys this router's own causality audit caught: never routed to again."""
 
     @classmethod
     def from_dht(
@@ -137,43 +150,64 @@ class Mixture:
                 out.append(entry)
         return out
 
-    def set_trust(self, incentive: dict[str, float], registered: set[str] | None = None) -> None:
-        """Follow the validators' consensus (hotkey → share of the miners' emission, as the ledger head carries it)
-        and, when given, the ledger's `registered` hotkeys.
-
-        An expert scored at zero is never called until a later epoch scores it above zero; an expert the ledger does
-        not know is never called; one registered since the last epoch is routed with a neutral prior. If nobody got
-        anything (no weights yet), every registered expert is trusted alike."""
+    def set_trust(
+        self,
+        incentive: dict[str, float],
+        registered: set[str] | None = None,
+        flagged: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Follow the validators: `flagged` experts (hotkey → reasons, by a stake majority) and, when given, hotkeys
+        not in the ledger's `registered` set are never called; `incentive` (hotkey → share of the miners' emission at
+        the last epoch) becomes each expert's prior in the gate. A zero share only lowers the prior: one epoch's
+        sample can miss a specialist's domain, and a cheat is what the flags are for."""
         self.trust = dict(incentive) if any(v > 0 for v in incentive.values()) else {}
         self.registered = None if registered is None else set(registered)
+        self.flagged = dict(flagged or {})
         if self.distrusted():
             logger.info("not routing to experts the validators ruled out: %s", sorted(self.distrusted()))
 
     def routable(self, hotkey: str) -> bool:
-        if self.registered is not None and hotkey not in self.registered:
+        if hotkey in self.noncausal or hotkey in self.flagged:
             return False
-        return self.trust.get(hotkey, 1.0) > 0
+        return self.registered is None or hotkey in self.registered
 
     def distrusted(self) -> set[str]:
-        """Discovered experts the mixture does not call: unregistered on the ledger, or given nothing last epoch."""
+        """Discovered experts the mixture does not call: flagged by the validators, unregistered on the ledger, or
+        caught by the router's own causality audit."""
         return {r.hotkey for r in self.records() if not self.routable(r.hotkey)}
 
     def _log_trust(self, active: set[str]) -> dict[str, float]:
-        """Log of each scored expert's share over the mean share of the scored experts routed to, in [-4, 4]."""
+        """Log of each scored expert's share over the mean share of the scored experts routed to, floored at 5% of
+        the mean (a zero share is an opinion, not a verdict), capped at 20 times it."""
         scored = {hk: self.trust[hk] for hk in active if hk in self.trust}
-        if not scored:
+        mean = sum(scored.values()) / len(scored) if scored else 0.0
+        if mean <= 0:
             return {}
-        mean = sum(scored.values()) / len(scored)
-        return {hk: max(-4.0, min(4.0, math.log(share / mean))) for hk, share in scored.items()}
+        return {hk: math.log(min(20.0, max(0.05, share / mean))) for hk, share in scored.items()}
+
+    def audit_causality(self, x: torch.Tensor, donors: torch.Tensor, seed: int = 0) -> dict[str, str]:
+        """Send the routable experts `x` with `rc.audit_twins` spliced twins (continued from `donors`) shuffled in;
+        experts the audit flags are never routed to again. Returns {hotkey: flag}."""
+        if self.rc.audit_twins == 0:
+            return {}
+        hotkeys = [r.hotkey for r in self.records() if self.routable(r.hotkey)]
+        cfg = AuditConfig(twins=self.rc.audit_twins)
+        query = functools.partial(query_windows, self.call, hotkeys, batch_size=self.rc.batch_size)
+        *_, result = audited_query(query, x, donors, cfg, np.random.default_rng(seed))
+        flags = {hotkeys[i]: reason for i, reason in result.flags(cfg).items()}
+        if flags:
+            logger.warning("causality audit: not routing to %s", {hk[:16]: r for hk, r in flags.items()})
+        self.noncausal |= {hk for hk, reason in flags.items() if reason == NONCAUSAL}
+        return flags
 
     def follow_ledger(self, host: str | None = None) -> bool:
         """Read the ledger head from the DHT and `set_trust` from it; False (nothing changed) when there is none."""
-        from moe.net.ledger_client import read_head
+        from moe.net.ledger_client import flagged_by_validators, read_head
 
         head = read_head(self.dht, host)
         if head is None:
             return False
-        self.set_trust(head.incentive, set(head.uids))
+        self.set_trust(head.incentive, set(head.uids), flagged_by_validators(self.dht, head))
         return True
 
     def call(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 
 import pytest
+import torch
 from hivemind.p2p import PeerID
 
-from moe.net.client import ClientConfig, ExpertClient, FaultReport, PeerHealth, PeerUnavailable
-from moe.net.server import forward_handle
+from moe.net.client import ClientConfig, ExpertClient, FaultReport, PeerHealth, PeerUnavailable, SyncExpertClient
+from moe.net.server import ExpertServer, ServerConfig, forward_handle
 from moe.net.wire import MaliciousReply
 
-from .conftest import X
+from .conftest import X, tiny_lm
+from .test_wire import peak_rss_growth, topk_bomb
 
 
 @pytest.mark.parametrize("mode", ["nan", "shape", "garbage", "unnormalized"])
@@ -111,6 +114,7 @@ def test_config_k_min_zero_waits_for_every_peer_and_one_skips_the_slow(servers, 
         (dict(k_min=-1), "k_min"),
         (dict(timeout_after_k_min_seconds=-0.1), "timeout_after_k_min_seconds"),
         (dict(topk=0), "topk"),
+        (dict(topk=256), "topk"),
         (dict(backoff_cap_seconds=0.0), "backoff_cap_seconds"),
     ],
 )
@@ -158,3 +162,75 @@ def test_unreachable_peer_is_missing_and_backed_off(clients):
         assert client.health.failures(ghost) == 1 and not client.health.available(ghost)
     finally:
         client.health.record_success(ghost)
+
+
+class BombServer(ExpertServer):
+    """A real server whose replies are memory bombs: `mode` "bomb" is a 60 KB topk reply declaring 20000 positions
+    (~87 MB once decoded), "lying_header" a 78-byte one whose header claims a (65535, 65535, 255) id frame."""
+
+    mode = "bomb"
+
+    def _process(self, raw: bytes) -> bytes:
+        if self.mode == "bomb":
+            return topk_bomb(20_000)
+        return b"HMT1" + struct.pack("<BB3I", 2, 3, 65535, 65535, 255) + bytes(64)
+
+
+@pytest.fixture(scope="module")
+def bomber():
+    """A BombServer and two topk clients bootstrapped from it: [0] takes the direct path, [1] only P2P."""
+    server = BombServer(tiny_lm(3), ServerConfig(max_tokens=256)).start()
+    made = []
+    try:
+        for direct in (True, False):
+            made.append(SyncExpertClient(ClientConfig(wire_format="topk", direct=direct), initial_peers=server.maddrs))
+        yield server, made
+    finally:
+        for c in made:
+            c.shutdown()
+        server.shutdown()
+
+
+@pytest.mark.parametrize("mode, reason", [("bomb", "60036 bytes, at most 804"), ("lying_header", "declares")])
+@pytest.mark.parametrize("path", [0, 1], ids=["direct", "p2p"])
+def test_memory_bomb_from_a_real_server_is_a_fault_without_a_big_allocation(bomber, mode, reason, path):
+    """A bomb reply to a (2, 8) topk request is dropped before decoding: a FaultReport naming the size or header,
+    the peer backed off, and the client's peak memory barely moves (before the fix it grew by ~87 MB)."""
+    server, clients = bomber
+    server.mode, client = mode, clients[path]
+    client.health.record_success(server.peer_id)
+    faults, out = len(client.faults), {}
+    grew = peak_rss_growth(lambda: out.update(client.call_many([server.peer_id], X)))
+    assert out == {} and grew < 16 << 20, f"client peak memory grew by {grew} bytes"
+    assert len(client.faults) == faults + 1 and client.faults[-1].peer_id == server.peer_id
+    assert reason in client.faults[-1].reason and client.health.failures(server.peer_id) == 1
+
+
+@pytest.mark.parametrize(
+    "bad, wire_format, reason",
+    [
+        (X.float(), "fp32", "integer"),
+        (X.view(1, 2, 8), "fp32", "integer"),
+        (X + 300, "fp32", "outside"),
+        (X[:, :0], "fp32", "empty"),
+        (torch.zeros(1, 70_000, dtype=torch.long), "fp32", "max_reply_bytes"),  # its fp32 reply would be 72 MB
+        (X, "act32", "float"),
+        (torch.full((2, 8, 4), math.nan), "act32", "NaN"),
+    ],
+    ids=["float", "3d", "ids-over-vocab", "empty", "too-long", "ids-as-activations", "nan-activations"],
+)
+def test_callers_own_bad_input_raises_value_error_and_spares_the_peer(servers, clients, bad, wire_format, reason):
+    """Inputs the caller got wrong raise ValueError from call and call_many; the peer is not called, backed off
+    or reported."""
+    good, client = servers[0], clients[0]
+    served, faults = good.served, len(client.faults)
+    try:
+        with pytest.raises(ValueError, match=reason):
+            client.call(good.peer_id, bad, wire_format=wire_format)
+        with pytest.raises(ValueError, match=reason):
+            client.call_many([good.peer_id], bad, wire_format=wire_format)
+        assert client.health.failures(good.peer_id) == 0 and client.health.available(good.peer_id)
+        assert good.served == served and len(client.faults) == faults
+    finally:
+        client.health.record_success(good.peer_id)
+    assert client.call(good.peer_id, X).shape == (2, 8, 256)

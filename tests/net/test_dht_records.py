@@ -11,7 +11,22 @@ from hivemind.dht.validation import DHTRecord
 from hivemind.utils import MSGPackSerializer, ValueWithExpiration, get_dht_time
 
 from moe.identity import Hotkey
-from moe.net.dht_records import SignedRecordValidator, open_entries, publish_signed, read_signed
+from moe.net.dht_records import (
+    CAP_STEP,
+    CLOCK_SKEW,
+    EXPERTS_RULE,
+    HEAD_KEY,
+    KEY_RULES,
+    MAX_NETUID,
+    SignedRecordValidator,
+    check_entry,
+    dht_id,
+    experts_key,
+    expiration_cap,
+    open_entries,
+    publish_signed,
+    read_signed,
+)
 from moe.net.signed import MalformedRecord, SignedValue
 
 A = Hotkey.from_seed(bytes([1]) * 32)
@@ -27,8 +42,15 @@ def key() -> str:
     return f"test/dht_records/{next(_key)}"
 
 
-def dht_record(subkey, value: bytes, expiration: float) -> DHTRecord:
-    return DHTRecord(b"key-id", MSGPackSerializer.dumps(subkey), MSGPackSerializer.dumps(value), expiration)
+def dht_record(subkey, value: bytes, expiration: float, key: str | None = None) -> DHTRecord:
+    """A record as hivemind hands it to validators: `key` as its DHT id (a foreign one when None)."""
+    key_id = b"key-id" if key is None else dht_id(key)
+    return DHTRecord(key_id, MSGPackSerializer.dumps(subkey), MSGPackSerializer.dumps(value), expiration)
+
+
+HIVEMOE_KEYS = {**KEY_RULES, experts_key(0): EXPERTS_RULE, experts_key(MAX_NETUID): EXPERTS_RULE}
+PLAIN = None
+"""The subkey hivemind's validators see for a plain (non-dictionary) value."""
 
 
 def test_dht_validator_accepts_owner_and_refuses_forgeries():
@@ -130,3 +152,78 @@ def test_real_dht_refuses_a_value_under_another_signers_subkey(module_pair, key)
     forged = SignedValue.sign(A, {"n": 1, "expiration": get_dht_time() + 30}, context="count")
     assert not a.store(key, forged, expiration_time=get_dht_time() + 30, subkey=B.address)
     assert read_signed(b, key, "count") == {}
+
+
+@pytest.mark.parametrize("key", sorted(HIVEMOE_KEYS))
+def test_validator_accepts_only_signed_entries_of_the_keys_own_context(key):
+    """Under every hivemoe key the validator accepts an entry signed for the key's context by the hotkey in its
+    subkey, and refuses plain values, non-address subkeys, other contexts and other signers."""
+    v, rule, now = SignedRecordValidator(), HIVEMOE_KEYS[key], get_dht_time()
+    raw = SignedValue.sign(A, {"expiration": now + 30}, context=rule.context)
+    assert v.validate(dht_record(A.address, raw, now + 30, key))
+    assert not v.validate(dht_record(PLAIN, raw, now + 30, key)), "a plain value would replace the dictionary"
+    assert not v.validate(dht_record(PLAIN, b"junk", now + 30, key))
+    assert not v.validate(dht_record("mallory", raw, now + 30, key))
+    assert not v.validate(dht_record(B.address, raw, now + 30, key))
+    other = SignedValue.sign(A, {"expiration": now + 30}, context="some-other-context")
+    assert not v.validate(dht_record(A.address, other, now + 30, key))
+    bare = SignedValue.sign(A, {"n": 1}, context=rule.context)
+    assert not v.validate(dht_record(A.address, bare, now + 30, key)), "no signed expiration"
+
+
+@pytest.mark.parametrize("key", sorted(HIVEMOE_KEYS))
+def test_validator_caps_expiration_at_the_keys_maximum_ttl(key):
+    """An entry living the key's maximum TTL is accepted; one expiring after the cap, by its DHT expiration or by
+    its signed one, or at a NaN DHT expiration, is refused."""
+    v, rule, now = SignedRecordValidator(), HIVEMOE_KEYS[key], get_dht_time()
+    longest = now + rule.max_ttl
+    assert v.validate(dht_record(A.address, SignedValue.sign(A, {"expiration": longest}, rule.context), longest, key))
+    beyond = expiration_cap(rule, now + 1.0) + 1.0
+    signed_beyond = SignedValue.sign(A, {"expiration": beyond}, context=rule.context)
+    assert not v.validate(dht_record(A.address, signed_beyond, beyond, key))
+    assert not v.validate(dht_record(A.address, signed_beyond, now + 30, key)), "the signed expiration too"
+    assert not v.validate(dht_record(A.address, signed_beyond, float("nan"), key))
+
+
+def test_expiration_cap_is_the_same_within_a_step():
+    """The cap moves in CAP_STEP jumps, so peers whose clocks differ by less than a step agree on it most of the
+    time; it always lies at least max_ttl + CLOCK_SKEW ahead."""
+    start = 1_000 * CAP_STEP
+    caps = {expiration_cap(EXPERTS_RULE, start + dt) for dt in (0.5, 1.0, CAP_STEP / 2, CAP_STEP - 0.5)}
+    assert caps == {start + CAP_STEP + EXPERTS_RULE.max_ttl + CLOCK_SKEW}
+    assert expiration_cap(EXPERTS_RULE, start) == start + EXPERTS_RULE.max_ttl + CLOCK_SKEW
+
+
+def test_check_entry_names_the_reason():
+    """check_entry raises MalformedRecord with a one-line reason naming what is wrong."""
+    now = get_dht_time()
+    rule = KEY_RULES[HEAD_KEY]
+    with pytest.raises(MalformedRecord, match="not a hotkey address"):
+        check_entry(dht_record(PLAIN, b"junk", now + 30, HEAD_KEY), rule, now)
+    raw = SignedValue.sign(A, {"expiration": now + 30}, context="ledger-inbox")
+    with pytest.raises(MalformedRecord, match="context 'ledger-inbox' under a key of 'ledger-head'"):
+        check_entry(dht_record(A.address, raw, now + 30, HEAD_KEY), rule, now)
+
+
+@pytest.mark.parametrize("key", [HEAD_KEY, experts_key(5)])
+def test_publish_signed_refuses_a_ttl_beyond_the_keys_maximum(module_pair, key):
+    """publish_signed raises ValueError naming the key rather than publishing entries every peer would refuse."""
+    with pytest.raises(ValueError, match=key):
+        publish_signed(module_pair[0], key, A, {"n": 1}, "ledger-head", ttl=10 * 365 * 86400.0)
+
+
+@pytest.mark.parametrize("key", sorted(set(HIVEMOE_KEYS) - {experts_key(MAX_NETUID)}))
+def test_guarded_peers_refuse_junk_on_hivemoe_keys(module_pair, key):
+    """Through real guarded peers (their own local store included): a plain value, an entry beyond the key's cap
+    and an entry of another context are all refused, and an honest entry still lands and is read back."""
+    a, b = module_pair
+    rule, now = HIVEMOE_KEYS[key], get_dht_time()
+    ten_years = now + 10 * 365 * 86400.0
+    assert not a.store(key, b"junk", expiration_time=ten_years)
+    assert not b.store(key, b"junk", expiration_time=ten_years)
+    far = SignedValue.sign(C, {"expiration": ten_years}, context=rule.context)
+    assert not a.store(key, far, expiration_time=ten_years, subkey=C.address)
+    other = SignedValue.sign(C, {"expiration": now + 30}, context="some-other-context")
+    assert not a.store(key, other, expiration_time=now + 30, subkey=C.address)
+    assert publish_signed(a, key, B, {"n": 1}, rule.context, ttl=30)
+    assert set(read_signed(b, key, rule.context)) == {B.address}

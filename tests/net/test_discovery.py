@@ -13,6 +13,7 @@ import pytest
 from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from moe.identity import Hotkey
+from moe.net.dht_records import EXPERTS_RULE
 from moe.net.discovery import ExpertDirectory, Heartbeat, announce, discover, experts_key, parse_entries
 from moe.net.expert_record import ExpertRecord
 from moe.net.join import visible_maddrs
@@ -92,17 +93,24 @@ def test_expired_record_disappears(pair, netuid):
     assert wait_until(lambda: discover(b, [netuid]) == [], timeout=6)
 
 
-def test_garbage_is_skipped_and_logged(pair, netuid, caplog):
-    """Malformed values under a subnet's key are skipped with a warning; valid records are still returned."""
+def test_garbage_is_refused_and_valid_records_still_returned(pair, netuid):
+    """Guarded peers refuse malformed values under a subnet's key (readers skip any that slip in, see
+    test_parse_entries_*); valid records are still returned."""
     a, b = pair
     announce(a, make_record(key(5), netuid, uid=5), key(5), ttl=30)
     expiration = get_dht_time() + 30
-    assert a.store(experts_key(netuid), b"not a record", expiration, subkey="mallory")
-    assert a.store(experts_key(netuid), {"nested": 1}, expiration, subkey="eve")
-    caplog.set_level("WARNING", logger="moe.net.discovery")
-    found = discover(b, [netuid])
-    assert [r.uid for r in found] == [5]
-    assert "mallory" in caplog.text and "eve" in caplog.text
+    assert not a.store(experts_key(netuid), b"not a record", expiration, subkey="mallory")
+    assert not a.store(experts_key(netuid), {"nested": 1}, expiration, subkey="eve")
+    assert not a.store(experts_key(netuid), b"plain junk", expiration)
+    assert [r.uid for r in discover(b, [netuid])] == [5]
+
+
+def test_heartbeat_refuses_a_ttl_peers_would_refuse(pair, netuid):
+    """A heartbeat whose ttl exceeds the experts keys' maximum fails at construction, not silently on every beat."""
+    with pytest.raises(ValueError, match="heartbeat ttl"):
+        Heartbeat(pair[0], lambda: make_record(key(5), netuid), key(5), interval=1.0, ttl=EXPERTS_RULE.max_ttl + 1)
+    with pytest.raises(ValueError, match="ttl"):
+        announce(pair[0], make_record(key(5), netuid), key(5), ttl=EXPERTS_RULE.max_ttl + 1)
 
 
 def test_forgery_under_victims_subkey_is_refused_by_honest_nodes(pair, netuid):

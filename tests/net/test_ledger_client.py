@@ -15,6 +15,7 @@ from moe.net.ledger_client import (
     HEAD_CONTEXT,
     HEAD_KEY,
     LedgerHead,
+    flagged_by_validators,
     publish_commit,
     read_head,
 )
@@ -110,15 +111,16 @@ def test_epoch_progress_counts_the_blocks_of_the_current_epoch(tempo):
 
 
 def test_read_head_picks_the_highest_valid_head_and_filters_by_host(module_pair, caplog):
-    """read_head returns the highest valid head (a malformed higher one is logged and skipped), and only the named
-    host's when `host` is given; None when that host published nothing."""
+    """read_head returns the highest valid head (a malformed higher one is logged and skipped; one of another
+    context never gets stored), and only the named host's when `host` is given; None when that host published
+    nothing."""
     a, b = module_pair
     assert read_head(b) is None
     other, forger, stray = (Hotkey.from_seed(bytes([i]) * 32) for i in b"ofs")
     assert publish_signed(a, HEAD_KEY, HOST, head_payload(height=5), HEAD_CONTEXT, ttl=30)
     assert publish_signed(a, HEAD_KEY, other, head_payload(height=9, epoch=4), HEAD_CONTEXT, ttl=30)
     assert publish_signed(a, HEAD_KEY, forger, {"height": 100}, HEAD_CONTEXT, ttl=30)
-    assert publish_signed(a, HEAD_KEY, stray, head_payload(height=200), "ledger-inbox", ttl=30)  # wrong context
+    assert not publish_signed(a, HEAD_KEY, stray, head_payload(height=200), "ledger-inbox", ttl=30)  # refused
     with caplog.at_level(logging.WARNING, logger="moe.net.ledger_client"):
         newest = read_head(b)
     assert (newest.host, newest.height, newest.epoch) == (other.address, 9, 4)
@@ -143,3 +145,23 @@ def test_publish_commit_round_trip_before_and_after_reveal(module_pair):
     got = read_signed(b, COMMITS_KEY, COMMIT_CONTEXT)[validator.address]
     assert got["commit"] == commit and got["seed"] == seed.hex()
     check_reveal(SeedCommit.from_json(got["commit"]), bytes.fromhex(got["seed"]))
+
+
+def test_flagged_by_validators_needs_a_stake_majority_of_revealed_verdicts(module_pair):
+    """An expert is flagged when validators holding over half the stake of those that revealed flag it; a verdict
+    before the reveal, from an unstaked signer or with malformed flags does not count."""
+    a, b = module_pair
+    big, small, unstaked, early = (Hotkey.from_seed(bytes([i]) * 32) for i in (201, 202, 203, 204))
+    cheat, disputed, victim = "c" * 64, "d" * 64, "e" * 64
+    stakes = {big.address: 600, small.address: 400, early.address: 5000}
+    head = LedgerHead.from_payload(HOST.address, head_payload(stakes=stakes))
+    commit = make_commit(big, new_seed(), 3).to_json()
+    assert publish_commit(a, big, commit, b"s" * 32, 30, flags={cheat: ["copy"], disputed: ["timeout"]})
+    assert publish_commit(a, small, commit, b"s" * 32, 30, flags={cheat: ["noncausal"]})
+    assert publish_commit(a, unstaked, commit, b"s" * 32, 30, flags={victim: ["copy"]})
+    assert publish_commit(a, early, commit, None, 30, flags={victim: ["copy"]})  # not revealed yet
+    assert flagged_by_validators(b, head) == {cheat: ["copy", "noncausal"], disputed: ["timeout"]}
+    assert publish_commit(a, small, commit, b"s" * 32, 30, flags={cheat: "all of them"})  # malformed: ignored
+    assert flagged_by_validators(b, head) == {cheat: ["copy"], disputed: ["timeout"]}
+    lone = LedgerHead.from_payload(HOST.address, head_payload(stakes={small.address: 400, big.address: 100}))
+    assert flagged_by_validators(b, lone) == {}  # the only valid verdict holds 100 of the 500 that revealed

@@ -3,6 +3,7 @@ swapping weights under load; the `servers` and `clients` fixtures live in confte
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -13,7 +14,17 @@ from hivemind.proto import runtime_pb2
 from torch import nn
 
 from moe.net.client import ClientConfig, SyncExpertClient
-from moe.net.direct import KEY_BYTES, DirectConnection, RemoteError
+from moe.net.direct import (
+    _REP,
+    _REQ,
+    KEY_BYTES,
+    MAC_BYTES,
+    DirectConnection,
+    DirectError,
+    DirectServer,
+    OversizedReply,
+    RemoteError,
+)
 from moe.net.server import ExpertServer, ServerConfig, forward_handle, info_handle, session_handle
 from moe.net.wire import DIST_FORMATS, encode_request
 
@@ -120,6 +131,47 @@ def test_direct_path_rejects_forged_session_and_requests(servers, clients):
 
     clients[0]._loop.run(scenario(), timeout=20)
     assert clients[0].call(good.peer_id, X).shape == (2, 8, 256)
+
+
+def test_direct_reply_over_the_request_limit_is_blamed_only_when_authentic():
+    """A direct reply longer than its request allows raises OversizedReply when its MAC is right (read, not kept,
+    and the connection stays in step), DirectError when the MAC is forged, and is cut off unread over the cap."""
+
+    async def hundred_kb(payload: bytes) -> bytes:
+        return bytes(100_000)
+
+    async def forger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(20)  # hello
+        _, n = _REQ.unpack(await reader.readexactly(_REQ.size))
+        await reader.readexactly(n + MAC_BYTES)
+        writer.write(_REP.pack(1, 0, 100_000) + bytes(100_000) + os.urandom(MAC_BYTES))  # a MAC nobody computed
+        await writer.drain()
+
+    async def scenario():
+        honest = DirectServer(hundred_kb)
+        await honest.start()
+        fake = await asyncio.start_server(forger, "127.0.0.1", 0)
+        try:
+            key = os.urandom(KEY_BYTES)
+            conn = await DirectConnection.open(honest.host, honest.port, honest.open_session(key), key)
+            with pytest.raises(OversizedReply, match="100000 bytes, at most 804 expected"):
+                await conn.request(b"q", max_reply_bytes=804)
+            assert len(await conn.request(b"q", max_reply_bytes=100_000)) == 100_000
+            conn.max_reply_bytes = 50_000
+            with pytest.raises(DirectError, match="over the 50000 limit"):
+                await conn.request(b"q", max_reply_bytes=804)
+            conn.close()
+            port = fake.sockets[0].getsockname()[1]
+            conn = await DirectConnection.open("127.0.0.1", port, os.urandom(16), key)
+            with pytest.raises(DirectError, match="authentication"):
+                await conn.request(b"q", max_reply_bytes=804)
+            conn.close()
+        finally:
+            await honest.stop()
+            fake.close()
+            await fake.wait_closed()
+
+    asyncio.run(scenario())
 
 
 def test_hidden_expert_serves_activations():

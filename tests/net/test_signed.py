@@ -9,6 +9,7 @@ import pytest
 
 from moe.identity import Hotkey
 from moe.net.signed import (
+    MAGIC,
     MAX_VALUE_BYTES,
     MalformedRecord,
     SignedValue,
@@ -144,6 +145,27 @@ def test_check_float_refuses_infinity_even_within_infinite_bounds():
     """Infinity is refused even when the bounds themselves are infinite."""
     with pytest.raises(MalformedRecord, match="^bpb"):
         check_float("bpb", math.inf, -math.inf, math.inf)
+
+
+@pytest.mark.parametrize("v", [10**400, -(10**400)], ids=["1e400", "-1e400"])
+def test_check_float_refuses_integers_too_large_for_a_float(v):
+    """An integer beyond float range is refused with MalformedRecord naming the field, not an OverflowError."""
+    with pytest.raises(MalformedRecord, match="^bpb"):
+        check_float("bpb", v, -math.inf, math.inf)
+
+
+def signed_body(hotkey: Hotkey, body: bytes, context: str = "value") -> bytes:
+    """A correctly signed value whose JSON body is exactly `body`, bypassing SignedValue.sign's encoder."""
+    signed = bytes([len(context)]) + context.encode() + body
+    return MAGIC + hotkey.public_bytes + hotkey.sign(signed) + signed
+
+
+@pytest.mark.parametrize("body", [b'{"x":1e400}', b'{"x":-1e400}', b'{"x":[1E999]}', b'{"x":Infinity}', b'{"x":NaN}'])
+def test_non_finite_numbers_in_a_signed_body_are_malformed(body):
+    """A signed body whose numbers overflow to infinity (or spell NaN/Infinity) opens as MalformedRecord, never as
+    another exception from re-encoding it."""
+    with pytest.raises(MalformedRecord, match="non-finite"):
+        SignedValue.open_any(signed_body(A, body))
 
 
 def test_check_address_accepts_a_hotkey_address():

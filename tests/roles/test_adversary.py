@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.client import ClientConfig, PeerUnavailable, SyncExpertClient
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
 from moe.net.server import ExpertServer, ServerConfig
-from moe.roles.adversary import ADVERSARIES, NoiseLM, RelayLM
+from moe.roles.adversary import ADVERSARIES, NoiseLM, PeekLM, RelayLM
 from moe.roles.run_config import RunConfig
 from moe.roles.serving import close_all
 
@@ -119,3 +120,21 @@ def test_adversary_config_is_checked(kwargs, message):
         RunConfig(**kwargs)
     for kind in ADVERSARIES:
         RunConfig(role="adversary", subnet="code", adversary=kind)
+
+
+def test_adversaries_all_names_every_kind():
+    """`adversaries=all` runs every attack the adversary role knows."""
+    assert RunConfig(adversaries=["all"]).adversaries == list(ADVERSARIES)
+
+
+def test_peek_lm_reads_the_next_byte_from_the_request_at_the_chosen_positions():
+    """A full peeker puts 99% on the byte that follows each position (the last has none); a 5% one does so on about
+    5% of positions, the same ones for the same prefix, and is uniform elsewhere."""
+    x = torch.randint(0, 256, (64, 32), generator=torch.Generator().manual_seed(0))
+    logp = PeekLM(fraction=1.0)(x)
+    picked = logp[:, :-1].gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).exp()
+    assert picked.min() > 0.99 and torch.allclose(logp[:, -1], torch.full((64, 256), -math.log(256)))
+    sparse = PeekLM(fraction=0.05)
+    peeks = sparse.peeks(x)[:, :-1]
+    assert 0.03 < peeks.float().mean() < 0.07
+    assert torch.equal(sparse.peeks(x[:, :10]), sparse.peeks(x)[:, :10])  # decided by the prefix alone

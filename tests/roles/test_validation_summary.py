@@ -126,7 +126,27 @@ def test_checks_of_an_honest_ledger(tmp_path):
     assert c["rewards_spearman_honest"] == 1.0 and c["rewards_rank_like_contributions"] is True
     assert c["adversaries_emission_share"] == 0.0 and c["adversaries_below_1pct"] is True
     assert c["ledger_verifies"] is True
+    assert c["every_adversary_flagged"] is True and c["no_honest_expert_flagged"] is True
     assert c["mixture_beats_every_expert"] is True  # the summary's own checks are kept alongside
+
+
+def test_flags_of_every_validator_reach_each_expert_and_the_checks(tmp_path):
+    """Each expert carries every reason any validator flagged it for; a flagged honest expert fails
+    no_honest_expert_flagged, an adversary nobody flagged fails every_adversary_flagged."""
+    cfg, layout = write_run(tmp_path, [{h: 1 / 3 for h in HONEST}] * 2, ledger_weights=[1.0, 2.0, 3.0, 0.0])
+    s = build_summary(cfg, layout, 0.0)
+    assert [e["flags"] for e in s["experts"]] == [[], [], [], ["noise"]]
+    path = layout.validator("validator-1") / RESULT
+    result = json.loads(path.read_text())
+    result["flags"] = {HONEST[1]: ["timeout"], MINERS[3].address: ["copy"]}
+    write_json(path, result)
+    s = build_summary(cfg, layout, 0.0)
+    assert [e["flags"] for e in s["experts"]] == [[], ["timeout"], [], ["copy", "noise"]]
+    assert s["checks"]["no_honest_expert_flagged"] is False and s["checks"]["every_adversary_flagged"] is True
+    for i in range(2):
+        path = layout.validator(f"validator-{i}") / RESULT
+        write_json(path, {**json.loads(path.read_text()), "flags": {}})
+    assert build_summary(cfg, layout, 0.0)["checks"]["every_adversary_flagged"] is False
 
 
 def test_checks_flag_a_paid_adversary_and_misranked_rewards(tmp_path):

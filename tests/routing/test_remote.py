@@ -23,14 +23,15 @@ from moe.net.discovery import announce
 from moe.net.expert_record import ExpertRecord
 from moe.net.join import NetworkConfig, start_bootstrap_dht, start_dht, visible_maddrs
 from moe.net.server import ExpertServer, ServerConfig
+from moe.roles.adversary import PeekLM
 from moe.routing.mixing import gate_loss, local_caller, route_and_mix
 from moe.routing.remote import Mixture, RouterConfig
 from moe.routing.signature import SIGNATURE_DIM
 
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
-HONEST, EVIL, EMPTY, COPY = 1201, 1202, 1203, 1204
-"""Netuids: two honest experts, one expert that answers garbage, a subnet nobody serves, and a copycat's record
-naming the first honest expert's peer."""
+HONEST, EVIL, EMPTY, COPY, PEEK = 1201, 1202, 1203, 1204, 1205
+"""Netuids: two honest experts, one expert that answers garbage, a subnet nobody serves, a copycat's record
+naming the first honest expert's peer, and an expert that reads the byte it predicts from the request."""
 P = 8  # probe length
 ROUTER = RouterConfig(
     k_best=1, probe_len=P, d_gate=16, lr=1e-2, client=ClientConfig(wire_format="fp32", forward_timeout_seconds=20.0)
@@ -103,8 +104,8 @@ def expert_record(hotkey: Hotkey, uid: int, netuid: int, peer_id: str, signature
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    """A bootstrap peer, three expert peers (two honest ByteLMs on HONEST, a garbage server on EVIL) and a router
-    peer, all on loopback; every server and DHT is shut down and every child process reaped afterwards."""
+    """A bootstrap peer, four expert peers (two honest ByteLMs on HONEST, a garbage server on EVIL, a peeker on PEEK)
+    and a router peer, all on loopback; every server and DHT is shut down and every child process reaped afterwards."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     dhts: list[hivemind.DHT] = []
     servers: list[ExpertServer] = []
@@ -112,14 +113,16 @@ def net() -> Iterator[Net]:
         dhts.append(start_bootstrap_dht())
         peers = visible_maddrs(dhts[0])
         models = {}
-        for i, (cls, netuid) in enumerate(((ExpertServer, HONEST), (ExpertServer, HONEST), (GarbageServer, EVIL))):
+        kinds = ((ExpertServer, HONEST), (ExpertServer, HONEST), (GarbageServer, EVIL), (ExpertServer, PEEK))
+        for i, (cls, netuid) in enumerate(kinds):
             if i:  # the bootstrap peer serves the first expert, each other expert gets a peer of its own
                 dhts.append(start_dht(peers))
-            model, hotkey = tiny_lm(i), Hotkey.from_seed(bytes([40 + i]) * 32)
+            model = PeekLM() if netuid == PEEK else tiny_lm(i)
+            hotkey = Hotkey.from_seed(bytes([40 + i]) * 32)
             servers.append(cls(model, ServerConfig(max_tokens=1024), dht=dhts[-1]).start())
             record = expert_record(hotkey, i, netuid, servers[-1].peer_id.to_base58(), centroid(i))
             assert announce(dhts[-1], record, hotkey, ttl=600)
-            if cls is ExpertServer:
+            if netuid == HONEST:
                 models[hotkey.address] = model
         stray = Hotkey.from_seed(bytes([49]) * 32)  # announced with a centroid of the wrong size: not an expert
         record = expert_record(stray, 9, HONEST, servers[0].peer_id.to_base58(), [0.5] * 16)
@@ -286,16 +289,16 @@ def test_record_naming_another_experts_peer_cannot_break_the_mixture(net):
         mix.shutdown()
 
 
-def test_an_expert_the_validators_gave_nothing_is_never_called(net, mixture):
-    """After set_trust gives one honest expert a zero share, no request reaches its peer (probe or chosen round) and
-    the mixture equals the in-process reference over the other expert alone; the scored one carries log 1 = 0."""
+def test_an_expert_the_validators_flagged_is_never_called(net, mixture):
+    """After set_trust flags one honest expert, no request reaches its peer (probe or chosen round) and the mixture
+    equals the in-process reference over the other expert alone, whose prior is its share over the mean: log 1."""
     dropped, kept = sorted(net.models)
     asked = []
     call_many = mixture.client.call_many
-    mixture.client.call_many = lambda peers, inputs: asked.extend(p.to_base58() for p in peers) or call_many(
-        peers, inputs
+    mixture.client.call_many = lambda peers, inputs: (
+        asked.extend(p.to_base58() for p in peers) or call_many(peers, inputs)
     )
-    mixture.set_trust({dropped: 0.0, kept: 0.7})
+    mixture.set_trust({dropped: 0.3, kept: 0.7}, flagged={dropped: ["copy"]})
     assert mixture.distrusted() == {dropped}
     entries = mixture.entries()
     assert [(e.key, e.log_trust) for e in entries] == [(kept, 0.0)]
@@ -308,12 +311,16 @@ def test_an_expert_the_validators_gave_nothing_is_never_called(net, mixture):
 
 
 def test_trust_reaches_the_gate_as_a_relative_log_share(net, mixture):
-    """Scored experts carry log(share / mean share); with no positive share at all (no weights yet) everyone is
-    trusted alike; a share for a hotkey that is not online changes nobody's prior."""
+    """Scored experts carry log(share / mean share), a zero share floored at 5% of the mean (it lowers the prior but
+    excludes nobody); with no positive share at all (no weights yet) everyone is trusted alike; a share for a hotkey
+    that is not online changes nobody's prior."""
     a, b = sorted(net.models)
     mixture.set_trust({a: 0.2, b: 0.6, "f" * 64: 0.2})
     trust = {e.key: e.log_trust for e in mixture.entries()}
     assert trust == pytest.approx({a: math.log(0.5), b: math.log(1.5)})
+    mixture.set_trust({a: 0.0, b: 0.6})
+    trust = {e.key: e.log_trust for e in mixture.entries()}
+    assert mixture.distrusted() == set() and trust == pytest.approx({a: math.log(0.05), b: math.log(2.0)})
     mixture.set_trust({a: 0.0, b: 0.0})
     assert mixture.distrusted() == set() and {e.log_trust for e in mixture.entries()} == {0.0}
 
@@ -326,6 +333,28 @@ def test_an_expert_the_ledger_does_not_know_is_never_routed(net, mixture):
     assert mixture.distrusted() == {a} and [e.key for e in mixture.entries()] == [b]
     mixture.set_trust({a: 0.5}, registered={a, b})
     assert {e.key: e.log_trust for e in mixture.entries()} == {a: 0.0, b: 0.0}
+
+
+def test_the_routers_audit_drops_a_peeking_expert(net):
+    """The router's sampled causality audit over the live experts flags the peeker `noncausal` and nobody else; from
+    then on the peeker is out of the mixture's entries and no request reaches its peer."""
+    mix = Mixture.from_dht(net.peers, [HONEST, PEEK], ROUTER, NETWORK, dht=net.router_dht)
+    try:
+        mix.wait_for_experts(4, timeout=30)
+        peeker = next(r for r in mix.records() if r.netuid == PEEK)
+        x, donors = byte_batch(8, 20, seed=5), byte_batch(8, 20, seed=6)
+        assert peeker.hotkey in {e.key for e in mix.entries()}
+        assert mix.audit_causality(x, donors) == {peeker.hotkey: "noncausal"}
+        assert {e.key for e in mix.entries()} == set(net.models)
+        asked = []
+        call_many = mix.client.call_many
+        mix.client.call_many = lambda peers, inputs: (
+            asked.extend(p.to_base58() for p in peers) or call_many(peers, inputs)
+        )
+        mix.log_probs(byte_batch(seed=7))
+        assert asked and peeker.peer_id not in asked
+    finally:
+        mix.shutdown()
 
 
 def test_log_probs_without_experts_raises(net):
