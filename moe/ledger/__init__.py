@@ -16,11 +16,14 @@ Typical use by nodes (all amounts are integer rao, 1 TAO = 10**9 rao)::
 wrong netuid, unknown uid, stale epoch, rate limit, insufficient balance); rejected records are never stored.
 Every `tempo` blocks each subnet runs `yuma_epoch` on the signed weights and stakes and pays its pending emission:
 miners by incentive, validators by dividends. `verify_ledger(path)` (or `hivemoe ledger verify PATH`) re-derives
-everything and names the first bad block (on long ledgers it checks signatures in one worker process per core).
+everything and names the first bad block (on long ledgers it checks signatures in one worker process per core);
+crafted content (NaN, huge or deeply nested values, wrong types) is a named bad block or a rejected record, never an
+exception. A file cannot vouch for its own genesis: pin it with `verify_ledger(path, genesis=...)` or
+`genesis_hash=genesis_block(config).hash` (`Ledger.open` takes the same pins).
 `ledger.state` is a live object updated in place by later blocks; `ledger.state.copy()` keeps a snapshot.
 """
 
-from moe.ledger.chain import Block, Ledger, LedgerError
+from moe.ledger.chain import Block, Ledger, LedgerError, genesis_block
 from moe.ledger.emission import BLOCK_TIME_SECONDS, MAX_SUPPLY_RAO, RAO_PER_TAO, block_emission, split_emission
 from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import RecordError
@@ -42,6 +45,7 @@ __all__ = [
     "WeightSubmission",
     "YumaResult",
     "block_emission",
+    "genesis_block",
     "split_emission",
     "to_u16",
     "verify_ledger",

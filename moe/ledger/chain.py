@@ -4,6 +4,8 @@ Each block is written in one SQLite transaction (WAL journal), so a crash or `ki
 progress and the file always verifies. Peers' records go through `submit`, which checks them against the state the
 next block will have and rejects (logs, never stores) anything invalid; `produce_block` then writes the accepted
 records plus the ledger's own emission and epoch records. State is derived by replaying blocks, never edited.
+Stored blocks are parsed strictly (no NaN or Infinity, exact types), so a crafted file is refused block by block
+with a reason, never with an exception; the genesis can be pinned by config or by hash (`genesis_mismatch`).
 
 Speed: accepted records are applied to the live state at once (the state's undo journal takes back a rejected
 record, a failed block write, or the queue when a caller reads the committed state), and each block's records are
@@ -24,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe.identity import Hotkey
+from moe.ledger.fields import describe, exactly_equal, is_hex, strict_json
 from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import (
+    SIGNED_KINDS,
     Record,
     RecordError,
+    check_signed,
     pow_registration_record,
     registration_record,
     stake_record,
@@ -120,7 +125,10 @@ class Block:
                     return True
             except (UnicodeEncodeError, TypeError, ValueError):
                 pass
-        return self.compute_hash() == self.hash
+        try:
+            return self.compute_hash() == self.hash
+        except (TypeError, ValueError, RecursionError):  # NaN, a huge int or deep nesting: no canonical form
+            return False
 
 
 def connect(path: str | os.PathLike, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -133,15 +141,16 @@ def connect(path: str | os.PathLike, synchronous: str = "FULL") -> sqlite3.Conne
 
 
 def read_blocks(conn: sqlite3.Connection, start: int = 0) -> Iterator[Block]:
-    """Stored blocks from `start` in height order; raises LedgerError on a row whose records are not JSON."""
+    """Stored blocks from `start` in height order; raises LedgerError on a row whose records are not strict JSON
+    (NaN, Infinity, 1e400, duplicate keys, too deep)."""
     cur = conn.execute(
         "SELECT height, prev_hash, hash, timestamp, records FROM blocks WHERE height >= ? ORDER BY height", (start,)
     )
     for height, prev, h, ts, recs in cur:
         try:
-            records = json.loads(recs)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise LedgerError(f"block {height}: records are not valid JSON ({e})") from None
+            records = strict_json(recs)
+        except RecordError as e:
+            raise LedgerError(f"block {describe(height)}: records are not valid JSON ({e})") from None
         yield Block(height=height, prev_hash=prev, timestamp=ts, records=records, hash=h, records_json=recs)
 
 
@@ -163,38 +172,50 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, genesis: GenesisConfig | None = None, *, synchronous: str = "FULL"
+        cls,
+        path: str | os.PathLike,
+        genesis: GenesisConfig | None = None,
+        *,
+        genesis_hash: str | None = None,
+        synchronous: str = "FULL",
     ) -> Ledger:
         """Open `path`, creating it from `genesis` if empty; replay its blocks to rebuild the state.
 
-        Raises LedgerError if the file is empty and no genesis is given, if `genesis` differs from the stored one,
-        or if the stored chain does not replay (run `verify_ledger` for a full report).
+        Raises LedgerError (one line) if the file is empty and no genesis is given, if its genesis record differs
+        from `genesis` or its genesis block hash from `genesis_hash` (pins from outside the file, which cannot vouch
+        for itself), or if the stored chain does not replay (run `verify_ledger` for a full report).
         """
         path = Path(path)
         conn = connect(path, synchronous)
         try:
-            row = conn.execute("SELECT records FROM blocks WHERE height = 0").fetchone()
-            if row is None:
+            stored = next(read_blocks(conn), None)
+            if stored is None:
                 if genesis is None:
                     raise LedgerError(f"{path} holds no chain and no genesis was given")
-                rec = genesis.record()
-                ts = float(genesis.timestamp)
-                blk = Block(0, GENESIS_PREV_HASH, ts, [rec])
-                blk.hash = blk.compute_hash()
-                state = genesis_state(rec)
-                state.remember_hash(0, blk.hash)
-                _write_block(conn, blk, canonical_json(blk.records), state)
-                state.commit()
-                logger.info("created ledger %s (genesis %s)", path, blk.hash[:16])
-                return cls(path, conn, state, ts)
-            if genesis is not None and json.loads(row[0]) != [json.loads(canonical_json(genesis.record()))]:
-                raise LedgerError(f"{path} was created with a different genesis")
+                return cls._create(path, conn, genesis, genesis_hash)
+            mismatch = genesis_mismatch(stored, genesis, genesis_hash)
+            if mismatch:
+                raise LedgerError(f"{path} was created with a different genesis: {mismatch}")
             state, ts = replay(conn, check_signatures=False)
             logger.info("opened ledger %s at height %d", path, state.height)
             return cls(path, conn, state, ts)
         except BaseException:
             conn.close()
             raise
+
+    @classmethod
+    def _create(cls, path: Path, conn: sqlite3.Connection, genesis: GenesisConfig, genesis_hash: str | None) -> Ledger:
+        """Write block 0 of `genesis` into the empty file behind `conn`."""
+        blk = genesis_block(genesis)
+        mismatch = genesis_mismatch(blk, None, genesis_hash)
+        if mismatch:
+            raise LedgerError(f"the genesis config given does not match the pinned hash: {mismatch}")
+        state = genesis_state(blk.records[0])
+        state.remember_hash(0, blk.hash)
+        _write_block(conn, blk, canonical_json(blk.records), state)
+        state.commit()
+        logger.info("created ledger %s (genesis %s)", path, blk.hash[:16])
+        return cls(path, conn, state, blk.timestamp)
 
     def close(self) -> None:
         self._conn.close()
@@ -276,21 +297,15 @@ class Ledger:
     # ---- writing -------------------------------------------------------------------------------------------------
 
     def submit(self, record: Record | WeightSubmission) -> bool:
-        """Queue a signed record for the next block; False (logged, not stored) if it is invalid there."""
-        if isinstance(record, WeightSubmission):
-            record = weights_record(record)
+        """Queue a signed record for the next block; False if it is malformed (any field not of its exact type) or
+        invalid there, logged in one warning line. A rejected record changes nothing, queued records included."""
         try:
-            record = json.loads(canonical_json(record))  # what will be stored, and a private copy
-        except (TypeError, ValueError) as e:
-            logger.warning("rejected record: not canonical JSON (%s)", e)
-            return False
-        try:
-            apply_signed(self._pending(), record, self.height + 1)  # leaves the state untouched if it raises
+            copy = _stored_form(record)
+            apply_signed(self._pending(), copy, self.height + 1)  # leaves the state untouched if it raises
         except RecordError as e:
-            kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
-            logger.warning("rejected %s record: %s", kind, e)
+            logger.warning("rejected %s record: %s", _kind_label(record), e)
             return False
-        self._queue.append(record)
+        self._queue.append(copy)
         return True
 
     def produce_block(self, timestamp: float | None = None) -> Block:
@@ -299,6 +314,8 @@ class Ledger:
         `timestamp` defaults to now and may not go backwards. On a write failure nothing changes and the queue is kept.
         """
         ts = time.time() if timestamp is None else float(timestamp)
+        if not math.isfinite(ts):
+            raise ValueError(f"block timestamp must be finite, got {ts}")
         if ts < self.last_timestamp:
             raise ValueError(f"block timestamp {ts} is before the previous block's {self.last_timestamp}")
         height = self.height + 1
@@ -352,6 +369,49 @@ class Ledger:
         return self.submit(sub)
 
 
+def _stored_form(record: object) -> Record:
+    """A private copy of a well-formed signed record, as it will be stored; raises RecordError for anything else.
+
+    Shapes and types are checked first, so nothing non-finite, huge or deeply nested is ever serialized.
+    """
+    if isinstance(record, WeightSubmission):
+        try:
+            record = weights_record(record)
+        except (TypeError, ValueError) as e:
+            raise RecordError(f"malformed weight submission ({e})") from None
+    check_signed(record)
+    return json.loads(canonical_json(record))
+
+
+def _kind_label(record: object) -> str:
+    """The record's kind for a log line, or "malformed" when it names none we know."""
+    if isinstance(record, WeightSubmission):
+        return "weights"
+    kind = record.get("kind") if isinstance(record, dict) else None
+    return kind if type(kind) is str and kind in SIGNED_KINDS else "malformed"
+
+
+def genesis_block(genesis: GenesisConfig) -> Block:
+    """Block 0 of the chain that `genesis` describes; its `hash` is what `genesis_hash` pins."""
+    blk = Block(0, GENESIS_PREV_HASH, float(genesis.timestamp), [genesis.record()])
+    blk.hash = blk.compute_hash()
+    return blk
+
+
+def genesis_mismatch(blk: Block, genesis: GenesisConfig | None = None, genesis_hash: str | None = None) -> str:
+    """Why stored block 0 is not the expected genesis, in one line; "" if it is, or if nothing is pinned.
+
+    `genesis` pins the record (chain id, rules, allocations) but not the timestamp, so a node may rebuild its config
+    at each start; `genesis_hash` pins the whole block. Either catches a file whose genesis was rewritten and every
+    later block re-hashed, which nothing inside the file can reveal.
+    """
+    if genesis is not None and not exactly_equal(blk.records, [genesis.record()]):
+        return "its genesis record differs from the expected genesis config"
+    if genesis_hash is not None and blk.hash != genesis_hash:
+        return f"its genesis hash {describe(blk.hash)} is not the expected {describe(genesis_hash)}"
+    return ""
+
+
 def _write_block(conn: sqlite3.Connection, blk: Block, records_json: bytes, st: LedgerState) -> None:
     """Insert the block and the accounts it changed in one transaction; on failure roll back and re-raise."""
     rows = [(a, st.balances.get(a, 0), st.stakes.get(a, 0)) for a in sorted(st.dirty)]
@@ -380,7 +440,7 @@ def replay(conn: sqlite3.Connection, *, check_signatures: bool = True) -> tuple[
     for blk in read_blocks(conn):
         problem = check_block(blk, state, prev, last_ts, check_signatures=check_signatures)
         if isinstance(problem, str):
-            raise LedgerError(f"block {blk.height}: {problem}")
+            raise LedgerError(f"block {describe(blk.height)}: {problem}")
         state, prev, last_ts = problem, blk.hash, blk.timestamp
     if state is None:
         raise LedgerError("ledger holds no blocks")
@@ -401,17 +461,9 @@ def check_block(
     A bad block leaves `state` as it was after the previous block. `bad_signatures`, when given, replaces the
     signature checks: the indices of this block's records whose signatures were already found bad elsewhere.
     """
-    expected_height = 0 if state is None else state.height + 1
-    if blk.height != expected_height:
-        return f"height {blk.height} where {expected_height} was expected (missing block)"
-    if blk.prev_hash != prev_hash:
-        return "prev_hash does not match the previous block's hash"
-    if not blk.hash_ok():
-        return "hash does not match the block's contents"
-    if not isinstance(blk.timestamp, float | int) or blk.timestamp < last_ts:
-        return "timestamp goes backwards"
-    if not isinstance(blk.records, list):
-        return "records are not a list"
+    problem = _header_problem(blk, state, prev_hash, last_ts)
+    if problem:
+        return problem
     mark = 0 if state is None else state.mark()
     try:
         if state is None:
@@ -441,6 +493,24 @@ def check_block(
     state.remember_hash(blk.height, blk.hash)
     state.commit()
     return state
+
+
+def _header_problem(blk: Block, state: LedgerState | None, prev_hash: str, last_ts: float) -> str:
+    """Why the block's height, links, hash, timestamp or records column are wrong, in one line, or ""."""
+    expected_height = 0 if state is None else state.height + 1
+    if type(blk.height) is not int or blk.height != expected_height:
+        return f"height {describe(blk.height)} where {expected_height} was expected (missing block)"
+    if blk.prev_hash != prev_hash:
+        return "prev_hash does not match the previous block's hash"
+    if type(blk.timestamp) is not float or not math.isfinite(blk.timestamp):
+        return f"timestamp {describe(blk.timestamp)} is not a finite number"
+    if not is_hex(blk.hash, 64) or not blk.hash_ok():
+        return "hash does not match the block's contents"
+    if blk.timestamp < last_ts:
+        return "timestamp goes backwards"
+    if type(blk.records) is not list:
+        return "records are not a list"
+    return ""
 
 
 def _refuse(record: Record) -> bool:

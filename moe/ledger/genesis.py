@@ -1,4 +1,10 @@
-"""Consensus parameters of a ledger, fixed at genesis and recorded in block 0 so every replica and `verify` agree."""
+"""Consensus parameters of a ledger, fixed at genesis and recorded in block 0 so every replica and `verify` agree.
+
+Block 0 may come from a file someone else wrote, so `GenesisConfig.from_record` parses it with exact types and
+ranges (an int tempo, finite shares, address keys, non-negative integer allocations, no unknown keys) and raises
+RecordError otherwise. Nothing inside a file can show that its genesis is the intended one: callers pin it by
+passing the expected `GenesisConfig` or genesis block hash to `Ledger.open` and `verify_ledger`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moe.ledger.emission import BLOCK_TIME_SECONDS, MAX_SUPPLY_RAO, RAO_PER_TAO
+from moe.ledger.fields import (
+    RecordError,
+    describe,
+    exact_dict,
+    exact_int,
+    exact_keys,
+    exact_str,
+    finite_number,
+    is_address,
+)
+
+I64_MAX = 2**63 - 1
+MAX_NETUID = 0xFFFF
+MAX_UIDS = 4096
+"""Upper bound of max_uids: an epoch builds (validators, uids) float matrices, which must fit in memory."""
+FRACTIONS = ("miner_share", "kappa", "bond_alpha", "bond_penalty")
+"""LedgerConfig fields that must lie in [0, 1]."""
+INT_LIMITS = {
+    "tempo": 1,
+    "max_uids": 1,
+    "max_validators": 1,
+    "immunity_period": 0,
+    "initial_difficulty": 1,
+    "min_difficulty": 1,
+    "max_difficulty": 1,
+    "initial_burn": 0,
+    "min_burn": 0,
+    "max_burn": 0,
+    "target_registrations": 1,
+    "adjustment_interval": 1,
+    "registration_window": 1,
+    "weights_rate_limit": 0,
+}
+"""Smallest value of each integer LedgerConfig field (all are at most I64_MAX; max_uids at most MAX_UIDS)."""
 
 
 @dataclass
@@ -57,17 +97,18 @@ class LedgerConfig:
     """Minimum blocks between two weight submissions of one validator on one subnet (on top of one per epoch)."""
 
     def __post_init__(self) -> None:
-        self.subnet_shares = {int(k): float(v) for k, v in self.subnet_shares.items()}
-        if self.tempo < 1 or self.adjustment_interval < 1 or self.max_uids < 1 or self.max_validators < 1:
-            raise ValueError("tempo, adjustment_interval, max_uids and max_validators must be >= 1")
-        if not self.subnet_shares or any(v < 0 for v in self.subnet_shares.values()):
-            raise ValueError("subnet_shares must name at least one netuid with non-negative shares")
-        if not all(0 <= n <= 0xFFFF for n in self.subnet_shares):
-            raise ValueError("netuids must be in 0..65535")
-        if self.block_time <= 0 or self.time_scale <= 0:
-            raise ValueError("block_time and time_scale must be > 0")
-        if not 0 <= self.miner_share <= 1:
-            raise ValueError(f"miner_share must be in [0, 1], got {self.miner_share}")
+        """Raise ValueError (a RecordError) naming the first field of the wrong type or out of range."""
+        for name, lo in INT_LIMITS.items():
+            hi = MAX_UIDS if name == "max_uids" else I64_MAX
+            exact_int(getattr(self, name), f"ledger config {name!r}", lo, hi)
+        for name in FRACTIONS:
+            finite_number(getattr(self, name), f"ledger config {name!r}", 0.0, 1.0)
+        for name in ("block_time", "time_scale"):
+            if finite_number(getattr(self, name), f"ledger config {name!r}", 0.0, float(I64_MAX)) == 0:
+                raise RecordError("block_time and time_scale must be > 0")
+        if self.max_difficulty < self.min_difficulty or self.max_burn < self.min_burn:
+            raise RecordError("max_difficulty and max_burn must not be below min_difficulty and min_burn")
+        self.subnet_shares = _subnet_shares(self.subnet_shares)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -76,12 +117,38 @@ class LedgerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LedgerConfig:
-        """Build from a genesis record; raises ValueError naming an unknown key."""
+        """Build from a genesis record (missing keys take their defaults); raises ValueError naming an unknown key
+        or a value of the wrong type."""
+        exact_dict(d, "ledger config")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = sorted(describe(k) for k in set(d) - names)
         if unknown:
-            raise ValueError(f"unknown ledger config key(s): {sorted(unknown)}")
+            raise RecordError(f"unknown ledger config key(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+def _subnet_shares(shares: object) -> dict[int, float]:
+    """{netuid: share} from int keys or their decimal strings (as JSON stores them); raises RecordError unless
+    every netuid is in 0..65535 without padding, every share finite and >= 0, and some share positive."""
+    exact_dict(shares, "ledger config 'subnet_shares'")
+    out: dict[int, float] = {}
+    for key, share in shares.items():
+        netuid = _netuid(key)
+        if netuid is None:
+            raise RecordError(f"subnet_shares key {describe(key)} is not a netuid in 0..{MAX_NETUID}")
+        if netuid in out:
+            raise RecordError(f"subnet_shares names netuid {netuid} twice")
+        out[netuid] = finite_number(share, f"subnet_shares[{netuid}]", 0.0, float(I64_MAX))
+    if not any(out.values()):
+        raise RecordError("subnet_shares must give some netuid a positive share")
+    return out
+
+
+def _netuid(key: object) -> int | None:
+    """An int netuid in 0..65535, or its plain decimal string ("1", never "01" or "+1"); None for anything else."""
+    if type(key) is str and len(key) <= 5 and key.isascii() and key.isdigit() and key == str(int(key)):
+        key = int(key)
+    return key if type(key) is int and 0 <= key <= MAX_NETUID else None
 
 
 @dataclass
@@ -100,13 +167,36 @@ class GenesisConfig:
     """Name of the chain, so two chains with equal rules still have different genesis hashes."""
 
     def record(self) -> dict[str, Any]:
-        total = sum(self.balances.values()) + sum(self.stakes.values())
-        if any(v < 0 for v in [*self.balances.values(), *self.stakes.values()]) or total > MAX_SUPPLY_RAO:
-            raise ValueError("genesis allocations must be non-negative and within the supply cap")
+        """The genesis record of block 0; raises ValueError for a bad address or amount, or a total over the cap."""
+        total = 0
+        for name in ("balances", "stakes"):
+            for address, amount in getattr(self, name).items():
+                if not is_address(address):
+                    raise RecordError(f"bad genesis {name} entry {describe(address)}: not an address")
+                total += exact_int(amount, f"genesis {name} entry {address[:16]}", 0, MAX_SUPPLY_RAO)
+        if total > MAX_SUPPLY_RAO:
+            raise RecordError("genesis allocations must be non-negative and within the supply cap")
         return {
             "kind": "genesis",
             "chain_id": self.chain_id,
             "config": self.ledger.to_dict(),
-            "balances": {k: int(v) for k, v in sorted(self.balances.items())},
-            "stakes": {k: int(v) for k, v in sorted(self.stakes.items())},
+            "balances": dict(sorted(self.balances.items())),
+            "stakes": dict(sorted(self.stakes.items())),
         }
+
+    @classmethod
+    def from_record(cls, record: object, timestamp: float = 0.0) -> GenesisConfig:
+        """Parse a stored genesis record with exact types; raises RecordError naming the first problem."""
+        record = exact_dict(record, "genesis record")
+        exact_keys(record, "genesis record", {"kind", "chain_id", "config", "balances", "stakes"})
+        if record["kind"] != "genesis":
+            raise RecordError(f"genesis record has kind {describe(record['kind'])}")
+        out = cls(
+            ledger=LedgerConfig.from_dict(record["config"]),
+            balances=exact_dict(record["balances"], "genesis balances"),
+            stakes=exact_dict(record["stakes"], "genesis stakes"),
+            timestamp=timestamp,
+            chain_id=exact_str(record["chain_id"], "genesis chain_id"),
+        )
+        out.record()  # checks the allocations
+        return out

@@ -3,7 +3,9 @@
 Signed records (register, stake, transfer, weights) come from peers and carry an Ed25519 signature by the hotkey
 that acts; derived records (genesis, emission, epoch) are written by the ledger itself and re-derived by every
 replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key compact JSON, so the
-same record hashes and signs identically everywhere. A malformed or forged record is rejected, never repaired.
+same record hashes and signs identically everywhere. A malformed or forged record is rejected, never repaired:
+`check_signed` refuses any signed record whose fields are not exactly `SIGNED_FIELDS` with their exact JSON types
+before its signature or the state is looked at.
 """
 
 from __future__ import annotations
@@ -12,8 +14,21 @@ import logging
 from typing import Any
 
 from moe.identity import Hotkey, verify_signature
+from moe.ledger.emission import MAX_SUPPLY_RAO
+from moe.ledger.fields import (
+    FieldCheck,
+    RecordError,
+    address,
+    check_object,
+    describe,
+    exact_int,
+    is_address,
+    signature,
+    u16,
+    u64,
+)
 from moe.ledger.registration import registration_prefix, solve_pow
-from moe.ledger.weights import WeightSubmission, canonical_json
+from moe.ledger.weights import WEIGHTS_FIELDS, WeightSubmission, canonical_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +39,38 @@ DERIVED_KINDS = ("genesis", "emission", "epoch")
 Record = dict[str, Any]
 
 
-class RecordError(ValueError):
-    """A record that is malformed, forged, or not valid against the current ledger state."""
+def rao(value: object, where: str) -> int:
+    """An amount of rao, either sign (each kind checks its own sign), at most the supply cap in size."""
+    return exact_int(value, where, -MAX_SUPPLY_RAO, MAX_SUPPLY_RAO)
+
+
+def _kind(value: object, where: str) -> str:
+    return value  # already matched against SIGNED_FIELDS by check_signed
+
+
+SIGNED_FIELDS: dict[str, dict[str, FieldCheck]] = {
+    "register": {"kind": _kind, "netuid": u16, "hotkey": address, "block_hash": address, "signature": signature},
+    "stake": {"kind": _kind, "hotkey": address, "amount": rao, "nonce": u64, "signature": signature},
+    "transfer": {"kind": _kind, "src": address, "dst": address, "amount": rao, "nonce": u64, "signature": signature},
+    "weights": {"kind": _kind, **WEIGHTS_FIELDS},
+}
+"""Required fields of each signed kind and their checks."""
+OPTIONAL_FIELDS: dict[str, dict[str, FieldCheck]] = {"register": {"nonce": u64, "burn": rao}}
+"""Fields a kind may carry (a registration pays by exactly one of these; the state checks which)."""
+
+
+def check_signed(record: object) -> str:
+    """The kind of a well-formed signed record; raises RecordError naming the first wrong, missing or unknown field.
+
+    Checks shapes and types only (flat, never recursing into values), not the signature or the state.
+    """
+    if type(record) is not dict:
+        raise RecordError(f"record must be a JSON object, got {describe(record)}")
+    kind = record.get("kind")
+    if type(kind) is not str or kind not in SIGNED_FIELDS:
+        raise RecordError(f"unknown or non-signed record kind {describe(kind)}")
+    check_object(record, f"{kind} record", SIGNED_FIELDS[kind], OPTIONAL_FIELDS.get(kind))
+    return kind
 
 
 def signing_bytes(record: Record) -> bytes:
@@ -36,30 +81,30 @@ def signing_bytes(record: Record) -> bytes:
     return canonical_json({"domain": RECORD_DOMAIN, **body})
 
 
+SIGNER_FIELD = {"register": "hotkey", "stake": "hotkey", "transfer": "src", "weights": "validator"}
+"""The field of each signed kind that names the hotkey whose signature it needs."""
+
+
 def signer(record: Record) -> str:
     """Hex hotkey address expected to have signed `record`."""
     kind = record.get("kind")
-    key = {"register": "hotkey", "stake": "hotkey", "transfer": "src", "weights": "validator"}.get(kind)
+    key = SIGNER_FIELD.get(kind) if type(kind) is str else None
     if key is None:
-        raise RecordError(f"record kind {kind!r} is not signed")
+        raise RecordError(f"record kind {describe(kind)} is not signed")
     value = record.get(key)
     if not is_address(value):
         raise RecordError(f"{kind} record has no valid {key} address")
     return value
 
 
-def is_address(value: object) -> bool:
-    """True for a 64-character lowercase hex string (a 32-byte Ed25519 public key)."""
-    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
-
-
-def signature_ok(record: Record) -> bool:
+def signature_ok(record: object) -> bool:
     """True when the record's signature is its signer's; anything malformed is False."""
     try:
+        check_signed(record)
         return verify_signature(
-            bytes.fromhex(signer(record)), signing_bytes(record), bytes.fromhex(str(record.get("signature", "")))
+            bytes.fromhex(signer(record)), signing_bytes(record), bytes.fromhex(record["signature"])
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError):  # RecordError is a ValueError
         return False
 
 
@@ -121,9 +166,5 @@ def parse_weights(record: Record) -> WeightSubmission:
 
 def require_int(record: Record, key: str, lo: int | None = None) -> int:
     """record[key] as an int (bools refused), at least `lo`; raises RecordError naming the field otherwise."""
-    v = record.get(key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise RecordError(f"{record.get('kind')} record field {key!r} must be an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise RecordError(f"{record.get('kind')} record field {key!r} must be >= {lo}, got {v}")
-    return v
+    kind = record.get("kind")
+    return exact_int(record.get(key), f"{kind if type(kind) is str else describe(kind)} record field {key!r}", lo)

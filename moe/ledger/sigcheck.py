@@ -10,7 +10,6 @@ worker read the file) is simply checked inline.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -19,6 +18,7 @@ from collections.abc import Container
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
+from moe.ledger.fields import RecordError, strict_json
 from moe.ledger.records import SIGNED_KINDS, signature_ok
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def check_range(path: str, lo: int, hi: int) -> tuple[list[int], dict[int, list[
         cur = conn.execute("SELECT height, records FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", (lo, hi))
         for height, text in cur:
             try:
-                records = json.loads(text)
-            except (json.JSONDecodeError, TypeError):
+                records = strict_json(text)
+            except RecordError:
                 continue
             if not isinstance(records, list):
                 continue

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
-from moe.ledger.genesis import LedgerConfig
+from moe.ledger.fields import describe, exactly_equal
+from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import (
     Record,
     RecordError,
+    check_signed,
     is_address,
     parse_weights,
     require_int,
@@ -166,19 +168,18 @@ class LedgerState:
 
 
 def genesis_state(record: Record) -> LedgerState:
-    """State after block 0; raises RecordError if the genesis record is malformed."""
+    """State after block 0; raises RecordError if the genesis record is malformed (any field of the wrong type)."""
     try:
-        cfg = LedgerConfig.from_dict(record["config"])
-        st = LedgerState(config=cfg, chain_id=str(record["chain_id"]))
-        for name in ("balances", "stakes"):
-            for addr, v in record[name].items():
-                if not is_address(addr) or isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise ValueError(f"bad genesis {name} entry {addr!r}")
-                getattr(st, name)[addr] = v
-                st.total_issuance += v
-                st.dirty.add(addr)
-    except (KeyError, TypeError, ValueError) as e:
+        genesis = GenesisConfig.from_record(record)
+    except ValueError as e:  # RecordError included
         raise RecordError(f"malformed genesis record: {e}") from None
+    cfg = genesis.ledger
+    st = LedgerState(config=cfg, chain_id=genesis.chain_id)
+    for name in ("balances", "stakes"):
+        for addr, v in getattr(genesis, name).items():
+            getattr(st, name)[addr] = v
+            st.total_issuance += v
+            st.dirty.add(addr)
     for n in sorted(cfg.subnet_shares):
         st.subnets[n] = SubnetState(
             registry=SubnetRegistry(cfg.max_uids, cfg.immunity_period),
@@ -210,12 +211,8 @@ def apply_signed(
     `check_signature=False` only for replaying a local file already verified; peers' records are always checked.
     A callable stands in for the signature check (`verify` passes the verdicts its worker processes computed).
     """
-    if not isinstance(record, dict):
-        raise RecordError(f"record must be a JSON object, got {type(record).__name__}")
-    kind = record.get("kind")
-    handler = _HANDLERS.get(kind)
-    if handler is None:
-        raise RecordError(f"unknown or non-signed record kind {kind!r}")
+    kind = check_signed(record)
+    handler = _HANDLERS[kind]
     if callable(check_signature):
         sig_ok = check_signature(record)
     else:
@@ -448,8 +445,8 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
         raise RecordError(f"expected {len(expected)} derived records, found {len(recorded)}")
     for i, (rec, netuid) in enumerate(expected):
         if rec is not None:  # emission
-            if recorded is not None and recorded[i] != rec:
-                raise RecordError(f"emission record differs from replay: {recorded[i]!r} != {rec!r}")
+            if recorded is not None and not exactly_equal(recorded[i], rec):
+                raise RecordError(f"emission record differs from replay, which gives {rec}")
             st.assign(st, "total_issuance", st.total_issuance + minted)
             for n, a in per.items():
                 sub = st.subnets[n]
@@ -482,10 +479,10 @@ def _subnet_split(minted: int, shares: tuple[tuple[int, float], ...]) -> dict[in
 
 def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
     """The recorded epoch `got` if it matches the recomputed `want`; raises RecordError naming the first mismatch."""
-    if not isinstance(got, dict) or set(got) != set(want):
-        raise RecordError("epoch record has the wrong fields")
+    if type(got) is not dict or got.keys() != want.keys():
+        raise RecordError(f"epoch record has the wrong fields ({describe(got)})")
     for key in ("kind", "netuid", "epoch", "uids", "hotkeys", "validators", "validator_stakes", "emission"):
-        if got[key] != want[key]:
+        if not exactly_equal(got[key], want[key]):
             raise RecordError(f"epoch record field {key!r} differs from replay")
     for key in ("consensus", "incentive", "dividends"):
         if not _close(got[key], want[key]):
@@ -495,6 +492,6 @@ def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
     else:
         pay = _payouts(got["emission"], miner_share, got["incentive"], got["dividends"], got["validator_stakes"])
     for key, value in pay.items():
-        if got[key] != value:
+        if not exactly_equal(got[key], value):
             raise RecordError(f"epoch record field {key!r} differs from the payouts its own figures imply")
     return got

@@ -2,7 +2,9 @@
 
 Opens the file read-only and replays it from genesis with the same transition code the producer uses; the first
 block that fails (hash, link, height gap, signature, invalid record, or derived record that differs from replay)
-is named with its height and a one-line reason. The accounts table must also agree with the replayed balances.
+is named with its height and a one-line reason, also for crafted content (NaN, huge or deeply nested values, wrong
+types), never an exception. The accounts table must also agree with the replayed balances. A file cannot vouch
+for its own genesis: pass the expected `genesis` config or `genesis_hash` to catch a rewritten, re-hashed chain.
 On a long ledger the signatures are checked by worker processes ahead of the replay (`moe.ledger.sigcheck`); the
 report is the same as a sequential check's.
 """
@@ -16,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe.ledger.chain import GENESIS_PREV_HASH, LedgerError, check_block, read_blocks
+from moe.ledger.chain import GENESIS_PREV_HASH, LedgerError, check_block, genesis_mismatch, read_blocks
+from moe.ledger.fields import describe
+from moe.ledger.genesis import GenesisConfig
 from moe.ledger.sigcheck import ParallelSignatures, default_workers
 from moe.ledger.state import LedgerState
 
@@ -48,11 +52,20 @@ class VerifyReport:
         return f"bad block {self.bad_height}: {self.reason}"
 
 
-def verify_ledger(path: str | os.PathLike, *, workers: int | None = None, chunk_blocks: int = 1000) -> VerifyReport:
+def verify_ledger(
+    path: str | os.PathLike,
+    *,
+    genesis: GenesisConfig | None = None,
+    genesis_hash: str | None = None,
+    workers: int | None = None,
+    chunk_blocks: int = 1000,
+) -> VerifyReport:
     """Verify the ledger at `path`; never raises for a bad file, the report says what is wrong.
 
-    `workers` processes check signatures ahead of the replay, `chunk_blocks` blocks at a time (None: one per core
-    when the ledger spans more than two chunks; 0: all inline). The report does not depend on either.
+    `genesis` (the expected record; the timestamp may differ) or `genesis_hash` (the expected block 0 hash) pin the
+    chain: a block 0 that differs is reported bad. `workers` processes check signatures ahead of the replay,
+    `chunk_blocks` blocks at a time (None: one per core when the ledger spans more than two chunks; 0: all inline).
+    The report does not depend on either.
     """
     t0 = time.perf_counter()
     path = Path(path)
@@ -72,12 +85,15 @@ def verify_ledger(path: str | os.PathLike, *, workers: int | None = None, chunk_
             sigs = _start_workers(conn, path, workers, chunk_blocks)
             for blk in read_blocks(conn):
                 expected = 0 if state is None else state.height + 1
-                if blk.height > expected:
+                if type(blk.height) is int and blk.height > expected:
                     return bad(expected, f"block {expected} is missing (next stored block is {blk.height})")
-                verdicts = sigs.bad_at(blk.height) if sigs is not None else None
+                verdicts = sigs.bad_at(blk.height) if sigs is not None and type(blk.height) is int else None
                 result = check_block(blk, state, prev, last_ts, bad_signatures=verdicts)
                 if isinstance(result, str):
-                    return bad(blk.height, result)
+                    return bad(expected, result)
+                mismatch = genesis_mismatch(blk, genesis, genesis_hash) if state is None else ""
+                if mismatch:
+                    return bad(0, mismatch)
                 state, prev, last_ts, n = result, blk.hash, blk.timestamp, n + 1
             if state is None:
                 return bad(0, "ledger holds no blocks")
@@ -113,7 +129,11 @@ def _start_workers(
 
 def _accounts_mismatch(conn: sqlite3.Connection, st: LedgerState) -> str:
     """A one-line description of the first accounts row that disagrees with the replayed state, or ""."""
-    stored = {a: (b, s) for a, b, s in conn.execute("SELECT address, balance, stake FROM accounts")}
+    stored: dict[str, tuple[int, int]] = {}
+    for addr, balance, stake in conn.execute("SELECT address, balance, stake FROM accounts"):
+        if type(addr) is not str or type(balance) is not int or type(stake) is not int:
+            return f"accounts table has a malformed row for {describe(addr)}"
+        stored[addr] = (balance, stake)
     for addr in sorted(set(stored) | set(st.balances) | set(st.stakes)):
         want = (st.balances.get(addr, 0), st.stakes.get(addr, 0))
         if stored.get(addr, (0, 0)) != want:

@@ -10,15 +10,35 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from moe.identity import Hotkey, verify_signature
+from moe.ledger.fields import RecordError, address, check_object, describe, signature, u16, u16_list, u64
 
 logger = logging.getLogger(__name__)
 
 U16_MAX = 65535
 WEIGHTS_DOMAIN = "hivemoe/weights/v1"
+
+
+def _domain(value: object, where: str) -> str:
+    if type(value) is not str or value != WEIGHTS_DOMAIN:
+        raise RecordError(f"{where} must be {WEIGHTS_DOMAIN!r}, got {describe(value)}")
+    return value
+
+
+WEIGHTS_FIELDS = {
+    "domain": _domain,
+    "netuid": u16,
+    "epoch": u64,
+    "validator": address,
+    "uids": u16_list,
+    "weights": u16_list,
+    "signature": signature,
+}
+"""Every field of a submission as JSON, each of its exact type: no missing, extra, float, bool or string ints."""
 
 
 def to_u16(uids: Sequence[int], weights: Sequence[float]) -> tuple[list[int], list[int]]:
@@ -71,13 +91,16 @@ class WeightSubmission:
     """Hex Ed25519 signature of `signing_bytes()` by `validator`."""
 
     def body(self) -> dict:
+        """The signed fields as JSON; raises TypeError for a float, bool or string where an int belongs."""
+        if type(self.validator) is not str:
+            raise TypeError(f"validator must be a hex address, got {type(self.validator).__name__}")
         return {
             "domain": WEIGHTS_DOMAIN,
-            "netuid": int(self.netuid),
-            "epoch": int(self.epoch),
+            "netuid": _as_int(self.netuid),
+            "epoch": _as_int(self.epoch),
             "validator": self.validator,
-            "uids": [int(u) for u in self.uids],
-            "weights": [int(w) for w in self.weights],
+            "uids": _as_int_list(self.uids),
+            "weights": _as_int_list(self.weights),
         }
 
     def signing_bytes(self) -> bytes:
@@ -104,22 +127,12 @@ class WeightSubmission:
         return {**self.body(), "signature": self.signature}
 
     @classmethod
-    def from_dict(cls, d: dict) -> WeightSubmission:
-        """Parse a record dict; raises ValueError naming the problem on a missing or mistyped field."""
-        try:
-            if d.get("domain", WEIGHTS_DOMAIN) != WEIGHTS_DOMAIN:
-                raise ValueError(f"wrong domain {d.get('domain')!r}")
-            sub = cls(
-                netuid=int(d["netuid"]),
-                epoch=int(d["epoch"]),
-                validator=str(d["validator"]),
-                uids=[int(u) for u in d["uids"]],
-                weights=[int(w) for w in d["weights"]],
-                signature=str(d["signature"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed weight submission: {e}") from None
-        return sub
+    def from_dict(cls, d: object) -> WeightSubmission:
+        """Parse a submission as JSON (`WEIGHTS_FIELDS`, nothing more or less); raises ValueError (a RecordError)
+        naming a missing, unknown or mistyped field, e.g. a float epoch or a uid list given as a string."""
+        check_object(d, "malformed weight submission", WEIGHTS_FIELDS)
+        kwargs = {k: v for k, v in d.items() if k != "domain"}
+        return cls(**{**kwargs, "uids": list(d["uids"]), "weights": list(d["weights"])})
 
     def validate_shape(self) -> None:
         """Raise ValueError unless uids are unique, in range, aligned with weights, and weights are u16."""
@@ -131,3 +144,16 @@ class WeightSubmission:
             raise ValueError(f"uid outside 0..{U16_MAX}")
         if any(not 0 <= w <= U16_MAX for w in self.weights):
             raise ValueError(f"weight outside 0..{U16_MAX}")
+
+
+def _as_int(x: object) -> int:
+    """x as a Python int: ints and numpy integers pass; bools, floats and strings raise TypeError."""
+    if isinstance(x, bool):
+        raise TypeError("a bool is not an integer here")
+    return operator.index(x)
+
+
+def _as_int_list(xs: object) -> list[int]:
+    if not isinstance(xs, list | tuple):
+        raise TypeError(f"expected a list of integers, got {type(xs).__name__}")
+    return [_as_int(x) for x in xs]
