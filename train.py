@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from moe.config_loader import ConfigError, parse_args  # noqa: E402
 from moe.roles.layout import RunLayout, new_run_id  # noqa: E402
-from moe.roles.node import setup_logging  # noqa: E402
+from moe.roles.node import Stopped, exit_now, exit_on_sigterm, exit_with_parent, setup_logging  # noqa: E402
 from moe.roles.run_config import RunConfig  # noqa: E402
 from subnets import all_subnets  # noqa: E402
 
@@ -43,8 +44,13 @@ def main(argv: list[str]) -> int:
     cfg.run_id = cfg.run_id or new_run_id()
     layout = RunLayout.create(cfg.out_dir, cfg.run_id)
     setup_logging(layout.logs, node_name(cfg))
+    exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: each role's `finally` closes its DHT process and p2pd
+    exit_with_parent()  # a node of the local network does not outlive it
     try:
         return run_role(cfg, subnets, layout)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, after the role's `finally` blocks ran
+        print(f"{node_name(cfg)} stopped", file=sys.stderr)
+        exit_now(128 + (signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT))
     except Exception as e:
         if not isinstance(e, _one_line_errors()):
             raise

@@ -32,6 +32,7 @@ from hivemind.utils import get_dht_time
 from moe.config_checks import require_at_least, require_between, require_one_of, require_positive
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, OversizedReply, RemoteError
+from moe.net.identity_proof import new_nonce, verify_identities
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.server import forward_handle, info_handle, session_handle
 from moe.net.wire import (
@@ -364,13 +365,14 @@ class ExpertClient:
         request = self.prepare(inputs, wire_format, out_dim)
         return dict.fromkeys(peer_ids, request)
 
-    async def info(self, peer_id: PeerID, timeout: float | None = None) -> dict:
-        """The expert's served metadata (kind, formats, limits, weights version); raises MaliciousReply on garbage."""
+    async def info(self, peer_id: PeerID, timeout: float | None = None, nonce: str = "") -> dict:
+        """The expert's served metadata (kind, formats, limits, weights version, and with a `nonce` its identity
+        proofs); raises MaliciousReply on garbage."""
         timeout = self.config.forward_timeout_seconds if timeout is None else timeout
         try:
             reply = await asyncio.wait_for(
                 self.p2p.call_protobuf_handler(
-                    peer_id, info_handle(self.uid), runtime_pb2.ExpertUID(), runtime_pb2.ExpertInfo
+                    peer_id, info_handle(self.uid), runtime_pb2.ExpertUID(uid=nonce), runtime_pb2.ExpertInfo
                 ),
                 timeout=timeout,
             )
@@ -382,6 +384,22 @@ class ExpertClient:
         if not isinstance(info, dict):
             raise MaliciousReply("expert info is not a JSON object")
         return info
+
+    async def prove_identities(self, peer_ids: Sequence[PeerID], timeout: float | None = None) -> dict[str, set[str]]:
+        """Challenge each peer for the hotkeys it serves (moe.net.identity_proof): base58 peer id → proven hotkeys
+        (empty for a peer that did not answer or proved nothing)."""
+
+        async def ask(peer_id: PeerID) -> set[str]:
+            nonce = new_nonce()
+            try:
+                info = await self.info(peer_id, timeout=timeout, nonce=nonce)
+            except (MaliciousReply, P2PDaemonError, P2PHandlerError, asyncio.TimeoutError, OSError) as e:
+                logger.info("identity challenge to %s failed: %r", peer_id, e)
+                return set()
+            return verify_identities(info.get("identity"), nonce, peer_id.to_bytes())
+
+        proven = await asyncio.gather(*(ask(p) for p in peer_ids))
+        return {p.to_base58(): hotkeys for p, hotkeys in zip(peer_ids, proven, strict=True)}
 
     def _report(self, peer_id: PeerID, reason: str) -> None:
         report = FaultReport(peer_id, reason, get_dht_time())
@@ -478,6 +496,10 @@ class SyncExpertClient:
 
     def info(self, peer_id: PeerID, **kwargs) -> dict:
         return self._loop.run(self.client.info(peer_id, **kwargs))
+
+    def prove_identities(self, peer_ids: Sequence[PeerID], **kwargs) -> dict[str, set[str]]:
+        """Blocking `ExpertClient.prove_identities`."""
+        return self._loop.run(self.client.prove_identities(peer_ids, **kwargs))
 
     def shutdown(self) -> None:
         """Close the P2P connection (and its daemon if this client started it) and stop the loop; idempotent."""

@@ -3,12 +3,16 @@
 hivemind's `DHT(start=True)` waits on its child process without a deadline, and a bootstrap peer that accepts TCP
 but never speaks can stall the p2p daemon; here every attempt waits at most `timeout` seconds, a failed attempt's
 process tree (the DHT process and its p2pd) is killed before the next one, and the final failure is a `JoinError`
-naming each address tried and why. Malformed multiaddrs are refused before any process starts.
+naming each address tried and why. Malformed multiaddrs are refused before any process starts. The DHT process never
+outlives the process that started it (`OwnedDHT`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -80,6 +84,68 @@ def parse_initial_peers(initial_peers: Iterable[str]) -> list[str]:
     return out
 
 
+class OwnedDHT(hivemind.DHT):
+    """A hivemind DHT whose process goes when the process that started it (its owner) goes, taking its p2pd along.
+
+    hivemind makes the DHT process a daemon, which only helps when the owner exits through Python's atexit: an owner
+    killed by a signal leaves it and its p2pd running for good, and SIGTERM (hivemind's own fallback, and atexit's)
+    kills it without its p2pd. So the DHT process, on SIGTERM or once its owner is gone, terminates its children and
+    exits. It notices the owner's death by polling `os.getppid()`, which works whichever thread started it (Linux's
+    PR_SET_PDEATHSIG fires when that *thread* exits) and whoever else holds inherited pipes. When the owner led its
+    own session, as every node the local network starts does, the owner's whole process group goes too: the other
+    p2pd daemons it started (its expert server's, its client's) would otherwise be orphaned with it.
+    """
+
+    owner_poll_seconds: float = 1.0
+    """Seconds between checks that the owner is alive."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner_pid = os.getpid()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: _end_process(group=None))
+        group = self.owner_pid if os.getsid(0) == self.owner_pid else None
+        threading.Thread(target=self._watch_owner, args=(group,), name="owner-watch", daemon=True).start()
+        super().run()
+
+    def _watch_owner(self, group: int | None) -> None:
+        while os.getppid() == self.owner_pid:
+            time.sleep(self.owner_poll_seconds)
+        logger.warning("the process that started this DHT (%d) is gone; stopping", self.owner_pid)
+        _end_process(group)
+
+
+def _end_process(group: int | None, grace_seconds: float = 3.0) -> None:
+    """Terminate this process's descendants and, given a process `group`, every other member of it, then exit.
+
+    Each gets SIGTERM (p2pd then removes its socket files), and SIGKILL if still there after `grace_seconds`.
+    """
+    me = psutil.Process()
+    targets = me.children(recursive=True)
+    if group is not None:
+        targets += [p for p in psutil.process_iter() if p.pid != me.pid and p not in targets and _in_group(p, group)]
+    for p in targets:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(targets, timeout=grace_seconds)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    os._exit(0)
+
+
+def _in_group(p: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(p.pid) == group
+    except OSError:
+        return False
+
+
 def _kill_tree(dht: hivemind.DHT) -> None:
     """Kill a DHT whose start failed or timed out, and its p2pd child, so no process or port is left behind."""
     children = []
@@ -104,7 +170,7 @@ def _kill_tree(dht: hivemind.DHT) -> None:
 def _start_once(
     initial_peers: list[str], host_maddrs: list[str], timeout: float, validators: list[RecordValidatorBase], **kwargs
 ) -> hivemind.DHT:
-    dht = hivemind.DHT(
+    dht = OwnedDHT(
         initial_peers=initial_peers or None,
         host_maddrs=host_maddrs,
         start=False,

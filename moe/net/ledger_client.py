@@ -4,8 +4,10 @@ Keys (each value a `SignedValue` stored under a subkey equal to its signer's hot
 refuses values under someone else's name, of another key's context, or living longer than the key allows; the keys
 and their maximum TTLs are in `moe.net.dht_records.KEY_RULES`):
 
-- `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, and every registered hotkey's uid,
-  registration block and stake), re-published after every block; nodes read their uid and the epoch from it.
+- `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, every registered hotkey's uid,
+  registration block and stake, and the sha256 of the network's seed), re-published after every block; nodes read
+  their uid, the epoch and the seed they may load from it. Anyone can sign a head, so a node reads only the head of
+  the host whose key it was given (`LedgerAccessConfig.host`), and checks every field's type and range.
 - `hivemoe/ledger/inbox`: a node's own signed ledger records (registration by proof of work, stake).
 - `hivemoe/validators/weights`: a validator's signed `WeightSubmission`s for the current epoch.
 - `hivemoe/validators/commits`: a validator's seed commitment (and, after scoring, the revealed seed).
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from moe.identity import Hotkey
 from moe.ledger import WeightSubmission
+from moe.ledger.fields import U16_MAX, U64_MAX
 from moe.ledger.records import pow_registration_record, stake_record
 from moe.net.dht_records import (
     COMMIT_CONTEXT,
@@ -34,9 +37,12 @@ from moe.net.dht_records import (
     publish_signed,
     read_signed,
 )
-from moe.net.signed import MalformedRecord, check_float
+from moe.net.signed import MalformedRecord, check_address, check_float, check_int, check_keys
 
 logger = logging.getLogger(__name__)
+
+MAX_BLOCK_INTERVAL = 86400.0
+"""Longest block interval (seconds) a head may announce; nodes wait a few blocks at a time."""
 
 
 @dataclass
@@ -46,9 +52,17 @@ class LedgerAccessConfig:
     enabled: bool = False
     """Register on the ledger through the DHT (set by the local network, which hosts the ledger)."""
     host: str = ""
-    """Hex hotkey address of the ledger host whose signed head nodes trust; empty trusts any signed head."""
+    """Hex hotkey address of the ledger host, the only signer whose head the node reads; required when enabled (any
+    key can sign a head, so trusting the highest one would let a forger rewrite uids, stakes and the seed)."""
     register_timeout_seconds: float = 60.0
     """Seconds to wait for the ledger to confirm a registration (and stake) before giving up."""
+
+    def __post_init__(self):
+        if self.enabled:
+            try:
+                check_address("ledger.host", self.host)
+            except MalformedRecord as e:
+                raise ValueError(f"{e}: ledger.enabled needs the ledger host's hotkey address") from None
 
 
 @dataclass
@@ -75,6 +89,8 @@ class LedgerHead:
     incentive: dict[str, float] = field(default_factory=dict)
     """Hotkey → its share of the miners' emission at the last epoch (Yuma consensus over the validators' weights;
     empty before the first epoch). What a router reads to learn whom the validators trust."""
+    seed_sha256: str | None = None
+    """Hex sha256 of the network's seed, the only seed a node may load; None until the host has learned it."""
 
     def epoch_progress(self) -> float:
         """Fraction of the current epoch's blocks already produced, in [0, 1)."""
@@ -82,48 +98,93 @@ class LedgerHead:
 
     @classmethod
     def from_payload(cls, host: str, d: dict) -> LedgerHead:
-        """Raises MalformedRecord (one line) on a missing or mistyped field."""
+        """Raises MalformedRecord (one line) on a missing, unknown, mistyped or out-of-range field: ints are ints
+        (never bools or floats), counts are non-negative, tempo and difficulty at least 1, the block interval
+        finite and positive (nodes sleep on it), and every hotkey an address."""
         try:
-            head = cls(
+            check_keys("ledger head", {k: v for k, v in d.items() if k != "expiration"}, HEAD_FIELDS)
+            return cls(
                 host=host,
-                height=int(d["height"]),
-                head_hash=str(d["head_hash"]),
-                epoch=int(d["epoch"]),
-                tempo=int(d["tempo"]),
-                netuid=int(d["netuid"]),
-                difficulty=int(d["difficulty"]),
-                block_interval=float(d["block_interval"]),
-                uids={str(k): (int(v[0]), int(v[1])) for k, v in d["uids"].items()},
-                stakes={str(k): int(v) for k, v in d["stakes"].items()},
-                incentive={str(k): check_float(f"incentive of {k}", v, 0.0, 1.0) for k, v in d["incentive"].items()},
+                height=check_int("height", d["height"], 0, U64_MAX),
+                head_hash=check_address("head_hash", d["head_hash"]),
+                epoch=check_int("epoch", d["epoch"], 0, U64_MAX),
+                tempo=check_int("tempo", d["tempo"], 1, U64_MAX),
+                netuid=check_int("netuid", d["netuid"], 0, U16_MAX),
+                difficulty=check_int("difficulty", d["difficulty"], 1, U64_MAX),
+                block_interval=_check_block_interval(d["block_interval"]),
+                uids=_by_hotkey("uids", d["uids"], _check_registration),
+                stakes=_by_hotkey("stakes", d["stakes"], lambda name, v: check_int(name, v, 0, U64_MAX)),
+                incentive=_by_hotkey("incentive", d["incentive"], lambda name, v: check_float(name, v, 0.0, 1.0)),
+                seed_sha256=None if d["seed_sha256"] is None else check_address("seed_sha256", d["seed_sha256"]),
             )
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            raise MalformedRecord(f"malformed ledger head: {e!r}") from None
-        if head.tempo < 1:
-            raise MalformedRecord(f"malformed ledger head: tempo={head.tempo} must be at least 1")
-        return head
+        except (MalformedRecord, AttributeError, TypeError) as e:  # AttributeError, TypeError: `d` is no dict
+            raise MalformedRecord(f"malformed ledger head: {e}") from None
 
 
-def read_head(dht, host: str | None = None) -> LedgerHead | None:
-    """The newest valid head (by height), only `host`'s when given; None when there is none yet."""
-    heads = []
-    for address, payload in read_signed(dht, HEAD_KEY, HEAD_CONTEXT).items():
-        if host and address != host:
-            continue
-        try:
-            heads.append(LedgerHead.from_payload(address, payload))
-        except MalformedRecord as e:
-            logger.warning("ledger head by %s: %s", address[:16], e)
-    return max(heads, key=lambda h: h.height) if heads else None
+HEAD_FIELDS = tuple(f for f in LedgerHead.__dataclass_fields__ if f != "host")
+"""The keys of a head's payload, exactly, besides the `expiration` every signed DHT value carries (checked by the
+DHT guard, `moe.net.dht_records`); its signer is the host."""
+
+
+def _check_block_interval(v) -> float:
+    v = check_float("block_interval", v, 0.0, MAX_BLOCK_INTERVAL)
+    if v <= 0.0:
+        raise MalformedRecord(f"block_interval={v} must be positive")
+    return v
+
+
+def _check_registration(name: str, v) -> tuple[int, int]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise MalformedRecord(f"{name} must be [uid, registration block]")
+    return check_int(f"{name} uid", v[0], 0, U16_MAX), check_int(f"{name} block", v[1], 0, U64_MAX)
+
+
+def _by_hotkey(name: str, d, check):
+    """{address: check(value)} of a head's per-hotkey mapping; MalformedRecord on a non-mapping or bad key."""
+    if not isinstance(d, dict):
+        raise MalformedRecord(f"{name} must map hotkey addresses to values")
+    return {check_address(f"{name} key", k): check(f"{name} of {k[:16]}", v) for k, v in d.items()}
+
+
+def read_head(dht, host: str) -> LedgerHead | None:
+    """The head signed by `host`, the pinned ledger host; heads signed by anyone else are never read, however high.
+
+    None when the host has published none yet, or a malformed one (logged in one line). Raises ValueError when
+    `host` is empty, since no host would mean trusting any signer.
+    """
+    if not host:
+        raise ValueError("read_head needs the ledger host's address (ledger.host); any key can sign a head")
+    payload = read_signed(dht, HEAD_KEY, HEAD_CONTEXT).get(host)
+    if payload is None:
+        return None
+    try:
+        return LedgerHead.from_payload(host, payload)
+    except MalformedRecord as e:
+        logger.warning("ledger head by %s: %s", host[:16], e)
+        return None
+
+
+def pinned_seed_sha256(dht, ledger: LedgerAccessConfig, timeout: float) -> str | None:
+    """The seed sha256 the ledger host pins in its head, which is the only seed a node may load (None when the node
+    uses no ledger). Raises TimeoutError if the host's head names no seed within `timeout` seconds."""
+    if not ledger.enabled:
+        return None
+    deadline = time.monotonic() + timeout
+    while (head := read_head(dht, ledger.host)) is None or head.seed_sha256 is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ledger host {ledger.host[:16]} pinned no seed within {timeout:.0f}s")
+        time.sleep(0.25)
+    return head.seed_sha256
 
 
 def register_on_ledger(
-    dht, hotkey: Hotkey, stake_rao: int = 0, timeout: float = 60.0, host: str | None = None, ttl: float = 30.0
+    dht, hotkey: Hotkey, stake_rao: int = 0, timeout: float = 60.0, *, host: str, ttl: float = 30.0
 ) -> tuple[int, int, LedgerHead]:
     """Register `hotkey` on the ledger's subnet by proof of work (and stake `stake_rao`) through the DHT inbox.
 
     Posts the node's own signed records, re-posting with a fresh block hash if they have not landed after a few
-    blocks; returns (uid, registration block, head) once the head shows them. Raises TimeoutError after `timeout`.
+    blocks; returns (uid, registration block, head) once `host`'s head shows them. Raises TimeoutError after
+    `timeout`, ValueError without a host.
     """
     deadline = time.monotonic() + timeout
     posted_at = -1.0

@@ -3,7 +3,9 @@
 The host trusts nothing it reads: every record is checked by `Ledger.submit` (signatures, nonces, epochs, uids) and
 every weight submission must verify and name the validator that signed its envelope. Rejections are logged with a
 one-line reason and counted in `rejected`, never stored. Blocks are produced on an accelerated clock
-(`block_interval` wall seconds a block). The keys it reads and writes are described in `moe.net.ledger_client`.
+(`block_interval` wall seconds a block). Given the seed publisher's key, the host pins the sha256 of the first seed
+that key announces in every head it signs, so nodes load that seed and no other. The keys it reads and writes are
+described in `moe.net.ledger_client`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from moe.ledger import GenesisConfig, Ledger, WeightSubmission
 from moe.ledger.weights import canonical_json
 from moe.net.dht_records import publish_signed, read_signed
 from moe.net.ledger_client import HEAD_CONTEXT, HEAD_KEY, INBOX_CONTEXT, INBOX_KEY, WEIGHTS_CONTEXT, WEIGHTS_KEY
+from moe.net.seed_transfer import find_seed_records
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class LedgerHost:
 
     The SQLite ledger is opened by the thread that first calls `step()` (the background thread after `start()`),
     as a connection must stay in its thread. `rejected` lists (kind, signer, reason) of everything refused.
+    `seed_publisher` (hex hotkey) is the key whose announced seed the head pins; without it the head pins none.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class LedgerHost:
         block_interval: float,
         poll_interval: float = 0.25,
         head_ttl: float = 30.0,
+        seed_publisher: str | None = None,
     ):
         self.dht, self.path, self.genesis, self.hotkey = dht, Path(path), genesis, hotkey
         self.netuid, self.block_interval, self.poll_interval, self.head_ttl = (
@@ -71,6 +76,8 @@ class LedgerHost:
             poll_interval,
             head_ttl,
         )
+        self.seed_publisher = seed_publisher
+        self.seed_sha256: str | None = None
         self.ledger: Ledger | None = None
         self.seen: set[str] = set()  # content hashes of items already handled, accepted or not
         self.accepted: list[tuple[str, str]] = []
@@ -90,12 +97,22 @@ class LedgerHost:
             self.publish_head()
         self.ingest_inbox(read_signed(self.dht, INBOX_KEY, INBOX_CONTEXT))
         self.ingest_weights(read_signed(self.dht, WEIGHTS_KEY, WEIGHTS_CONTEXT))
+        if self.seed_sha256 is None and self.seed_publisher:
+            self.pin_seed()
         now = time.time()
         if now >= self._next_block:
             self.ledger.produce_block(max(now, self.ledger.last_timestamp))
             self.height = self.ledger.height
             self._next_block = now + self.block_interval
             self.publish_head()
+
+    def pin_seed(self) -> None:
+        """Pin the sha256 of the seed `seed_publisher` announces, once and for good: a later announcement (by any
+        key) cannot swap the seed of a running network."""
+        records = find_seed_records(self.dht, expected_publisher=self.seed_publisher)
+        if records:
+            self.seed_sha256 = records[0].sha256
+            logger.info("pinned seed %s announced by %s", self.seed_sha256[:16], self.seed_publisher[:16])
 
     def _first_sight(self, address: str, item: object) -> bool:
         """True the first time this signer posts this exact item (by content hash, so a tampered copy that keeps a
@@ -171,6 +188,7 @@ class LedgerHost:
             "uids": uids,
             "stakes": {hk: st.stakes[hk] for hk in uids if st.stakes.get(hk, 0) > 0},
             "incentive": last_incentive(sub.latest_epoch),
+            "seed_sha256": self.seed_sha256,
         }
         publish_signed(self.dht, HEAD_KEY, self.hotkey, payload, HEAD_CONTEXT, self.head_ttl)
 

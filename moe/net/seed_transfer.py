@@ -3,7 +3,9 @@
 The publisher stores a signed `SeedRecord` (sha256, size, its peer id) under `hivemoe/seed`, subkey = its hotkey,
 and serves the bytes in chunks over hivemind P2P (a unary protobuf handler, one request per chunk). A fetcher reads
 the records, downloads from the publisher with a deadline, and accepts the bytes only if size and sha256 match the
-signed record: a peer serving tampered bytes is rejected with a `SeedError`, never loaded.
+signed record: a peer serving tampered bytes is rejected with a `SeedError`, never loaded. Any hotkey may announce a
+seed, so in a ledger network the fetcher asks for the sha256 the ledger host pins in its signed head
+(`moe.net.ledger_client.pinned_seed_sha256`) and every other announced seed is ignored.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ class SeedPublisher(PeriodicThread):
 def find_seed_records(
     dht: hivemind.DHT, expected_publisher: str | None = None, expected_sha256: str | None = None
 ) -> list[SeedRecord]:
-    """Valid, unexpired seed records matching the expectations; malformed ones are logged and skipped."""
+    """Valid, unexpired seed records matching the expectations; malformed ones, and ones announcing a seed other
+    than `expected_sha256`, are logged and skipped."""
     found = dht.get(SEED_KEY, latest=True)
     now = get_dht_time()
 
@@ -227,6 +230,12 @@ def find_seed_records(
         if expected_publisher is not None and record.publisher != expected_publisher:
             continue
         if expected_sha256 is not None and record.sha256 != expected_sha256:
+            logger.warning(
+                "ignoring seed %s announced by %s: not the pinned seed %s",
+                record.sha256[:12],
+                record.publisher[:16],
+                expected_sha256[:12],
+            )
             continue
         records.append(record)
     return records
@@ -267,9 +276,11 @@ def fetch_seed(
 ) -> bytes:
     """Download the seed and return its bytes, verified against the signed record's size and sha256.
 
-    Without `expected_publisher`/`expected_sha256`, all valid records must agree on one sha256 (several publishers
-    may serve it; they are tried in turn); disagreement is a SeedError, since we cannot tell which seed is honest.
-    Raises SeedError naming each publisher tried and why it failed (timeout, tampered bytes, oversize).
+    With `expected_sha256` (the pinned seed), only bytes hashing to it are ever returned; records of other seeds
+    are logged and ignored. Without `expected_publisher`/`expected_sha256`, all valid records must agree on one
+    sha256 (several publishers may serve it; they are tried in turn); disagreement is a SeedError, since we cannot
+    tell which seed is honest. Raises SeedError naming each publisher tried and why it failed (timeout, tampered
+    bytes, oversize).
     """
     records = find_seed_records(dht, expected_publisher, expected_sha256)
     if not records:

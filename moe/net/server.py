@@ -27,8 +27,10 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import runtime_pb2
 from torch import nn
 
+from moe.identity import Hotkey
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import DirectServer
+from moe.net.identity_proof import sign_identities
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.wire import (
     ACT_FORMATS,
@@ -114,6 +116,7 @@ class ExpertServer:
         self.p2p: P2P | None = None
         self.direct: DirectServer | None = None
         self.served, self.rejected, self.version = 0, 0, 0
+        self._identities: list[Hotkey] = []
 
     @staticmethod
     def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -199,6 +202,11 @@ class ExpertServer:
             raise RuntimeError("ExpertServer is not started")
         return [str(m) for m in self._loop.run(self.p2p.get_visible_maddrs(), timeout=10)]
 
+    def prove_identity(self, hotkey: Hotkey) -> None:
+        """Answer identity challenges for `hotkey` (see moe.net.identity_proof): what makes its records count."""
+        if all(h.address != hotkey.address for h in self._identities):
+            self._identities.append(hotkey)
+
     # weights
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -238,6 +246,8 @@ class ExpertServer:
     async def _rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertInfo:
         info = asdict(self.config) | {"version": self.version, "formats": list(self._formats())}
         info.pop("host_maddrs")
+        if request.uid:  # an identity challenge: its nonce
+            info["identity"] = sign_identities(self._identities, request.uid, self.p2p.peer_id.to_bytes())
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
 
     def _formats(self) -> tuple[str, ...]:

@@ -4,7 +4,10 @@
   share that expert's reward without training anything;
 - noise: serves random distributions (the cheapest way to look busy);
 - peek: reads the byte it is asked to predict from the request itself and puts its mass there (no model at all);
-  only a causality audit (moe.poi.causality) tells it from a superb expert.
+  only a causality audit (moe.poi.causality) tells it from a superb expert;
+- hijack: announces records under its own hotkey that name another expert's peer and claim the earliest
+  registration, hoping to be paid for the victim's work and to make the victim look like its copy; the victim's
+  peer proves only the victim's hotkey (moe.net.identity_proof), and the ledger, not the record, says who came first.
 
 Validators must give both (near) zero weight. Results go to `<run_dir>/adversaries/<kind>/result.json` with the
 same fields as an honest expert's, plus `adversary`.
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ADVERSARIES = ("copycat", "noise", "peek")
+ADVERSARIES = ("copycat", "noise", "peek", "hijack")
 """The attacks `role=adversary adversary=KIND` (and the local network's `adversaries=`) can run."""
 
 
@@ -124,13 +127,19 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     client = server = heartbeat = directory = None
     try:
         uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid)
-        if kind == "copycat":
+        claimed_peer = None
+        if kind in ("copycat", "hijack"):
             refresh = max(0.5, net.heartbeat_interval_seconds / 2)
             directory = ExpertDirectory(dht, [subnet.netuid], refresh_interval=refresh).start()
             victims = directory.wait_for(1, net.discovery_timeout_seconds)
             victim = next(r for r in victims if r.hotkey != hotkey.address)
+        if kind == "hijack":
+            module: nn.Module = NoiseLM(cfg.seed)
+            claimed_peer, registered_at = victim.peer_id, 1
+            logger.info("hijacker names the peer of expert %s", victim.hotkey[:16])
+        elif kind == "copycat":
             client = SyncExpertClient(dataclasses.replace(cfg.router.client, wire_format="fp32"), dht=dht)
-            module: nn.Module = RelayLM(client, PeerID.from_base58(victim.peer_id), seed=cfg.seed)
+            module = RelayLM(client, PeerID.from_base58(victim.peer_id), seed=cfg.seed)
             logger.info("copycat relays expert %s", victim.hotkey[:16])
         elif kind == "peek":
             module = PeekLM()
@@ -140,7 +149,9 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         summary = model_summary(ByteLM(cfg.model))  # claims an honest expert's shape
         claims = (cfg.expert_train.steps, 1.0)  # and a trained expert's progress and score
         identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
-        heartbeat = start_heartbeat(dht, server, hotkey, summary, net, lambda: claims, **identity)
+        heartbeat = start_heartbeat(
+            dht, server, hotkey, summary, net, lambda: claims, **identity, claimed_peer=claimed_peer
+        )
         result = {
             "uid": uid,
             "hotkey": hotkey.address,

@@ -12,7 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import torch
 
 from moe.model.transformer import config_dict
 from moe.roles.layout import RESULT, RunLayout
@@ -27,6 +31,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BASELINES = ("solo", "dense")
+IDLE_CHECK_STEPS = 10
+"""How often (in steps) a baseline looks whether the rest of the run has finished and left cores idle."""
+
+
+def take_idle_cores(layout: RunLayout, kind: str) -> Callable[[int, object], None]:
+    """A step hook that gives this baseline every core of the machine once the router has finished and the other
+    baseline is done: the dense baseline is the run's last job, and would otherwise leave a core idle to the end."""
+    other = next(k for k in BASELINES if k != kind)
+    taken = False
+
+    def hook(step: int, model: object) -> None:
+        nonlocal taken
+        if taken or step % IDLE_CHECK_STEPS:
+            return
+        if (layout.router / RESULT).exists() and (layout.baseline(other) / RESULT).exists():
+            cores = len(os.sched_getaffinity(0))
+            if cores > torch.get_num_threads():
+                logger.info("the rest of the run is done: training on %d threads from step %d", cores, step)
+                torch.set_num_threads(cores)
+            taken = True
+
+    return hook
 
 
 def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, kind: str, n_experts: int) -> int:
@@ -51,6 +77,7 @@ def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, 
         union_batches(cfg, subnets, train, seed=cfg.seed + Stream.BASELINE),
         layout.baseline(kind),
         init=lambda model: load_model_bytes(model, seed_blob.read_bytes(), expected, source=str(seed_blob)),
+        on_step=take_idle_cores(layout, kind),
         extra_result={
             "kind": kind,
             "seed_flops": seed_flops,

@@ -61,7 +61,8 @@ class ExpertConfig:
 
 
 def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[[ByteLM], None], str]:
-    """How the model is initialised: a local seed checkpoint, the network's published seed, or from scratch."""
+    """How the model is initialised: a local seed checkpoint, the network's published seed (only the one the
+    ledger host pins, in a ledger network), or from scratch."""
     expected = config_dict(cfg.model)
     if cfg.seed_checkpoint:
 
@@ -74,9 +75,11 @@ def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[
 
         return init_local, f"local seed {cfg.seed_checkpoint}"
     if dht is not None:
+        from moe.net.ledger_client import pinned_seed_sha256
         from moe.net.seed_transfer import fetch_seed
 
-        blob = fetch_seed(dht, timeout=cfg.network.discovery_timeout_seconds)
+        timeout = cfg.network.discovery_timeout_seconds
+        blob = fetch_seed(dht, expected_sha256=pinned_seed_sha256(dht, cfg.ledger, timeout), timeout=timeout)
 
         def init_fetched(model: ByteLM) -> None:
             load_model_bytes(model, blob, expected, source="the network's seed")

@@ -30,7 +30,7 @@ from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
 from moe.fileio import write_json
 from moe.roles.layout import PUBLISHED, RESULT, SERVING, RunLayout
-from moe.roles.node import StatusBoard, wait_for_stop
+from moe.roles.node import PARENT_PID_VAR, StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ class PhaseTimeouts:
     """The baselines, which train alongside everything else."""
     stop_seconds: float = 20.0
     """A node's grace between SIGTERM and SIGKILL at the end."""
+    interrupted_stop_seconds: float = 3.0
+    """The same grace when the run is interrupted (Ctrl-C, SIGTERM): short, as whoever stops it expects every process
+    gone within seconds."""
 
     def __post_init__(self):
         require_positive(self, vars(self))
@@ -71,7 +74,11 @@ class NodeFailed(RuntimeError):
 
 
 class Nodes:
-    """Child processes of the local network, each logging to `<run_dir>/logs/<name>.out`."""
+    """Child processes of the local network, each logging to `<run_dir>/logs/<name>.out`.
+
+    Each node leads its own session, so a terminal's Ctrl-C reaches only this process, which stops them in order
+    (`stop_all`); a node whose parent dies without doing so exits by itself (`moe.roles.node.exit_with_parent`).
+    """
 
     def __init__(self, layout: RunLayout, entry: Path, base: list[str]):
         self.layout, self.entry, self.base = layout, entry, base
@@ -80,9 +87,8 @@ class Nodes:
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, str(self.entry), str(self.layout.config), *self.base, *args]
         log = open(self.layout.node_output(name), "w")
-        self.procs[name] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-        )
+        env = {**os.environ, **(env or {}), PARENT_PID_VAR: str(os.getpid())}  # it exits when this process dies
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         logger.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(cmd))
 
     def check(self, names: list[str]) -> None:
@@ -105,18 +111,37 @@ class Nodes:
                 raise NodeFailed(f"{', '.join(pending)} did not finish within {timeout:.0f}s")
             time.sleep(0.5)
 
-    def stop_all(self, timeout: float) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name, p in self.procs.items():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logger.warning("%s ignored SIGTERM; killing it", name)
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+    def stop_all(self, grace_seconds: float) -> None:
+        """Stop every node: SIGTERM, up to `grace_seconds` to close its DHT, server and p2pd, then SIGKILL to all that
+        is left in its process group, which its DHT process and p2pd daemons share; so nothing outlives the network.
+        Interrupted meanwhile (a second Ctrl-C), it kills at once rather than leave orphans."""
+        running = {name: p for name, p in self.procs.items() if p.poll() is None}
+        for p in running.values():
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        try:
+            while time.monotonic() < deadline and not all(map(_exited, running.values())):
+                time.sleep(0.1)
+        finally:
+            for name, p in running.items():
+                if not _exited(p):
+                    logger.warning("%s still running %.0fs after SIGTERM; killing it", name, grace_seconds)
+                _kill_group(p)
+
+
+def _exited(p: subprocess.Popen) -> bool:
+    """Whether `p` has exited, without reaping it: while it is unreaped its pid, which is also the id of its process
+    group, cannot be reused, so killing that group later cannot hit a stranger's processes."""
+    return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL what is left of the process group a node leads (it was started in a new session), then reap it."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
 
 
 def _child_env(index: int) -> dict[str, str]:
@@ -166,6 +191,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
     host, validators = _start_ledger(cfg, layout, dht, base)
     nodes = Nodes(layout, entry, base)
     display = _Display(layout, console)
+    interrupted = False
     try:
         nodes.start("seed", ["role=seed"], _child_env(0))
         nodes.wait_for(["seed"], lambda n: (layout.seed / PUBLISHED).exists(), tm.seed_seconds, display)
@@ -200,17 +226,36 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
         display.stop()
         console.print(f"[red]error:[/red] {e}")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (moe.roles.node.Stopped)
+        interrupted = True
+        display.stop()
+        console.print("[yellow]interrupted:[/yellow] stopping every node")
+        raise
     finally:
         display.stop()
-        nodes.stop_all(tm.stop_seconds)
-        if host is not None:
-            host.stop()
-        dht.shutdown()
+        _stop_network(nodes, host, dht, tm, interrupted)
     summary = build_summary(cfg, layout, wall_seconds=time.time() - t0)
     write_json(layout.summary, summary)
     print_summary(summary, console)
     console.print(f"summary: {layout.summary}")
     return 0
+
+
+def _stop_network(nodes: Nodes, host, dht, tm: PhaseTimeouts, interrupted: bool) -> None:
+    """Stop the nodes, then the ledger feed and the bootstrap DHT.
+
+    Interrupted, the nodes get a short grace, and the last two are left to this process's exit
+    (`moe.roles.node.exit_now`): a terminal's Ctrl-C kills the bootstrap's p2pd too, so their orderly stops would
+    wait out DHT timeouts (6 s measured). The exit terminates the DHT process, which takes its p2pd along, and ends
+    the ledger thread, whose SQLite file survives that by design.
+    """
+    if interrupted:
+        nodes.stop_all(tm.interrupted_stop_seconds)
+        return
+    nodes.stop_all(tm.stop_seconds)
+    if host is not None:
+        host.stop()
+    dht.shutdown()
 
 
 def _start_ledger(cfg: RunConfig, layout: RunLayout, dht, base: list[str]):
@@ -230,7 +275,10 @@ def _start_ledger(cfg: RunConfig, layout: RunLayout, dht, base: list[str]):
         validators[f"validator-{k}"] = (key, stake)
     hotkey = Hotkey.load_or_create(layout.key("ledger"))
     genesis = local_genesis(lh.shared_netuid, lh.block_interval_seconds, lh.tempo, lh.difficulty, balances)
-    host = LedgerHost(dht, layout.ledger, genesis, hotkey, lh.shared_netuid, lh.block_interval_seconds).start()
+    seed_publisher = Hotkey.load_or_create(cfg.hotkey_path or layout.key("seed")).address  # the seed node's key
+    host = LedgerHost(
+        dht, layout.ledger, genesis, hotkey, lh.shared_netuid, lh.block_interval_seconds, seed_publisher=seed_publisher
+    ).start()
     base += ["ledger.enabled=true", f"ledger.host={hotkey.address}"]
     return host, validators
 

@@ -64,11 +64,14 @@ def evaluate_mixture(mixture: Mixture, windows_by_subnet) -> MixtureScores:
 
 
 def load_generalist(cfg: RunConfig, dht) -> ByteLM:
-    """The network's seed, fetched by hash over the DHT and verified: the generalist the mixture always includes."""
+    """The network's seed, fetched by hash over the DHT and verified (the ledger host's pinned seed in a ledger
+    network): the generalist the mixture always includes."""
+    from moe.net.ledger_client import pinned_seed_sha256
     from moe.net.seed_transfer import fetch_seed
 
     model = ByteLM(cfg.model)
-    blob = fetch_seed(dht, timeout=cfg.network.discovery_timeout_seconds)
+    timeout = cfg.network.discovery_timeout_seconds
+    blob = fetch_seed(dht, expected_sha256=pinned_seed_sha256(dht, cfg.ledger, timeout), timeout=timeout)
     load_model_bytes(model, blob, config_dict(cfg.model), source="the network's seed")
     return model
 
@@ -85,7 +88,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         if rc.generalist:
             mixture.set_generalist(load_generalist(cfg, mixture.dht))
         if rc.follow_validators and cfg.ledger.enabled:
-            mixture.follow_ledger(cfg.ledger.host or None)
+            mixture.follow_ledger(cfg.ledger.host)
         seq_len = cfg.expert_train.seq_len
         route_tokens = [subnet_tokens(subnets[s], "route", cfg.data) for s in cfg.subnets]
         blend = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER)(0)

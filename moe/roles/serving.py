@@ -67,9 +67,7 @@ def register_if_ledger(dht, hotkey: Hotkey, ledger: LedgerAccessConfig, uid: int
     from moe.net.ledger_client import register_on_ledger
 
     try:
-        uid, registered_at, _ = register_on_ledger(
-            dht, hotkey, 0, ledger.register_timeout_seconds, ledger.host or None
-        )
+        uid, registered_at, _ = register_on_ledger(dht, hotkey, 0, ledger.register_timeout_seconds, host=ledger.host)
     except TimeoutError as e:
         logger.warning("%s; serving as uid %d, unregistered (validators give it no weight)", e, uid)
         return uid, 0
@@ -88,12 +86,17 @@ def start_heartbeat(
     subnet: Subnet,
     centroid: list[float],
     registered_at: int,
+    claimed_peer: str | None = None,
 ):
-    """Announce a served expert in the DHT by heartbeat; `progress()` gives (train_step, claimed bpb) at each beat."""
+    """Announce a served expert in the DHT by heartbeat; `progress()` gives (train_step, claimed bpb) at each beat.
+    The server answers identity challenges for `hotkey`, which is what makes the records count. The records name
+    the server's own peer, or `claimed_peer` (only the hijack adversary names someone else's)."""
     from hivemind.utils import get_dht_time
 
     from moe.net.discovery import Heartbeat
     from moe.net.expert_record import ExpertRecord
+
+    server.prove_identity(hotkey)
 
     def record() -> ExpertRecord:
         step, bpb = progress()
@@ -102,7 +105,7 @@ def start_heartbeat(
             hotkey=hotkey.address,
             subnet=subnet.name,
             netuid=subnet.netuid,
-            peer_id=str(server.peer_id),
+            peer_id=claimed_peer or str(server.peer_id),
             model=summary,
             train_step=step,
             claimed_eval_bpb=bpb,

@@ -88,7 +88,7 @@ def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> t
     return t[:, :-1], t[:, 1:], drawn
 
 
-def _wait_for_fresh_epoch(dht, host: str | None, last_epoch: int, timeout: float, deadline_fraction: float):
+def _wait_for_fresh_epoch(dht, host: str, last_epoch: int, timeout: float, deadline_fraction: float):
     """The ledger head once its epoch is new to this validator and not nearly over (so weights are not stale)."""
     from moe.net.ledger_client import read_head
 
@@ -122,7 +122,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         my_uid, head = None, None
         if lc.enabled:
             status.update(phase="registering")
-            my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, lc.register_timeout_seconds, lc.host or None)
+            my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, lc.register_timeout_seconds, host=lc.host)
         status.update(phase="discovering")
         mixture.wait_for_experts(1, timeout=cfg.network.discovery_timeout_seconds)
         last_epoch = -1
@@ -131,7 +131,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             t0 = time.monotonic()
             if lc.enabled:
                 timeout = lc.register_timeout_seconds
-                head = _wait_for_fresh_epoch(dht, lc.host or None, last_epoch, timeout, vc.weights_deadline_fraction)
+                head = _wait_for_fresh_epoch(dht, lc.host, last_epoch, timeout, vc.weights_deadline_fraction)
                 epoch = head.epoch
             else:
                 epoch = i
@@ -140,14 +140,14 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             commit = make_commit(hotkey, seed, epoch)
             publish_commit(dht, hotkey, commit.to_json(), None, vc.commit_ttl_seconds)
             x, y, drawn = _windows(val, seed, vc.windows_per_epoch, vc.seq_len)
-            records: list[ExpertRecord] = [r for r in mixture.records() if r.hotkey != hotkey.address]
+            records = scorable(mixture.records(), hotkey.address, head if lc.enabled else None)
             hotkeys = [r.hotkey for r in records]
             donors = _windows(val, hashlib.sha256(seed + b"audit-donors").digest(), vc.audit.count(), vc.seq_len)[0]
             rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed + b"audit").digest()[:8], "big"))
             query = functools.partial(query_windows, mixture.call, hotkeys, batch_size=vc.batch_size)
             dists, present, audit = audited_query(query, x, donors, vc.audit, rng)
             audit_flags = audit.flags(vc.audit)
-            reg = _registration(records, head)
+            reg = _registration(records, head if lc.enabled else None)
             domains = sorted(val)
             groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
             score = score_experts(
@@ -161,13 +161,12 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 groups=groups,
                 audit_flags=audit_flags,
             )
+            for impostor in mixture.impostors():
+                score.flags.setdefault(impostor, []).append("identity")
             weights: dict[int, int] = {}
             if lc.enabled and head is not None:
-                uids = [head.uids[hk][0] for hk in hotkeys if hk in head.uids]
-                ws = [score.contribution[hk] for hk in hotkeys if hk in head.uids]
-                missing = [hk[:16] for hk in hotkeys if hk not in head.uids]
-                if missing:
-                    logger.warning("experts not registered on the ledger get no weight: %s", missing)
+                uids = [head.uids[hk][0] for hk in hotkeys]  # every scored expert is registered (`scorable`)
+                ws = [score.contribution[hk] for hk in hotkeys]
                 sub = WeightSubmission.create(hotkey, head.netuid, epoch, uids, ws)
                 publish_weights(dht, hotkey, [sub])
                 weights = dict(zip(sub.uids, sub.weights, strict=True))
@@ -208,23 +207,32 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     return 0
 
 
+def scorable(records: list[ExpertRecord], me: str, head) -> list[ExpertRecord]:
+    """The experts a validator scores: identity-proven records (Mixture.records) other than its own and, when the
+    network has a ledger, only hotkeys registered there; an unregistered record is no miner."""
+    out = [r for r in records if r.hotkey != me]
+    if head is None:
+        return out
+    unregistered = [r.hotkey[:16] for r in out if r.hotkey not in head.uids]
+    if unregistered:
+        logger.info("not scoring experts the ledger does not know: %s", unregistered)
+    return [r for r in out if r.hotkey in head.uids]
+
+
 def _registration(records: list[ExpertRecord], head) -> list[tuple[float, int]]:
-    """(registration block, uid) per expert: the ledger's when it knows the hotkey, else the record's own claim."""
-    out = []
-    for r in records:
-        if head is not None and r.hotkey in head.uids:
-            uid, block = head.uids[r.hotkey]
-            out.append((float(block), uid))
-        else:
-            out.append((float(r.registered_at) if r.registered_at else float("inf"), r.uid))
-    return out
+    """(registration block, uid) per expert, from the ledger when the network has one (never from the record's own
+    claim, which anyone can backdate); without a ledger, the record's claim is all there is."""
+    if head is not None:
+        return [(float(head.uids[r.hotkey][1]), head.uids[r.hotkey][0]) for r in records]
+    return [(float(r.registered_at) if r.registered_at else float("inf"), r.uid) for r in records]
 
 
 def _result(hotkey: Hotkey, uid: int | None, vc: ValidatorConfig, epochs: list[dict]) -> dict:
     """The validator's result: every epoch, and the contribution averaged over epochs (what the summary reports)."""
     keys = sorted({hk for e in epochs for hk in e["contribution"]})
     mean = {hk: float(np.mean([e["contribution"].get(hk, 0.0) for e in epochs])) for hk in keys}
-    flags = {hk: sorted({f for e in epochs for f in e["flags"].get(hk, [])}) for hk in keys}
+    flagged = sorted({hk for e in epochs for hk in e["flags"]})  # impostors are flagged without being scored
+    flags = {hk: sorted({f for e in epochs for f in e["flags"].get(hk, [])}) for hk in flagged}
     return {
         "hotkey": hotkey.address,
         "uid": uid,

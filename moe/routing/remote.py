@@ -16,12 +16,14 @@ import functools
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from hivemind.p2p import PeerID
 from safetensors.torch import load_file, save_file
 
 from moe.config_checks import require_at_least, require_between, require_positive
@@ -30,6 +32,7 @@ from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
+from moe.net.identity_proof import ProvenIdentities
 from moe.net.join import NetworkConfig
 from moe.poi.causality import NONCAUSAL, AuditConfig, audited_query
 from moe.routing.gate import Gate
@@ -38,6 +41,9 @@ from moe.routing.signature import SIGNATURE_DIM
 from moe.routing.window_query import query_windows
 
 logger = logging.getLogger(__name__)
+
+IDENTITY_TIMEOUT_SECONDS = 5.0
+"""Longest wait for a peer to answer an identity challenge (a dead peer is asked again every 30 s)."""
 
 
 @dataclass
@@ -98,6 +104,10 @@ class Mixture:
 
     def __init__(self, dht, directory: ExpertDirectory, client: SyncExpertClient, rc: RouterConfig, own_dht: bool):
         self.dht, self.directory, self.client, self.rc, self._own_dht = dht, directory, client, rc, own_dht
+        challenge_timeout = min(IDENTITY_TIMEOUT_SECONDS, rc.client.forward_timeout_seconds)
+        self.identities = ProvenIdentities(
+            lambda peers: client.prove_identities([PeerID.from_base58(p) for p in peers], timeout=challenge_timeout)
+        )
         self.gate = Gate(rc.d_gate)
         self.slots = ExpertSlots(self.gate.max_experts)
         self.generalist: torch.nn.Module | None = None
@@ -132,10 +142,27 @@ class Mixture:
         return cls(dht, directory, SyncExpertClient(rc.client, dht=dht), rc, own)
 
     def wait_for_experts(self, n: int, timeout: float) -> list[ExpertRecord]:
-        return self.directory.wait_for(n, timeout)
+        """Block until `n` experts are discovered and have proved their identity; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        self.directory.wait_for(n, timeout)
+        while len(records := self.records()) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(records)} of {n} experts proved their identity within {timeout:.1f}s")
+            time.sleep(0.5)
+        return records
 
     def records(self) -> list[ExpertRecord]:
-        return [r for r in self.directory.experts() if len(r.signature_centroid) == SIGNATURE_DIM]
+        """Discovered experts whose peer proved their hotkey (moe.net.identity_proof) and whose signature fits the
+        gate; a record naming a peer that serves another hotkey, or several, is left out."""
+        found = [r for r in self.directory.experts() if len(r.signature_centroid) == SIGNATURE_DIM]
+        owner = self.identities.hotkey_of({r.peer_id for r in found})
+        return [r for r in found if owner.get(r.peer_id) == r.hotkey]
+
+    def impostors(self) -> set[str]:
+        """Hotkeys of discovered records whose named peer proved other hotkeys (a hijack, or one peer serving
+        several hotkeys); a validator flags them `identity`."""
+        self.records()  # asks any peer not asked yet
+        return self.identities.impostors((r.peer_id, r.hotkey) for r in self.directory.experts())
 
     def entries(self) -> list[ExpertEntry]:
         """The experts the mixture routes over: every discovered one the validators have not ruled out."""
@@ -212,8 +239,6 @@ class Mixture:
 
     def call(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{hotkey: x} -> {hotkey: log-probs} for the experts that answered validly within the timeouts."""
-        from hivemind.p2p import PeerID
-
         by_peer = {r.hotkey: PeerID.from_base58(r.peer_id) for r in self.records() if r.hotkey in inputs}
         replies = self.client.call_many(list(by_peer.values()), {by_peer[k]: inputs[k] for k in by_peer})
         return {k: replies[p] for k, p in by_peer.items() if p in replies}

@@ -173,5 +173,5 @@ def test_overflowing_number_cannot_crash_readers(lone_reader, body, caplog):
     assert lone_reader.store(HEAD_KEY, value, expiration_time=expiration, subkey=EVE.address)
     with caplog.at_level(logging.WARNING, logger="moe.net.dht_records"):
         assert read_signed(lone_reader, HEAD_KEY, HEAD_CONTEXT) == {}
-        assert read_head(lone_reader) is None
+        assert read_head(lone_reader, EVE.address) is None
     assert f"skipping entry {EVE.address[:16]}" in caplog.text

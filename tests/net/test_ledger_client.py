@@ -14,10 +14,12 @@ from moe.net.ledger_client import (
     COMMITS_KEY,
     HEAD_CONTEXT,
     HEAD_KEY,
+    LedgerAccessConfig,
     LedgerHead,
     flagged_by_validators,
     publish_commit,
     read_head,
+    register_on_ledger,
 )
 from moe.net.signed import MalformedRecord
 from moe.poi.commit import SeedCommit, check_reveal, make_commit, new_seed
@@ -39,6 +41,7 @@ def head_payload(height: int = 12, **overrides) -> dict:
         "uids": {MINER.address: [0, 7]},
         "stakes": {MINER.address: 1000},
         "incentive": {MINER.address: 0.75},
+        "seed_sha256": "cd" * 32,
     }
     return payload | overrides
 
@@ -58,7 +61,9 @@ def test_from_payload_reads_every_field():
         uids={MINER.address: (0, 7)},
         stakes={MINER.address: 1000},
         incentive={MINER.address: 0.75},
+        seed_sha256="cd" * 32,
     )
+    assert LedgerHead.from_payload(HOST.address, head_payload(seed_sha256=None)).seed_sha256 is None  # not learned
 
 
 @pytest.mark.parametrize("field", list(head_payload()))
@@ -66,7 +71,7 @@ def test_from_payload_refuses_a_missing_field(field):
     """A head missing any field raises MalformedRecord naming it."""
     payload = head_payload()
     del payload[field]
-    with pytest.raises(MalformedRecord, match=f"malformed ledger head: KeyError\\('{field}'\\)"):
+    with pytest.raises(MalformedRecord, match=f"malformed ledger head: .*missing keys \\['{field}'\\]"):
         LedgerHead.from_payload(HOST.address, payload)
 
 
@@ -110,25 +115,24 @@ def test_epoch_progress_counts_the_blocks_of_the_current_epoch(tempo):
         assert 0.0 <= head.epoch_progress() < 1.0
 
 
-def test_read_head_picks_the_highest_valid_head_and_filters_by_host(module_pair, caplog):
-    """read_head returns the highest valid head (a malformed higher one is logged and skipped; one of another
-    context never gets stored), and only the named host's when `host` is given; None when that host published
-    nothing."""
+def test_read_head_reads_only_the_pinned_host(module_pair, caplog):
+    """read_head returns the pinned host's head, never a higher one by another signer; a malformed head of the host
+    is logged and skipped (None), one of another context never gets stored, and a host that published nothing
+    gives None."""
     a, b = module_pair
-    assert read_head(b) is None
-    other, forger, stray = (Hotkey.from_seed(bytes([i]) * 32) for i in b"ofs")
-    assert publish_signed(a, HEAD_KEY, HOST, head_payload(height=5), HEAD_CONTEXT, ttl=30)
+    host, other, stray = (Hotkey.from_seed(bytes([i]) * 32) for i in b"hos")
+    assert read_head(b, host.address) is None
+    assert publish_signed(a, HEAD_KEY, host, head_payload(height=5), HEAD_CONTEXT, ttl=30)
     assert publish_signed(a, HEAD_KEY, other, head_payload(height=9, epoch=4), HEAD_CONTEXT, ttl=30)
-    assert publish_signed(a, HEAD_KEY, forger, {"height": 100}, HEAD_CONTEXT, ttl=30)
     assert not publish_signed(a, HEAD_KEY, stray, head_payload(height=200), "ledger-inbox", ttl=30)  # refused
-    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_client"):
-        newest = read_head(b)
-    assert (newest.host, newest.height, newest.epoch) == (other.address, 9, 4)
-    assert read_head(b, "").host == other.address  # an empty host (LedgerAccessConfig's default) trusts any signer
-    assert f"ledger head by {forger.address[:16]}: malformed ledger head" in caplog.text
-    mine = read_head(b, HOST.address)
-    assert (mine.host, mine.height, mine.uids) == (HOST.address, 5, {MINER.address: (0, 7)})
+    mine = read_head(b, host.address)
+    assert (mine.host, mine.height, mine.uids) == (host.address, 5, {MINER.address: (0, 7)})
+    assert read_head(b, other.address).height == 9
     assert read_head(b, MINER.address) is None
+    assert publish_signed(a, HEAD_KEY, host, {"height": 100}, HEAD_CONTEXT, ttl=30)
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_client"):
+        assert read_head(b, host.address) is None
+    assert f"ledger head by {host.address[:16]}: malformed ledger head" in caplog.text
 
 
 def test_publish_commit_round_trip_before_and_after_reveal(module_pair):
@@ -165,3 +169,86 @@ def test_flagged_by_validators_needs_a_stake_majority_of_revealed_verdicts(modul
     assert flagged_by_validators(b, head) == {cheat: ["copy"], disputed: ["timeout"]}
     lone = LedgerHead.from_payload(HOST.address, head_payload(stakes={small.address: 400, big.address: 100}))
     assert flagged_by_validators(b, lone) == {}  # the only valid verdict holds 100 of the 500 that revealed
+
+
+# attacks on the head: a forger's higher head, and malformed fields from anyone
+
+
+def test_a_forgers_higher_head_cannot_redirect_uids(module_pair):
+    """A forger publishing a higher head that moves the miner's uid (so a validator's weights go to another uid) is
+    never read: nodes read the pinned host's head only, and asking for a head without a host is refused."""
+    a, b = module_pair
+    host, forger = Hotkey.from_seed(b"H" * 32), Hotkey.from_seed(b"F" * 32)
+    assert publish_signed(a, HEAD_KEY, host, head_payload(height=5, uids={MINER.address: [0, 7]}), HEAD_CONTEXT, 30)
+    forged = head_payload(height=500, uids={MINER.address: [9, 7], forger.address: [0, 1]})
+    assert publish_signed(a, HEAD_KEY, forger, forged, HEAD_CONTEXT, 30)
+    uid, block, head = register_on_ledger(b, MINER, 0, timeout=5, host=host.address)
+    assert (uid, block, head.host) == (0, 7, host.address)
+    for anyone in ("", None):
+        with pytest.raises(ValueError, match="ledger host"):
+            read_head(b, anyone)
+
+
+def test_ledger_access_needs_the_hosts_key():
+    """Joining a ledger-enabled network without pinning the host's key is a one-line config error."""
+    with pytest.raises(ValueError, match="ledger.host"):
+        LedgerAccessConfig(enabled=True)
+    with pytest.raises(ValueError, match="ledger.host"):
+        LedgerAccessConfig(enabled=True, host="not-a-key")
+    assert LedgerAccessConfig(enabled=True, host=HOST.address).host == HOST.address
+    assert LedgerAccessConfig().host == ""  # a node outside any ledger network needs no host
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(block_interval=-1.0),  # time.sleep(-1.0) raises in every waiting node
+        dict(block_interval=0),
+        dict(block_interval=True),
+        dict(height=True),  # a bool where an int belongs
+        dict(height=12.0),  # a float where an int belongs
+        dict(height=-1),
+        dict(epoch=-2),
+        dict(epoch=3.5),
+        dict(tempo=True),
+        dict(difficulty=0),
+        dict(difficulty=2.0),
+        dict(netuid=-1),
+        dict(head_hash="ab"),
+        dict(head_hash=7),
+        dict(uids={MINER.address: [0.9, 7]}),  # int() would quietly make it uid 0
+        dict(uids={MINER.address: [True, 7]}),
+        dict(uids={MINER.address: [-1, 7]}),
+        dict(uids={MINER.address: [0, -7]}),
+        dict(uids={MINER.address: [0, 7, 1]}),
+        dict(uids={"miner": [0, 7]}),  # not an address
+        dict(stakes={MINER.address: -5}),
+        dict(stakes={MINER.address: True}),
+        dict(stakes={MINER.address: 1.5}),
+        dict(incentive={"miner": 0.5}),
+        dict(seed_sha256="cd" * 31),
+        dict(seed_sha256=5),
+        dict(extra=1),  # an unknown key
+    ],
+)
+def test_from_payload_refuses_out_of_range_fields(overrides):
+    """A head with a bool or float where an int belongs, a negative count, a non-positive block interval or
+    difficulty, a short hash or a key that is not an address raises MalformedRecord."""
+    with pytest.raises(MalformedRecord, match="malformed ledger head"):
+        LedgerHead.from_payload(HOST.address, head_payload(**overrides))
+
+
+def test_a_malformed_head_of_the_pinned_host_is_skipped_not_crashed_on(module_pair, caplog):
+    """The pinned host's head with a negative block interval (or a float uid) is skipped with one log line: a
+    validator waiting for an epoch times out instead of crashing in time.sleep."""
+    from moe.roles.validator import _wait_for_fresh_epoch
+
+    a, b = module_pair
+    host = Hotkey.from_seed(b"B" * 32)
+    bad = head_payload(height=30, block_interval=-1.0, uids={MINER.address: [0.9, 7]})
+    assert publish_signed(a, HEAD_KEY, host, bad, HEAD_CONTEXT, 30)
+    with caplog.at_level(logging.WARNING, logger="moe.net.ledger_client"):
+        assert read_head(b, host.address) is None
+        with pytest.raises(TimeoutError):
+            _wait_for_fresh_epoch(b, host.address, last_epoch=-1, timeout=1.0, deadline_fraction=1.0)
+    assert f"ledger head by {host.address[:16]}: malformed ledger head" in caplog.text

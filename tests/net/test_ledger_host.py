@@ -80,10 +80,43 @@ def test_inbox_refuses_records_acting_for_another_hotkey(ledger_net, caplog):
     from moe.ledger.records import registration_record
 
     dht, feed, validator, miner, host = ledger_net
-    head = read_head(dht, host.address) or (feed.wait(lambda f: read_head(dht) is not None, 10) and read_head(dht))
+    assert feed.wait(lambda f: read_head(dht, host.address) is not None, 10)
+    head = read_head(dht, host.address)
     rec = registration_record(miner, 0, head.head_hash, nonce=0)
     with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
         publish_signed(dht, INBOX_KEY, validator, {"records": [rec]}, INBOX_CONTEXT, 30)
         assert feed.wait(lambda f: len(f.rejected) >= 1, 10)
     assert "acts for another hotkey" in caplog.text
     assert miner.address not in read_head(dht, host.address).uids
+
+
+def test_host_pins_the_seed_publishers_seed_in_its_head(tmp_path):
+    """Given the seed publisher's key, the host pins the sha256 that key announces in every head it signs, ignoring
+    a seed another hotkey announced first; a node reading the pinned seed gets that sha256."""
+    from moe.net.join import start_bootstrap_dht
+    from moe.net.ledger_client import LedgerAccessConfig, pinned_seed_sha256
+    from moe.net.seed_transfer import SeedRecord, announce_seed
+
+    peer = "12D3KooWHHxjnJzuZq8aCbxmX6zBnRLrXiS3cFHTv9J9sZfsFKtA"
+    host, publisher, mallory = (Hotkey.from_seed(bytes([i]) * 32) for i in (51, 52, 53))
+    dht = start_bootstrap_dht()
+    feed = None
+    try:
+        assert announce_seed(dht, SeedRecord(mallory.address, "ee" * 32, 10, peer), mallory, ttl=30)
+        genesis = local_genesis(0, 0.1, 10, 4, {})
+        feed = LedgerHost(dht, tmp_path / "l.sqlite", genesis, host, 0, 0.1, 0.05, seed_publisher=publisher.address)
+        feed.start()
+        assert feed.wait(lambda f: read_head(dht, host.address) is not None, 10)
+        assert read_head(dht, host.address).seed_sha256 is None  # the publisher announced nothing yet
+        assert announce_seed(dht, SeedRecord(publisher.address, "5e" * 32, 10, peer), publisher, ttl=30)
+        ledger = LedgerAccessConfig(enabled=True, host=host.address)
+        assert pinned_seed_sha256(dht, ledger, timeout=10) == "5e" * 32
+        assert announce_seed(dht, SeedRecord(publisher.address, "77" * 32, 10, peer), publisher, ttl=30)
+        height = read_head(dht, host.address).height
+        assert feed.wait(lambda f: read_head(dht, host.address).height > height + 2, 10)
+        assert read_head(dht, host.address).seed_sha256 == "5e" * 32  # pinned once, for the run
+        assert pinned_seed_sha256(dht, LedgerAccessConfig(), timeout=1) is None  # no ledger, no pin
+    finally:
+        if feed is not None:
+            feed.stop()
+        dht.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 
 import pytest
@@ -100,6 +101,21 @@ def test_conflicting_publishers_need_a_choice(pair, blob):
             fetch_seed(b, timeout=20)
         assert fetch_seed(b, expected_publisher=PUBLISHER.address, timeout=20) == blob
         assert fetch_seed(a, expected_publisher=MALLORY.address, timeout=20) == other
+
+
+def test_a_second_seed_by_another_hotkey_is_ignored_when_the_seed_is_pinned(pair, blob, caplog):
+    """Fetching the pinned sha256 loads exactly the pinned seed although another hotkey announced a different one,
+    which is logged and never downloaded; with only that other seed around, the fetch fails instead of loading it."""
+    a, b = pair
+    pinned, forged = hashlib.sha256(blob).hexdigest(), blob[::-1]
+    with SeedPublisher(b, MALLORY, forged, chunk_bytes=4096):
+        with pytest.raises(SeedError, match="no valid seed record"):
+            fetch_seed(a, expected_sha256=pinned, timeout=5)
+        with SeedPublisher(a, PUBLISHER, blob, chunk_bytes=4096):
+            with caplog.at_level(logging.WARNING, logger="moe.net.seed_transfer"):
+                assert fetch_seed(b, expected_sha256=pinned, timeout=20) == blob
+    forged_sha = hashlib.sha256(forged).hexdigest()
+    assert f"ignoring seed {forged_sha[:12]} announced by {MALLORY.address[:16]}: not the pinned seed" in caplog.text
 
 
 def test_missing_seed_and_unknown_publisher(pair, blob):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from moe.config_loader import parse_args
 from moe.fileio import write_json
 from moe.model.transformer import ByteLM, ModelConfig, config_dict
-from moe.roles.baseline import run_baseline
+from moe.roles.baseline import IDLE_CHECK_STEPS, run_baseline, take_idle_cores
 from moe.roles.layout import CHECKPOINT, RESULT, RunLayout
 from moe.roles.run_config import RunConfig
 from moe.training.checkpoint import CheckpointError, load_checkpoint, model_to_bytes
@@ -112,3 +113,23 @@ def test_seed_of_another_architecture_is_refused(tmp_path, subnets):
     layout.seed_blob.write_bytes(model_to_bytes(ByteLM(other), config_dict(other)))
     with pytest.raises(CheckpointError, match="another model config"):
         run_baseline(cfg, subnets, layout, "solo", n_experts=2)
+
+
+def test_a_baseline_takes_the_idle_cores_once_the_rest_of_the_run_is_done(tmp_path):
+    """The hook leaves the thread count alone while the router or the other baseline still runs, and raises it to
+    every core of the machine once both are done (checked every IDLE_CHECK_STEPS steps)."""
+    layout = RunLayout.create(tmp_path, "r")
+    hook = take_idle_cores(layout, "dense")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        write_json(layout.router / RESULT, {})
+        hook(IDLE_CHECK_STEPS, None)
+        assert torch.get_num_threads() == 1  # the solo baseline is still training
+        write_json(layout.baseline("solo") / RESULT, {})
+        hook(IDLE_CHECK_STEPS + 1, None)
+        assert torch.get_num_threads() == 1  # not a checking step
+        hook(2 * IDLE_CHECK_STEPS, None)
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)

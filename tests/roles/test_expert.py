@@ -173,3 +173,52 @@ def test_replay_changes_what_the_expert_learns_and_zero_is_the_plain_specialist(
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="replay_fraction"):
             ExpertConfig(replay_fraction=bad)
+
+
+def test_a_joining_expert_loads_only_the_seed_the_ledger_host_pins(tmp_path):
+    """In a ledger network whose host pins the seed's sha256 in its signed head, an expert never loads a seed that
+    another hotkey announced (alone it is ignored and the fetch fails; beside the honest one it is skipped), and
+    branches from exactly the pinned seed."""
+    import hashlib
+
+    from moe.net.dht_records import publish_signed
+    from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
+    from moe.net.ledger_client import HEAD_CONTEXT, HEAD_KEY
+    from moe.net.seed_transfer import SeedError, SeedPublisher
+    from moe.roles.expert import _branch_from_seed
+
+    host, publisher, mallory = (Hotkey.from_seed(bytes([i]) * 32) for i in (31, 32, 33))
+    cfg = expert_cfg(
+        tmp_path, "ledger.enabled=true", f"ledger.host={host.address}", "network.discovery_timeout_seconds=5"
+    )
+    honest, forged = (model_to_bytes(seed_model(cfg, s), config_dict(cfg.model)) for s in (1, 2))
+    head = {
+        "height": 3,
+        "head_hash": "ab" * 32,
+        "epoch": 0,
+        "tempo": 10,
+        "netuid": 0,
+        "difficulty": 4,
+        "block_interval": 0.1,
+        "uids": {},
+        "stakes": {},
+        "incentive": {},
+        "seed_sha256": hashlib.sha256(honest).hexdigest(),
+    }
+    layout = RunLayout.create(cfg.out_dir, cfg.run_id)
+    expert = start_bootstrap_dht()  # the joining expert's peer; the seed publishers each have their own
+    peers = [start_dht(visible_maddrs(expert)) for _ in range(2)]
+    try:
+        assert publish_signed(expert, HEAD_KEY, host, head, HEAD_CONTEXT, ttl=60)
+        with SeedPublisher(peers[0], mallory, forged):
+            with pytest.raises(SeedError, match="no valid seed record"):
+                _branch_from_seed(cfg, layout, expert)
+            with SeedPublisher(peers[1], publisher, honest):
+                init, _ = _branch_from_seed(cfg, layout, expert)
+        model = ByteLM(cfg.model)
+        init(model)
+        for k, v in seed_model(cfg, 1).state_dict().items():
+            torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    finally:
+        for peer in [*peers, expert]:
+            peer.shutdown()

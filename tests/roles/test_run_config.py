@@ -45,6 +45,8 @@ def test_invalid_setting_from_command_line_is_a_config_error():
         parse_args(RunConfig, ["role=expert"])
     with pytest.raises(ConfigError, match="uid must be in"):
         parse_args(RunConfig, ["role=expert", "subnet=code", "uid=70000"])
+    with pytest.raises(ConfigError, match="ledger: ledger.host must be 64 lowercase hex .* needs the ledger host's"):
+        parse_args(RunConfig, ["role=router", "ledger.enabled=true"])  # no host would trust any signer's head
 
 
 @pytest.mark.parametrize(

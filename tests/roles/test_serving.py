@@ -110,7 +110,7 @@ def test_serving_config_direct_path_only_on_a_concrete_host(host, direct):
 def test_register_without_dht_or_ledger_keeps_uid(dht):
     """Without a DHT, or with the ledger disabled, the node keeps its configured uid at block 0 at once."""
     hk = Hotkey.from_seed(b"\x02" * 32)
-    assert register_if_ledger(None, hk, LedgerAccessConfig(enabled=True), 7) == (7, 0)
+    assert register_if_ledger(None, hk, LedgerAccessConfig(enabled=True, host=hk.address), 7) == (7, 0)
     assert register_if_ledger(dht, hk, LedgerAccessConfig(enabled=False), 9) == (9, 0)
 
 
@@ -118,7 +118,8 @@ def test_registration_that_never_lands_serves_unregistered(dht, caplog):
     """With the ledger enabled but no ledger host in the network, registration times out into a warning and the
     node serves under its configured uid, unregistered."""
     hk = Hotkey.from_seed(b"\x03" * 32)
-    ledger = LedgerAccessConfig(enabled=True, register_timeout_seconds=1.0)
+    host = Hotkey.from_seed(b"\x04" * 32).address
+    ledger = LedgerAccessConfig(enabled=True, host=host, register_timeout_seconds=1.0)
     with caplog.at_level(logging.WARNING, logger="moe.roles.serving"):
         assert register_if_ledger(dht, hk, ledger, 11) == (11, 0)
     assert "serving as uid 11, unregistered" in caplog.text
