@@ -24,6 +24,8 @@ import torch
 
 from moe.config_checks import require_at_least, require_between, require_positive
 
+VOCAB = 256
+"""Byte values; windows may also hold document markers (moe.model.tokenizer's BOS/EOS), which are not predicted."""
 NONCAUSAL = "noncausal"
 INCONSISTENT = "inconsistent"
 
@@ -86,15 +88,16 @@ def splice_twins(
     """n twins of the (W, T) windows `x`, continued from the (D, T) `donors` (real text of the same split).
 
     Each twin copies a random window up to a random cut and the donor's bytes from the cut on; cuts where the donor
-    happens to continue with the same byte are skipped, so the first difference is exactly at the cut."""
+    happens to continue with the same byte, or where either side holds a document marker, are skipped, so the first
+    difference is exactly at the cut and between two bytes."""
     W, T = x.shape
     if T < 3 or len(donors) == 0:
         raise ValueError(f"twins need windows of 3 bytes or more and donor text, got T={T}, {len(donors)} donors")
     rows, twins = [], []
     while len(twins) < n:
         i, j, cut = int(rng.integers(W)), int(rng.integers(len(donors))), int(rng.integers(2, T))
-        if donors[j, cut] == x[i, cut]:
-            continue
+        if donors[j, cut] == x[i, cut] or max(donors[j, cut], x[i, cut]) >= VOCAB:
+            continue  # the first difference must be exactly at the cut, between two bytes (not a document marker)
         rows.append(torch.cat([x[i, :cut], donors[j, cut:]]))
         twins.append(Twin(original=i, cut=cut))
     return torch.stack(rows) if rows else x[:0], twins
@@ -144,6 +147,8 @@ def audit_twins(
         b = _floored(dists[:, row, : twin.cut], cfg.floor_nats)
         before = _nan_as_inf((a[:, :-1] - b[:, :-1]).abs().amax(-1)).amax(-1)  # (E,)
         mine, theirs = int(rows[twin.original, twin.cut]), int(rows[row, twin.cut])
+        if max(mine, theirs) >= VOCAB:
+            continue  # a document marker at the cut: nobody predicts it as a byte (splice_twins never makes these)
         toward = torch.maximum(a[:, -1, mine] - b[:, -1, mine], b[:, -1, theirs] - a[:, -1, theirs])  # (E,)
         same_prefix = before <= cfg.max_logp_diff
         checked += both

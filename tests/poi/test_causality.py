@@ -13,10 +13,12 @@ import torch
 from moe.metrics import byte_log_probs
 from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.wire import decode_logp, encode_logp
+from moe.model.tokenizer import BOS, EOS
 from moe.poi.causality import (
     INCONSISTENT,
     NONCAUSAL,
     AuditConfig,
+    Twin,
     audit_twins,
     interleave,
     splice_twins,
@@ -173,3 +175,19 @@ def test_missing_replies_are_not_checked():
 def test_audit_config_range_checks_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         AuditConfig(**{field: value})
+
+
+def test_document_markers_are_never_the_cut_and_never_crash_the_judge():
+    """Windows of the validation split hold EOS/BOS markers (ids 256, 257): twins never cut at one, and a twin that
+    does (built by hand) is skipped rather than indexing past the 256 bytes of a reply."""
+    x, donors = text_windows(8, 0), text_windows(8, 1)
+    x[:, ::3], donors[:, 1::3] = EOS, BOS  # markers everywhere, on both sides
+    twins, plan = splice_twins(x, donors, 40, np.random.default_rng(0))
+    assert all(x[t.original, t.cut] < 256 and row[t.cut] < 256 for row, t in zip(twins, plan, strict=True))
+    rows = torch.cat([x, twins])
+    dists = query([PeekLM(fraction=1.0)], rows.clamp(max=255))
+    marked = Twin(original=0, cut=3)  # x[0, 3] is EOS
+    result = audit_twins(
+        rows, dists, torch.ones(1, len(rows), dtype=torch.bool), [*plan, marked], [*range(8, 48), 9], AuditConfig()
+    )
+    assert result.checked[0] == 40 and result.violations[0] == 40
