@@ -217,16 +217,16 @@ SEED_DEFAULTS = RunConfig().seed_train
 
 
 def test_partial_section_keeps_the_fields_default_not_the_class_default(tmp_path):
-    """Naming one field of seed_train (CLI or YAML) keeps its other fields at seed_train's default (300 steps,
-    lr 3e-3), not TrainConfig's class defaults (400 steps, lr 2e-3); expert_train keeps the class defaults."""
-    assert (SEED_DEFAULTS.steps, SEED_DEFAULTS.lr) == (300, 3e-3)
+    """Naming one field of seed_train (CLI or YAML) keeps its other fields at seed_train's default (700 steps,
+    lr 3e-3), not TrainConfig's class defaults (400 steps, lr 2e-3); expert_train keeps its own (300 steps)."""
+    assert (SEED_DEFAULTS.steps, SEED_DEFAULTS.lr) == (700, 3e-3)
     assert (TrainConfig().steps, TrainConfig().lr) == (400, 2e-3)  # else this test proves nothing
     from_cli = parse_args(RunConfig, ["seed_train.cpu_threads=2"])
     from_yaml = parse_args(RunConfig, [write(tmp_path / "a.yaml", "seed_train:\n  cpu_threads: 2\n")])
     from_mapping = parse_args(RunConfig, ["seed_train={cpu_threads: 2}"])
     for cfg in (from_cli, from_yaml, from_mapping):
         assert cfg.seed_train == TrainConfig(**{**vars(SEED_DEFAULTS), "cpu_threads": 2})
-        assert cfg.expert_train == TrainConfig()
+        assert cfg.expert_train == TrainConfig(steps=300)
 
 
 def test_shipped_tiny_config_keeps_the_seeds_learning_rate():

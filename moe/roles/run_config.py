@@ -55,9 +55,11 @@ class RunConfig:
     """The attack a role=adversary node runs (see moe.roles.adversary)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
-    seed_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-3, warmup_steps=30))
-    """Training of the shared seed on a blend of all subnets."""
-    expert_train: TrainConfig = field(default_factory=TrainConfig)
+    seed_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=700, lr=3e-3, warmup_steps=30))
+    """Training of the shared seed on a blend of all subnets. 700 seed steps and 300 per expert (1900 in all, as
+    the dense baseline) measured better than 300 and 400: the mixture 2.115 against dense 2.170 bits per byte in
+    distribution (2.166 against 2.169) and 3.163 against 3.612 on shifted text (3.190 against 3.763)."""
+    expert_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
     """Training of each specialist on its own subnet."""
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     router: RouterConfig = field(default_factory=RouterConfig)

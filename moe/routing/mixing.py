@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from moe.metrics import byte_log_probs, target_log_probs
 from moe.model.tokenizer import PAD
 from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
-from moe.routing.switching import gate_prior, switching_mixture
+from moe.routing.switching import first_loss_jump, gate_prior, switching_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def route_and_mix(
     generalist: Callable[[torch.Tensor], torch.Tensor] | None = None,
     gate_weight: float = 0.0,
     generalist_share: float = 0.2,
+    escalate_bits: float = 0.0,
+    escalate_window: int = 16,
 ) -> MixOutput:
     """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
     full counterfactual); the mixing itself is identical either way.
@@ -128,6 +130,9 @@ def route_and_mix(
     byte with fixed-share weights (moe.routing.switching) instead of the gate's weights, so weight moves to whichever
     predicts the bytes at hand, and the generalist bounds the damage where every specialist fails. The weight shared
     back after each byte follows the gate for a `gate_weight` share and is uniform for the rest (see `gate_prior`).
+    With `escalate_bits` > 0 (switching only), a sequence whose last `escalate_window` bytes cost the mixture more than
+    that many bits a byte on average also calls the experts it left out, which join from the next byte on, and its
+    weights restart from the recent bytes' likelihood: the candidate set is refreshed where the loss jumps.
     """
     B, T = x.shape
     J = len(experts)
@@ -178,7 +183,15 @@ def route_and_mix(
         nxt = F.pad(x[:, 1:], (0, 1), value=PAD)  # the byte each position predicts; nothing follows the last one
         share = generalist_share if generalist is not None else None
         prior = gate_prior(scores.logits, gate_weight, share)
-        mixed = switching_mixture(logp, nxt, available, switch_alpha, prior_logits=prior).logp
+        switched = switching_mixture(logp, nxt, available, switch_alpha, prior_logits=prior)
+        mixed = switched.logp
+        if escalate_bits > 0 and not call_all and T > P:
+            jump = first_loss_jump(switched.target_bits, escalate_window, escalate_bits, start=P)
+            added = _escalate(x, keys, chosen, jump, call, logp, available, answered)
+            if added:
+                requested += added
+                reset = torch.where(jump >= 0, jump, torch.full_like(jump, -1))
+                mixed = switching_mixture(logp, nxt, available, switch_alpha, prior, reset, escalate_window).logp
     return MixOutput(
         logp=mixed,
         gate_logits=scores.logits,
@@ -188,6 +201,35 @@ def route_and_mix(
         expert_positions=requested,
         generalist_positions=B * T if generalist is not None else 0,
     )
+
+
+def _escalate(
+    x: torch.Tensor,
+    keys: list[str],
+    chosen: torch.Tensor,
+    jump: torch.Tensor,
+    call: Caller,
+    logp: torch.Tensor,
+    available: torch.Tensor,
+    answered: torch.Tensor,
+) -> int:
+    """Call the experts each jumping row (jump >= 0) left out, on its whole sequence, in one parallel round; their
+    answers join `logp` / `available` / `answered` (in place) from the position after the jump. Returns the
+    distributions requested."""
+    rows = {key: torch.nonzero((jump >= 0) & ~chosen[:, j]).flatten() for j, key in enumerate(keys)}
+    rows = {key: r for key, r in rows.items() if len(r)}
+    if not rows:
+        return 0
+    replies = call({key: x[r] for key, r in rows.items()})
+    T = x.shape[1]
+    after = torch.arange(T)[None, :] > jump[:, None]  # (B, T) positions after each row's jump
+    for j, key in enumerate(keys):
+        if key in replies:
+            r = rows[key]
+            logp[r, :, j] = replies[key]
+            available[r, :, j] |= after[r]
+            answered[r, :, j] |= after[r]
+    return sum(len(r) for r in rows.values()) * T
 
 
 def gate_loss(

@@ -366,3 +366,29 @@ def test_published_centroids_route_at_once(specialists):
     for domain, right in (("code", "a"), ("english", "b")):
         nll, solo = domain_nll(gate, experts, models, data[domain])
         assert nll < solo[right] + 0.1
+
+
+def test_escalation_calls_the_left_out_experts_after_a_loss_jump(three, generalist):
+    """Where the mixture's last `window` bytes cost more than `escalate_bits` a byte, the experts a row left out are
+    called on it (counted, as the caller saw) and answer from the byte after the jump; a threshold nothing reaches
+    changes nothing."""
+    models, gate, experts = three
+    x = bytes_batch(seed=12)
+    B, T, J, k, window = *x.shape, 3, 1, 4
+    kwargs = dict(switch_alpha=0.01, generalist=generalist, escalate_window=window)
+    plain = route_and_mix(gate, x, experts, local_caller(models), k, P, **kwargs)
+    never = route_and_mix(gate, x, experts, local_caller(models), k, P, escalate_bits=1e9, **kwargs)
+    torch.testing.assert_close(never.logp, plain.logp)
+    assert never.expert_positions == plain.expert_positions
+    call = Recorder(models)
+    out = route_and_mix(gate, x, experts, call, k, P, escalate_bits=0.01, **kwargs)  # every row jumps at once
+    assert len(call.rounds) == 3  # probe, chosen, escalation
+    assert out.expert_positions == sum(n * t for r in call.rounds for n, t in r.values())
+    assert out.expert_positions == plain.expert_positions + B * (J - k) * T
+    jump = max(P, window - 1)
+    assert out.answered[:, jump + 1 :].all() and torch.equal(
+        out.answered[:, : jump + 1], plain.answered[:, : jump + 1]
+    )
+    assert not torch.allclose(out.logp[:, jump + 1 :], plain.logp[:, jump + 1 :])
+    torch.testing.assert_close(out.logp[:, : jump + 1], plain.logp[:, : jump + 1])  # nothing changes before it
+    torch.testing.assert_close(out.logp.exp().sum(-1), torch.ones(B, T))

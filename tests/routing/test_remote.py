@@ -168,6 +168,8 @@ def as_router(gate, x, entries, call):
         P,
         switch_alpha=ROUTER.switch_alpha,
         gate_weight=ROUTER.switch_gate_weight,
+        escalate_bits=ROUTER.escalate_bits,
+        escalate_window=ROUTER.escalate_window,
     )
 
 
