@@ -34,7 +34,7 @@ from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, OversizedReply, RemoteError
 from moe.net.identity_proof import new_nonce, verify_identities
 from moe.net.loop import LoopThread, replicate_p2p
-from moe.net.server import forward_handle, info_handle, session_handle
+from moe.net.server import BUSY_REPLY, forward_handle, info_handle, session_handle
 from moe.net.wire import (
     ACT_FORMATS,
     VOCAB,
@@ -114,6 +114,12 @@ class PeerUnavailable(RuntimeError):
     """The peer is backed off after recent failures."""
 
 
+class ExpertBusy(TimeoutError):
+    """The expert refused the call for load (moe.net.server.BUSY_REPLY). The call failed as if it had timed out, but
+    the peer is neither backed off nor blamed: it answered, and it may be loaded by a flooder, whose work a back-off
+    would finish."""
+
+
 class PeerHealth:
     """Consecutive failures per peer; after n of them the peer is skipped until t + min(base * 2^(n-1), cap)."""
 
@@ -176,6 +182,7 @@ class ExpertClient:
         cannot make a valid request (the caller's mistake: the peer is neither called nor backed off). Otherwise
         raises PeerUnavailable if the peer is backed off, TimeoutError, P2PHandlerError (the server refused), or
         MaliciousReply (also recorded as a FaultReport); every failure backs the peer off, a success clears its record.
+        A busy reply raises ExpertBusy (a TimeoutError) and leaves the peer's record as it was.
         """
         return await self._call(peer_id, self.prepare(inputs, wire_format, out_dim), timeout)
 
@@ -212,6 +219,11 @@ class ExpertClient:
             raise
         except MaliciousReply as e:
             self._report(peer_id, str(e))
+            self.health.record_failure(peer_id)
+            raise
+        except P2PHandlerError as e:
+            if BUSY_REPLY in str(e):
+                raise ExpertBusy(f"expert {peer_id} is busy") from None
             self.health.record_failure(peer_id)
             raise
         except BaseException:
@@ -488,7 +500,8 @@ class SyncExpertClient:
 
     def call(self, peer_id: PeerID, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
         """Blocking `ExpertClient.call` (same arguments and errors)."""
-        return self._loop.run(self.client.call(peer_id, inputs, **kwargs))
+        # not LoopThread.run: it reports any TimeoutError (ExpertBusy included) as its own wait running out
+        return self._loop.submit(self.client.call(peer_id, inputs, **kwargs)).result()
 
     def call_many(self, peer_ids: Sequence[PeerID], inputs, **kwargs) -> dict[PeerID, torch.Tensor]:
         """Blocking `ExpertClient.call_many` (same arguments)."""
@@ -522,6 +535,7 @@ class SyncExpertClient:
 
 __all__ = [
     "ClientConfig",
+    "ExpertBusy",
     "ExpertClient",
     "FaultReport",
     "P2PDaemonError",

@@ -6,6 +6,11 @@ buffer serves. Forwards run in a small thread pool under `torch.inference_mode`,
 compute never stalls the network. Every request is validated (frame layout, dtype, shape, value range, size); a bad
 one gets an error reply and a one-line warning, and the server keeps serving.
 
+Load: a `RequestGate` admits each forward or refuses it at once with a busy reply (`BUSY_REPLY`): per peer a cap on
+requests in flight and on requests per second, and a bound on the requests the server holds in all. Admitted requests
+reach the worker pool a few per peer at a time, so a peer flooding the server with maximum-size requests queues
+behind its own requests, not ahead of everyone else's (a flooded expert would otherwise time out on validators).
+
 Handlers are registered with `P2P.add_protobuf_handler` under `forward_handle(uid)` / `info_handle(uid)`, carrying
 `runtime_pb2.ExpertRequest.metadata` / `ExpertResponse.metadata` bytes in the layouts of `moe.net.wire`.
 """
@@ -17,7 +22,12 @@ import copy
 import json
 import logging
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,6 +37,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import runtime_pb2
 from torch import nn
 
+from moe.config_checks import require_at_least, require_positive
 from moe.identity import Hotkey
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import DirectServer
@@ -47,6 +58,8 @@ logger = logging.getLogger(__name__)
 FORWARD_HANDLE = "hivemoe.expert.forward"
 INFO_HANDLE = "hivemoe.expert.info"
 SESSION_HANDLE = "hivemoe.expert.session"
+BUSY_REPLY = "expert busy"
+"""Start of the error reply to a request refused for load, not for its content (clients treat it as a timeout)."""
 
 
 def forward_handle(uid: str | None) -> str:
@@ -84,12 +97,150 @@ class ServerConfig:
     """Interface of the direct TCP fast path (see moe.net.direct); None serves over P2P only."""
     direct_port: int = 0
     """Port of the direct path; 0 picks a free one."""
+    max_concurrent_requests_per_peer: int = 8
+    """Requests one peer may have in the server at once (waiting or computing); one more gets an immediate busy
+    reply. Validators and the router send an expert at most a few at a time."""
+    max_requests_per_second_per_peer: float = 200.0
+    """Requests (forwards and direct-session openings) one peer may send per second, averaged over a second; the
+    excess gets busy replies."""
+    max_queued_requests: int = 64
+    """Requests the server holds at once from all peers together (waiting or computing); one more gets an immediate
+    busy reply, so a flood never builds an unbounded queue."""
 
     def __post_init__(self):
         if self.kind not in ("lm", "hidden"):
             raise ValueError(f"ServerConfig.kind must be 'lm' or 'hidden', got {self.kind!r}")
         if self.kind == "hidden" and self.d_in <= 0:
             raise ValueError("ServerConfig.d_in must be positive for a 'hidden' expert")
+        require_at_least(self, 1, ["max_concurrent_requests_per_peer", "max_queued_requests"])
+        require_positive(self, ["max_requests_per_second_per_peer"])
+
+
+class ServerBusy(RuntimeError):
+    """A request refused at once because its peer, or the server as a whole, is over a cap of `RequestGate`."""
+
+    def __init__(self, why: str):
+        super().__init__(f"{BUSY_REPLY}: {why}")
+
+
+class RequestGate:
+    """Which forwards a server takes on, and in what order, so that no peer can crowd out the others.
+
+    `admit` refuses a request at once (ServerBusy) when its peer has sent more than `rate_per_second` requests a
+    second (a token bucket holding one second's worth), already has `per_peer` requests in the server, or when the
+    server holds `total`. An admitted request then waits for one of its peer's `turns` places in the worker pool, so
+    the pool's queue holds at most `turns` requests of any peer. Runs on the server's event loop only (no locks).
+    """
+
+    def __init__(
+        self,
+        per_peer: int,
+        total: int,
+        rate_per_second: float,
+        turns: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.per_peer, self.total, self.rate, self.turns, self.clock = per_peer, total, rate_per_second, turns, clock
+        self.burst = max(rate_per_second, 1.0)
+        self.total_in_flight = 0
+        self._in_flight: dict[Hashable, int] = {}
+        self._places: dict[Hashable, asyncio.Semaphore] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}  # peer -> (tokens, when counted)
+
+    @asynccontextmanager
+    async def slot(self, peer: Hashable) -> AsyncIterator[None]:
+        """Hold one of `peer`'s places in the worker pool for the body; raises ServerBusy at once if not admitted."""
+        self.admit(peer)
+        try:
+            async with self._place(peer):
+                yield
+        finally:
+            self.release(peer)
+
+    def admit(self, peer: Hashable) -> None:
+        """Count one request of `peer` in, or raise ServerBusy (it still counts against the peer's rate)."""
+        self.charge(peer)
+        if self.total_in_flight >= self.total:
+            raise ServerBusy(f"{self.total} requests queued")
+        n = self._in_flight.get(peer, 0)
+        if n >= self.per_peer:
+            raise ServerBusy(f"{self.per_peer} requests of this peer in flight")
+        self._in_flight[peer] = n + 1
+        self.total_in_flight += 1
+
+    def release(self, peer: Hashable) -> None:
+        """Count one admitted request of `peer` out."""
+        self.total_in_flight -= 1
+        n = self._in_flight.pop(peer) - 1
+        if n:
+            self._in_flight[peer] = n
+        else:
+            self._places.pop(peer, None)  # nobody holds or waits for it
+
+    def charge(self, peer: Hashable) -> None:
+        """Take one request from `peer`'s budget of `rate_per_second`; raises ServerBusy when it is spent."""
+        now = self.clock()
+        tokens, then = self._buckets.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1:
+            self._buckets[peer] = (tokens, now)
+            raise ServerBusy(f"over {self.rate:g} requests per second")
+        self._buckets[peer] = (tokens - 1, now)
+        if len(self._buckets) > _TRACKED_PEERS:
+            self._forget_rested(now)
+
+    def _place(self, peer: Hashable) -> asyncio.Semaphore:
+        if peer not in self._places:
+            self._places[peer] = asyncio.Semaphore(self.turns)
+        return self._places[peer]
+
+    def _forget_rested(self, now: float) -> None:
+        """Drop the buckets that have refilled (they hold nothing a fresh one would not), so peer churn cannot grow
+        the table without bound."""
+        self._buckets = {
+            p: (t, then) for p, (t, then) in self._buckets.items() if t + (now - then) * self.rate < self.burst
+        }
+
+
+_TRACKED_PEERS = 4096
+"""Rate buckets kept before the refilled ones are dropped."""
+
+_direct_peer: ContextVar[Hashable] = ContextVar("direct_peer", default="direct")
+"""The peer that opened the direct connection the current task serves."""
+
+
+class _PeerSessions(OrderedDict):
+    """DirectServer's pending sessions that also remember the peer that opened each over libp2p. DirectServer pops a
+    session in the task that serves its connection, so popping tags that task with the peer (`_direct_peer`): the
+    connection's requests then count against that peer's caps, as they do over P2P."""
+
+    def __init__(self):
+        super().__init__()
+        self.owners: dict[bytes, PeerID] = {}
+
+    def pop(self, sid, *default):
+        owner = self.owners.pop(sid, None)
+        if owner is not None:
+            _direct_peer.set(owner)
+        return super().pop(sid, *default)
+
+    def popitem(self, last: bool = True):
+        sid, entry = super().popitem(last)
+        self.owners.pop(sid, None)
+        return sid, entry
+
+
+class _PeerDirectServer(DirectServer):
+    """The direct path, knowing which peer each session belongs to (see `_PeerSessions`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending = _PeerSessions()
+
+    def open_session_for(self, key: bytes, peer: PeerID) -> bytes:
+        sid = self.open_session(key)
+        self._pending.owners[sid] = peer
+        return sid
 
 
 class ExpertServer:
@@ -115,7 +266,14 @@ class ExpertServer:
         self._loop: LoopThread | None = None
         self.p2p: P2P | None = None
         self.direct: DirectServer | None = None
-        self.served, self.rejected, self.version = 0, 0, 0
+        cfg = self.config
+        self.gate = RequestGate(
+            cfg.max_concurrent_requests_per_peer,
+            cfg.max_queued_requests,
+            cfg.max_requests_per_second_per_peer,
+            turns=cfg.num_workers,
+        )
+        self.served, self.rejected, self.busy, self.version = 0, 0, 0, 0
         self._identities: list[Hotkey] = []
 
     @staticmethod
@@ -151,7 +309,9 @@ class ExpertServer:
         await self.p2p.add_protobuf_handler(info_handle(self.config.uid), self._rpc_info, runtime_pb2.ExpertUID)
         if self.config.direct_host is not None:
             max_request = self.config.max_tokens * max(self.config.d_in, 1) * 8 + 1024
-            self.direct = DirectServer(self._process_async, self.config.direct_host, max_request_bytes=max_request)
+            self.direct = _PeerDirectServer(
+                self._process_direct, self.config.direct_host, max_request_bytes=max_request
+            )
             await self.direct.start(self.config.direct_port)
             await self.p2p.add_protobuf_handler(
                 session_handle(self.config.uid), self._rpc_session, runtime_pb2.ExpertRequest
@@ -227,10 +387,19 @@ class ExpertServer:
     ) -> runtime_pb2.ExpertResponse:
         return runtime_pb2.ExpertResponse(metadata=await self._process_async(request.metadata, context.remote_id))
 
-    async def _process_async(self, raw: bytes, remote: PeerID | str = "direct") -> bytes:
-        """Validate and compute off the loop; a bad request raises ValueError (sent back as an error reply)."""
+    async def _process_direct(self, raw: bytes) -> bytes:
+        return await self._process_async(raw, _direct_peer.get())
+
+    async def _process_async(self, raw: bytes, remote: Hashable = "direct") -> bytes:
+        """Validate and compute off the loop, in `remote`'s turn. Raises ServerBusy at once when `remote` or the server
+        is over a cap, ValueError for a bad request (both sent back as error replies)."""
         try:
-            payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._process, raw)
+            async with self.gate.slot(remote):
+                payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._process, raw)
+        except ServerBusy as e:
+            self.busy += 1
+            logger.debug("busy for %s: %s", remote, e)
+            raise
         except (WireError, ValueError) as e:
             self.rejected += 1
             logger.warning("rejected request from %s: %s", remote, e)
@@ -239,7 +408,8 @@ class ExpertServer:
         return payload
 
     async def _rpc_session(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertInfo:
-        sid = self.direct.open_session(request.metadata)  # ValueError on a malformed key -> error reply
+        self.gate.charge(context.remote_id)  # a session flood would evict other peers' pending sessions
+        sid = self.direct.open_session_for(request.metadata, context.remote_id)  # ValueError on a malformed key
         info = {"session": sid.hex(), "host": self.direct.host, "port": self.direct.port}
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
 

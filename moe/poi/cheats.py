@@ -48,6 +48,9 @@ class CheatConfig:
     """Checked router samples needed before an expert can be flagged for mismatches."""
     max_missing_fraction: float = 0.5
     """Flag an expert that missed more than this fraction of windows."""
+    min_novelty: float = 0.05
+    """A later expert adding less than this fraction of its Shapley value beyond the earlier-registered experts is
+    redundant (a near-copy): scored as absent for the others, paid novelty / min_novelty (moe.poi.novelty); 0: off."""
 
 
 def screen_replies(

@@ -5,6 +5,8 @@ pick windows after seeing replies (or it could favour an expert). So before quer
 signed commitment sha256(seed ‖ validator public key ‖ epoch); after scoring it reveals the seed, and anyone can check
 the commitment and re-draw the windows with `draw_windows`. A reveal that does not match its commitment is rejected.
 The draw uses a SHA-256 counter stream, not a library RNG, so it is identical on every machine and version.
+A validator that draws from a secret pool (a salted part of the held-out splits, or private text; see
+moe.poi.eval_source) also signs a commitment to that pool (`pool`), so it cannot change the pool after the fact.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ class SeedCommit:
     """sha256(seed ‖ validator public key ‖ epoch)."""
     signature: bytes
     """The validator's signature of `message()`."""
+    pool: bytes = b""
+    """sha256 of the secret the windows' pool is built from (a salt, private text); empty when the pool is public."""
 
     def message(self) -> bytes:
-        return _DOMAIN + bytes.fromhex(self.validator) + self.epoch.to_bytes(8, "big") + self.commitment
+        signed = _DOMAIN + bytes.fromhex(self.validator) + self.epoch.to_bytes(8, "big") + self.commitment
+        return signed + (b"pool" + self.pool if self.pool else b"")  # a public-pool commit signs what it always did
 
     def verify(self) -> bool:
         """True when the signature is the named validator's; malformed fields are simply False."""
@@ -67,29 +72,35 @@ class SeedCommit:
             return False
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "validator": self.validator,
             "epoch": self.epoch,
             "commitment": self.commitment.hex(),
             "signature": self.signature.hex(),
         }
+        return {**out, "pool": self.pool.hex()} if self.pool else out
 
     @classmethod
     def from_json(cls, d: Mapping) -> SeedCommit:
         """Parse a record from the network; raises ValueError (one line) on a missing or mistyped field."""
         try:
             return cls(
-                str(d["validator"]), int(d["epoch"]), bytes.fromhex(d["commitment"]), bytes.fromhex(d["signature"])
+                str(d["validator"]),
+                int(d["epoch"]),
+                bytes.fromhex(d["commitment"]),
+                bytes.fromhex(d["signature"]),
+                bytes.fromhex(d.get("pool", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed seed commitment: {e!r}") from None
 
 
-def make_commit(hotkey: Hotkey, seed: bytes, epoch: int) -> SeedCommit:
-    """Commit to `seed` for `epoch` under `hotkey`; publish the result before querying any expert."""
+def make_commit(hotkey: Hotkey, seed: bytes, epoch: int, pool: bytes = b"") -> SeedCommit:
+    """Commit to `seed` for `epoch` under `hotkey` (and to a secret pool's hash `pool`, if any); publish the result
+    before querying any expert."""
     c = seed_commitment(seed, hotkey.public_bytes, epoch)
-    unsigned = SeedCommit(hotkey.address, epoch, c, b"")
-    return SeedCommit(hotkey.address, epoch, c, hotkey.sign(unsigned.message()))
+    unsigned = SeedCommit(hotkey.address, epoch, c, b"", pool)
+    return SeedCommit(hotkey.address, epoch, c, hotkey.sign(unsigned.message()), pool)
 
 
 def check_reveal(commit: SeedCommit, seed: bytes) -> None:

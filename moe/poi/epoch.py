@@ -3,7 +3,8 @@ contributions and the weights a validator submits.
 
 Pure: the replies come in as tensors, so the same verdict can be recomputed by anyone holding them (and tested
 without a network). Flagged experts are left out of the Shapley game, so a copy does not dilute the value of the
-expert it copies.
+expert it copies; a near-copy that escapes the copy detector is paid by novelty (moe.poi.novelty): only for what it
+adds beyond the experts registered before it, and scored as absent for everyone else.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 
 from moe.metrics import target_log_probs
 from moe.poi.cheats import CheatConfig, detect_cheats
+from moe.poi.novelty import novelty_credit
 from moe.poi.scoring import shapley_weights
-from moe.poi.shapley import ShapleyConfig, shapley
+from moe.poi.shapley import ShapleyConfig
 from moe.poi.value import UNIFORM_LOGP, MixtureGame, expert_bpb
 
 UNIFORM_BPB = 8.0
@@ -27,9 +29,10 @@ class EpochScore:
     """One epoch's verdict on the experts, keyed by hotkey."""
 
     contribution: dict[str, float]
-    """Share of the positive Shapley value (flagged experts 0); sums to 1 unless nobody contributed."""
+    """Share of the positive credit in `shapley_bits` (flagged experts 0); sums to 1 unless nobody contributed."""
     shapley_bits: dict[str, float]
-    """Raw Shapley value φ in bits per byte saved over uniform bytes (flagged experts 0)."""
+    """Credit in bits per byte saved over uniform bytes: the Shapley value φ in the game of the unflagged experts
+    that are not redundant; a redundant expert's novelty / min_novelty (flagged experts 0)."""
     flags: dict[str, list[str]]
     """Detector names per flagged expert."""
     bpb: dict[str, float | None]
@@ -38,6 +41,10 @@ class EpochScore:
     """Bits per byte of the mixture of the unflagged experts."""
     answered: dict[str, float] = field(default_factory=dict)
     """Fraction of windows each expert answered validly."""
+    novelty_bits: dict[str, float] = field(default_factory=dict)
+    """What each unflagged expert adds to the mixture of the experts registered before it (bits per byte)."""
+    redundant: list[str] = field(default_factory=list)
+    """Unflagged experts adding less than `min_novelty` of their Shapley value beyond earlier ones (near-copies)."""
 
 
 def score_experts(
@@ -53,10 +60,11 @@ def score_experts(
 ) -> EpochScore:
     """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
 
-    `registration` orders experts for copy detection (the earliest of a group of copies keeps the credit): one
-    (registration block, uid) per expert. `groups` gives each window's domain, so a specialist is judged on its
-    best domain rather than on all of them pooled. `audit_flags` (expert index → reason) are verdicts reached
-    outside these replies, such as a failed causality audit (moe.poi.causality); they flag like any detector.
+    `registration` orders experts for copy detection and novelty (the earliest of a group of copies or near-copies
+    keeps the credit): one (registration block, uid) per expert. `groups` gives each window's domain, so a
+    specialist is judged on its best domain rather than on all of them pooled. `audit_flags` (expert index →
+    reason) are verdicts reached outside these replies, such as a failed causality audit (moe.poi.causality); they
+    flag like any detector.
     """
     E = dists.shape[0]
     logp, _ = target_log_probs(dists, y)  # (E, W, T); special-token targets (EOS) are not bytes: 0 for everyone
@@ -69,12 +77,24 @@ def score_experts(
     players = [i for i in range(E) if i not in report.flagged]
     phi = torch.zeros(E, dtype=torch.float64)
     se = torch.zeros(E, dtype=torch.float64)
+    novelty: dict[int, float] = {}
+    redundant: list[int] = []
     mix_bpb = UNIFORM_BPB
     if players:
-        game = MixtureGame(lp[players], pr[players], reference_logp=ref)
-        est = shapley(game, ShapleyConfig(seed=seed))
-        phi[players], se[players] = est.values, est.stderr
-        mix_bpb = UNIFORM_BPB - game.value((1 << len(players)) - 1)
+        by_registration = sorted(range(len(players)), key=lambda k: rank[players[k]])
+
+        def game_of(ks):
+            sel = [players[k] for k in ks]
+            return MixtureGame(lp[sel], pr[sel], reference_logp=ref)
+
+        nc = novelty_credit(game_of, by_registration, cheats.min_novelty, ShapleyConfig(seed=seed))
+        phi[players], se[players] = nc.credit, nc.stderr
+        novelty = {players[k]: float(nc.novelty[k]) for k in range(len(players))}
+        redundant = [players[k] for k in nc.redundant]
+        mix_bpb = UNIFORM_BPB - nc.mixture_bits
+    for i in redundant:
+        if phi[i] <= 0:  # adds nothing beyond an earlier expert: a near-copy, paid nothing, and named as one
+            report.add(i, "redundant")
     w = shapley_weights(list(range(E)), phi, se, flagged=report.flagged)
     bpb = expert_bpb(lp, pr)
     return EpochScore(
@@ -84,4 +104,6 @@ def score_experts(
         bpb={hotkeys[i]: (None if not torch.isfinite(bpb[i]) else float(bpb[i])) for i in range(E)},
         mixture_bpb=float(mix_bpb),
         answered={hotkeys[i]: float(pr[i].double().mean()) for i in range(E)},
+        novelty_bits={hotkeys[i]: n for i, n in novelty.items()},
+        redundant=[hotkeys[i] for i in redundant],
     )

@@ -2,9 +2,11 @@
 
 Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `weights` {validator hotkey: {uid:
 u16}}, `rewards` {hotkey: TAO earned by each expert (display float; the ledger holds rao)}, `ledger` {path, height,
-head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators` [{hotkey, stake_tao, flags}]. Checks:
-`rewards_rank_like_contributions` (Spearman ≥ 0.9 over honest experts) and `adversaries_emission_share` (< 1% of
-the miners' emission) with the figures behind them. A run without validators adds nothing.
+head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators` [{hotkey, stake_tao, flags,
+eval_source}] (where its windows came from: `public`, `salted` or `private`, which decides how a memorising miner
+fares under its weights; see moe.poi.eval_source). Checks: `rewards_rank_like_contributions` (Spearman ≥ 0.9 over
+honest experts) and `adversaries_emission_share` (< 1% of the miners' emission) with the figures behind them. A run
+without validators adds nothing.
 """
 
 from __future__ import annotations
@@ -35,12 +37,20 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
     out: dict[str, Any] = {
         "contribution": contribution,
         "weights": {r["hotkey"]: r["weights"] for r in results},
-        "validators": [{"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"]} for r in results],
+        "validators": [
+            {"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"], "eval_source": _source(r)}
+            for r in results
+        ],
         "flags": _flags_by_expert(results),
     }
     if layout.ledger.is_file():
         out.update(_ledger_figures(layout.ledger, [e["hotkey"] for e in experts]))
     return out
+
+
+def _source(result: dict) -> str:
+    """A validator's evaluation source; results written before validators had a choice drew from the public split."""
+    return result.get("eval_source", "public")
 
 
 def _flags_by_expert(results: list[dict]) -> dict[str, list[str]]:

@@ -1,16 +1,18 @@
 """A validator node: Proof of Intelligence over the live network, and signed weights into the ledger.
 
 Each epoch the validator commits to a fresh secret seed in the DHT (`hivemoe/validators/commits`) before querying
-anyone, draws evaluation windows from the subnets' validation splits with that seed, and sends them to every
-discovered expert through the same client and request path the router uses (an expert cannot tell the two apart).
-Spliced twins of those windows go out shuffled among them (a causality audit, `moe.poi.causality`: an
-expert that reads the byte it predicts is flagged `noncausal`). From the replies `moe.poi.epoch.score_experts`
-flags cheats (malformed, uninformative, copies of an earlier-registered expert, timeouts) and computes exact
-Shapley contributions of the remaining experts to the mixture's bits-per-byte saving; the validator turns them
-into u16 weights over the experts' ledger uids, publishes a signed `WeightSubmission`
-(`hivemoe/validators/weights`) and reveals the seed, so anyone can re-draw the windows (and twins) and check them
-with `check_windows`. Experts that never answer are simply absent (zero weight); nothing an expert sends can crash
-the validator. Results go to `<run_dir>/validators/<name>/result.json`.
+anyone, draws evaluation windows with that seed from its evaluation pool (by default a part of the public held-out
+splits chosen by its secret salt, or its private text: `moe.poi.eval_source` says what each leaves a memorising
+miner and what stays publicly checkable), and sends them to every discovered expert through the same client and
+request path the router uses (an expert cannot tell the two apart). Spliced twins of those windows go out shuffled
+among them (a causality audit, `moe.poi.causality`: an expert that reads the byte it predicts is flagged
+`noncausal`). From the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
+earlier-registered expert, timeouts) and computes exact Shapley contributions of the remaining experts to the
+mixture's bits-per-byte saving; the validator turns them into u16 weights over the experts' ledger uids, publishes a
+signed `WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone who can rebuild the pool can
+re-draw the windows (and twins) and check them with `check_windows`. Experts that never answer are simply absent
+(zero weight); nothing an expert sends can crash the validator. Results go to
+`<run_dir>/validators/<name>/result.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from moe.config_checks import require_at_least, require_between, require_positive
+from moe.config_checks import require_at_least, require_between, require_one_of, require_positive
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
@@ -36,6 +38,17 @@ from moe.poi.causality import AuditConfig, audited_query
 from moe.poi.cheats import CheatConfig
 from moe.poi.commit import draw_windows, make_commit, new_seed
 from moe.poi.epoch import score_experts
+from moe.poi.eval_source import (
+    EVAL_SOURCES,
+    PRIVATE,
+    SALT_SUFFIX,
+    check_private_data,
+    data_commitment,
+    load_or_create_salt,
+    private_tokens,
+    salt_commitment,
+    salted_pools,
+)
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard
 from moe.routing.window_query import query_windows
@@ -56,7 +69,7 @@ class ValidatorConfig:
     epochs: int = 2
     """Evaluation epochs before the validator exits; 0 runs until stopped."""
     windows_per_epoch: int = 32
-    """Evaluation windows drawn per epoch from the subnets' validation splits."""
+    """Evaluation windows drawn per epoch from the evaluation pool (`eval_source`)."""
     seq_len: int = 64
     """Bytes per evaluation window."""
     batch_size: int = 8
@@ -68,6 +81,14 @@ class ValidatorConfig:
     in the epoch they name (querying and scoring take a few blocks)."""
     commit_ttl_seconds: float = 300.0
     """Seconds a seed commitment (and its reveal) stays in the DHT for anyone to check the windows."""
+    eval_source: str = "salted"
+    """Where windows come from when `data` is empty (moe.poi.eval_source): `salted`, a part of the public val and
+    route splits chosen by this validator's secret salt, or `public`, the whole val split (anyone can re-draw the
+    windows, and a miner can memorise them)."""
+    data: str = ""
+    """A local file or directory of text no miner holds; when set, every window is drawn from it (`private`)."""
+    salt_fraction: float = 0.5
+    """Fraction of the held-out blocks a salted validator keeps in its pool."""
     cheats: CheatConfig = field(default_factory=CheatConfig)
     """Thresholds of the cheat detectors (noise, copies, timeouts, malformed replies)."""
     audit: AuditConfig = field(default_factory=AuditConfig)
@@ -79,6 +100,18 @@ class ValidatorConfig:
         require_at_least(self, 0, ["epochs", "epoch_interval_seconds"])
         require_positive(self, ["stake_tao", "commit_ttl_seconds", "weights_deadline_fraction"])
         require_between(self, "weights_deadline_fraction", 0.0, 1.0)
+        require_one_of(self, "eval_source", EVAL_SOURCES)
+        require_positive(self, ["salt_fraction"])
+        require_between(self, "salt_fraction", 0.0, 1.0)
+        if self.eval_source == PRIVATE and not self.data:
+            raise ValueError("eval_source=private needs data=PATH (a file or directory of text no miner holds)")
+        if self.data:
+            check_private_data(self.data, self.seq_len + 1)
+
+    @property
+    def source(self) -> str:
+        """The evaluation source in effect: `private` whenever `data` is set."""
+        return PRIVATE if self.data else self.eval_source
 
 
 def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -86,6 +119,22 @@ def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> t
     rows = np.stack([val[s][o : o + seq_len + 1] for s, o in drawn]).astype(np.int64)  # (W, T+1)
     t = torch.from_numpy(rows)
     return t[:, :-1], t[:, 1:], drawn
+
+
+def _eval_pool(cfg: RunConfig, subnets: dict[str, Subnet], key_path: Path) -> tuple[dict[str, np.ndarray], bytes]:
+    """Domain → the tokens this validator draws windows from, and the hash its seed commitments carry to bind them
+    (empty for the public split, which anyone can rebuild). The salt lives next to the hotkey and is created once,
+    so the validator's pool, and the commitment to it, stay the same across restarts."""
+    vc = cfg.validator
+    if vc.source == PRIVATE:
+        tokens = private_tokens(vc.data)
+        return {PRIVATE: tokens}, data_commitment(tokens)
+    val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
+    if vc.source == "public":
+        return val, b""
+    salt = load_or_create_salt(key_path.with_suffix(SALT_SUFFIX))
+    held_out = {s: [val[s], subnet_tokens(subnets[s], "route", cfg.data)] for s in cfg.subnets}
+    return salted_pools(held_out, salt, vc.salt_fraction), salt_commitment(salt)
 
 
 def _wait_for_fresh_epoch(dht, host: str, last_epoch: int, timeout: float, deadline_fraction: float):
@@ -113,7 +162,8 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     out = layout.validator(name)
     status = StatusBoard(layout.status, name)
     status.update(phase="joining", step=0, steps=vc.epochs)
-    val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
+    pool, pool_commitment = _eval_pool(cfg, subnets, key_path)
+    logger.info("evaluating on %s windows from %s", vc.source, {d: len(t) for d, t in pool.items()})
     mixture = Mixture.from_dht(cfg.initial_peers, [subnets[s].netuid for s in cfg.subnets], cfg.router, cfg.network)
     dht = mixture.dht
     stake_rao = int(round(vc.stake_tao * RAO_PER_TAO))
@@ -137,18 +187,18 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 epoch = i
             status.update(phase=f"epoch {epoch}", step=i)
             seed = new_seed()
-            commit = make_commit(hotkey, seed, epoch)
+            commit = make_commit(hotkey, seed, epoch, pool=pool_commitment)
             publish_commit(dht, hotkey, commit.to_json(), None, vc.commit_ttl_seconds)
-            x, y, drawn = _windows(val, seed, vc.windows_per_epoch, vc.seq_len)
+            x, y, drawn = _windows(pool, seed, vc.windows_per_epoch, vc.seq_len)
             records = scorable(mixture.records(), hotkey.address, head if lc.enabled else None)
             hotkeys = [r.hotkey for r in records]
-            donors = _windows(val, hashlib.sha256(seed + b"audit-donors").digest(), vc.audit.count(), vc.seq_len)[0]
+            donors = _windows(pool, hashlib.sha256(seed + b"audit-donors").digest(), vc.audit.count(), vc.seq_len)[0]
             rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed + b"audit").digest()[:8], "big"))
             query = functools.partial(query_windows, mixture.call, hotkeys, batch_size=vc.batch_size)
             dists, present, audit = audited_query(query, x, donors, vc.audit, rng)
             audit_flags = audit.flags(vc.audit)
             reg = _registration(records, head if lc.enabled else None)
-            domains = sorted(val)
+            domains = sorted(pool)
             groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
             score = score_experts(
                 hotkeys,
@@ -174,6 +224,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             epochs.append(
                 {
                     "epoch": epoch,
+                    "eval_source": vc.source,
                     "commit": commit.to_json(),
                     "seed": seed.hex(),
                     "windows": [[s, int(o)] for s, o in drawn],
@@ -237,6 +288,7 @@ def _result(hotkey: Hotkey, uid: int | None, vc: ValidatorConfig, epochs: list[d
         "hotkey": hotkey.address,
         "uid": uid,
         "stake_tao": vc.stake_tao,
+        "eval_source": vc.source,
         "epochs": epochs,
         "contribution": mean,
         "flags": {hk: f for hk, f in flags.items() if f},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 
 import pytest
@@ -25,7 +26,15 @@ from moe.net.direct import (
     OversizedReply,
     RemoteError,
 )
-from moe.net.server import ExpertServer, ServerConfig, forward_handle, info_handle, session_handle
+from moe.net.server import (
+    ExpertServer,
+    RequestGate,
+    ServerBusy,
+    ServerConfig,
+    forward_handle,
+    info_handle,
+    session_handle,
+)
 from moe.net.wire import DIST_FORMATS, encode_request
 
 from .conftest import X, tiny_lm
@@ -191,12 +200,54 @@ def test_hidden_expert_serves_activations():
 
 @pytest.mark.parametrize(
     "overrides, field",
-    [(dict(kind="vision"), "kind"), (dict(kind="hidden"), "d_in"), (dict(kind="hidden", d_in=-3), "d_in")],
+    [
+        (dict(kind="vision"), "kind"),
+        (dict(kind="hidden"), "d_in"),
+        (dict(kind="hidden", d_in=-3), "d_in"),
+        (dict(max_concurrent_requests_per_peer=0), "max_concurrent_requests_per_peer"),
+        (dict(max_queued_requests=0), "max_queued_requests"),
+        (dict(max_requests_per_second_per_peer=0.0), "max_requests_per_second_per_peer"),
+        (dict(max_requests_per_second_per_peer=math.nan), "max_requests_per_second_per_peer"),
+    ],
 )
 def test_bad_server_config_is_refused_naming_the_field(overrides, field):
-    """An unknown expert kind, or a "hidden" expert without a positive width, raises ValueError naming the field."""
+    """An unknown expert kind, a "hidden" expert without a positive width, or a load cap under one request (or a
+    NaN one) raises ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         ServerConfig(**overrides)
+
+
+def test_request_gate_caps_each_peer_and_the_whole_server():
+    """The gate admits up to the per-peer and total caps and refuses more at once (ServerBusy); releasing makes room
+    again, and one peer at its cap leaves another peer's room alone."""
+    gate = RequestGate(per_peer=2, total=3, rate_per_second=1000.0)
+    gate.admit("a")
+    gate.admit("a")
+    with pytest.raises(ServerBusy, match="2 requests of this peer"):
+        gate.admit("a")
+    gate.admit("b")
+    with pytest.raises(ServerBusy, match="3 requests queued"):
+        gate.admit("c")
+    for peer in ("a", "a", "b"):
+        gate.release(peer)
+    assert gate.total_in_flight == 0
+    gate.admit("c")
+
+
+def test_request_gate_refuses_a_peer_over_its_rate_until_it_slows_down():
+    """A peer that sends more than rate_per_second requests (beyond a burst of one second's worth) is refused, while
+    other peers are not, and is admitted again as its budget refills with time."""
+    now = [0.0]
+    gate = RequestGate(per_peer=100, total=100, rate_per_second=4.0, clock=lambda: now[0])
+    for _ in range(4):
+        gate.admit("a")
+    with pytest.raises(ServerBusy, match="per second"):
+        gate.admit("a")
+    gate.admit("b")
+    now[0] += 0.25  # one request's worth
+    gate.admit("a")
+    with pytest.raises(ServerBusy, match="per second"):
+        gate.admit("a")
 
 
 def test_handler_names_keep_experts_on_one_peer_apart():

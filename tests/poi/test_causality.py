@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from moe.metrics import byte_log_probs
+from moe.model.tokenizer import BOS, EOS
 from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.wire import decode_logp, encode_logp
-from moe.model.tokenizer import BOS, EOS
 from moe.poi.causality import (
     INCONSISTENT,
     NONCAUSAL,

@@ -1,9 +1,11 @@
-"""Tests for moe/roles/adversary.py: the noise and copycat experts' models, served for real, and their config."""
+"""Tests for moe/roles/adversary.py: the noise and copycat experts' models and the flooder, served for real, and their
+config."""
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ from moe.model.transformer import ByteLM, ModelConfig
 from moe.net.client import ClientConfig, PeerUnavailable, SyncExpertClient
 from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
 from moe.net.server import ExpertServer, ServerConfig
-from moe.roles.adversary import ADVERSARIES, NoiseLM, PeekLM, RelayLM
+from moe.poi.cheats import CheatConfig, js_divergence
+from moe.roles.adversary import ADVERSARIES, Flooder, NearCopyLM, NoiseLM, PeekLM, RelayLM
 from moe.roles.run_config import RunConfig
 from moe.roles.serving import close_all
 
@@ -30,6 +33,26 @@ def test_noise_gives_finite_fresh_logits():
     assert not torch.equal(a, b)
     assert torch.equal(NoiseLM(seed=3)(X), a) and not torch.equal(NoiseLM(seed=4)(X), a)
     assert copy.deepcopy(m) is m  # a server's two weight buffers share the one generator
+
+
+class SharpLM(torch.nn.Module):
+    """Stands in for a relayed expert: fixed, peaked logits (a trained model's are far from uniform)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4.0 * torch.randn(*x.shape, 256, generator=torch.Generator().manual_seed(0))
+
+
+def test_near_copy_blurs_the_relayed_distribution_with_uniform_bytes():
+    """NearCopyLM answers log(0.97 p + 0.03 / 256) of what it relays: a proper distribution, ≥ 10× past the copy
+    detector's Jensen–Shannon threshold, costing at most −log2(0.97) bits on any byte."""
+    relayed = torch.log_softmax(SharpLM()(X), -1)
+    m = NearCopyLM(SharpLM(), uniform=0.03)
+    out = m(X)
+    torch.testing.assert_close(out, torch.log(0.97 * relayed.exp() + 0.03 / 256))
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2, 16))
+    assert float(js_divergence(relayed, out).mean()) > 10 * CheatConfig().copy_max_js
+    assert float((relayed - out).max()) / math.log(2) <= -math.log2(0.97) + 1e-5
+    assert copy.deepcopy(m) is m
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +126,23 @@ def test_relay_errors_propagate(victim):
         relay(X)
     with pytest.raises(PeerUnavailable):
         relay(X)
+
+
+def test_flooder_gets_busy_replies_and_the_victim_keeps_serving_others(victim):
+    """A flooder on its own peer keeping 16 maximum-size requests in flight is refused "busy" beyond the victim's
+    per-peer cap, while another peer's call to the victim is answered correctly."""
+    model, server, client, b = victim
+    c = start_dht(visible_maddrs(b))
+    flooder = None
+    try:
+        flooder = Flooder(c, server.peer_id, seq_len=MODEL.max_seq_len, concurrency=16).start()
+        deadline = time.monotonic() + 30
+        while server.busy == 0 or flooder.answered == 0:
+            assert time.monotonic() < deadline, "the flood never reached the victim"
+            time.sleep(0.05)
+        assert (client.call(server.peer_id, X) - honest_logp(model, X)).abs().max() < 1e-5
+    finally:
+        close_all(flooder, c)
 
 
 @pytest.mark.parametrize(

@@ -87,13 +87,13 @@ def test_default_yaml_changes_only_cpu_threads():
 
 
 def test_partial_section_keeps_the_seed_defaults():
-    """Setting one field of seed_train keeps the seed's own defaults (300 steps, lr 3e-3), not TrainConfig's."""
+    """Setting one field of seed_train keeps the seed's own defaults (700 steps, lr 3e-3), not TrainConfig's."""
     seed_defaults = RunConfig().seed_train
-    assert (seed_defaults.steps, seed_defaults.lr, seed_defaults.warmup_steps) == (300, 3e-3, 30)
+    assert (seed_defaults.steps, seed_defaults.lr, seed_defaults.warmup_steps) == (700, 3e-3, 30)
     assert seed_defaults != TrainConfig()  # otherwise this test could not tell the two apart
     cfg = parse_args(RunConfig, ["seed_train.cpu_threads=2"])
     assert cfg.seed_train == dataclasses.replace(seed_defaults, cpu_threads=2)
-    assert cfg.expert_train == TrainConfig()
+    assert cfg.expert_train == TrainConfig(steps=300)
 
 
 def test_yaml_section_merges_into_the_seed_defaults():
