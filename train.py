@@ -71,15 +71,18 @@ def node_name(cfg: RunConfig) -> str:
 
 
 def _one_line_errors() -> tuple[type[Exception], ...]:
-    """Failures a user causes or can fix (bad address, unreachable peers, bad checkpoint or seed): no traceback.
+    """Failures a user causes or can fix (bad address, unreachable peers, bad checkpoint, seed or key file, data that
+    cannot be fetched or fails its pin): no traceback.
 
     Imported only when something failed, so a run that never touches the network never imports hivemind here.
     """
+    from moe.corpus.archives import CorpusError
+    from moe.identity import IdentityError
     from moe.net.join import BadMultiaddr, JoinError
     from moe.net.seed_transfer import SeedError
     from moe.training.checkpoint import CheckpointError
 
-    return (JoinError, BadMultiaddr, CheckpointError, SeedError)
+    return (JoinError, BadMultiaddr, CheckpointError, SeedError, IdentityError, CorpusError)
 
 
 def run_role(cfg: RunConfig, subnets: dict, layout: RunLayout) -> int:

@@ -1,6 +1,7 @@
 """`hivemoe ledger verify PATH` and `hivemoe ledger show PATH`.
 
 python -m moe.cli.ledger_commands verify ledger.db   # exit 1 and name the first bad block on tampering
+python -m moe.cli.ledger_commands verify ledger.db --genesis-hash HEX   # also pin block 0
 python -m moe.cli.ledger_commands show ledger.db     # balances, stakes and the latest epoch as tables
 """
 
@@ -71,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad or unreadable ledger)."""
     parser = argparse.ArgumentParser(prog="hivemoe ledger", description="Inspect a hivemoe reward ledger.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("verify", help="re-derive every hash, signature, epoch and emission").add_argument("path")
+    verify = sub.add_parser("verify", help="re-derive every hash, signature, epoch and emission")
+    verify.add_argument("path")
+    verify.add_argument(
+        "--genesis-hash", help="the hash block 0 must have (a chain rewritten from its genesis on is caught only so)"
+    )
     sub.add_parser("show", help="print balances, stakes and the latest epoch").add_argument("path")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "verify":
-        report = verify_ledger(args.path)
+        report = verify_ledger(args.path, genesis_hash=args.genesis_hash)
         if report.ok:
             console.print(f"{report} ({report.seconds:.2f} s)")
             return 0

@@ -8,12 +8,11 @@ id, model shape, training step, claimed score, domain signature). Without initia
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from moe.config_checks import require_at_least, require_between
 from moe.corpus.batches import batches_at_step, blended_batches_at_step
@@ -58,6 +57,15 @@ class ExpertConfig:
     def __post_init__(self):
         require_at_least(self, 1, ["weights_refresh_steps"])
         require_between(self, "replay_fraction", 0.0, 1.0)
+
+
+def claimed_score(bpb: float | None) -> float | None:
+    """The score an expert claims in its record: its own eval bits per byte, or None (logged) when that eval is
+    missing or not a finite number; a NaN would make every record invalid and the expert vanish from discovery."""
+    if bpb is None or not math.isfinite(bpb):
+        logger.warning("own eval is %s: announcing without a claimed score (check the training loss)", bpb)
+        return None
+    return float(bpb)
 
 
 def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[[ByteLM], None], str]:
@@ -155,7 +163,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         model, result = run_lm_job(
             cfg, subnets, layout, name, train, batches, out, init=init_and_serve, on_step=refresh, extra_result=extra
         )
-        progress["bpb"] = float(result.eval_bpb.get(subnet.name, np.nan))
+        progress["bpb"] = claimed_score(result.eval_bpb.get(subnet.name))
         if server is not None:
             server.update_weights(model.state_dict())
             write_json(out / SERVING, {"peer_id": str(server.peer_id), "hotkey": hotkey.address})

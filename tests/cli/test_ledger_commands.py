@@ -122,3 +122,13 @@ def test_missing_subcommand_is_a_usage_error(capsys):
             main(["ledger", *argv])
         assert e.value.code == 2
     assert "usage: hivemoe ledger" in capsys.readouterr().err
+
+
+def test_verify_with_a_genesis_pin(ledger_path, capsys):
+    """`--genesis-hash` passes with the chain's own block 0 hash and fails, naming block 0, with any other."""
+    with Ledger.open(ledger_path) as led:
+        genesis_hash = next(led.blocks()).hash
+    rc, out = run(capsys, "verify", str(ledger_path), "--genesis-hash", genesis_hash)
+    assert rc == 0, out
+    rc, out = run(capsys, "verify", str(ledger_path), "--genesis-hash", "0" * 64)
+    assert rc == 1 and "FAILED" in out and "block 0" in out

@@ -13,7 +13,8 @@ from moe.config_loader import ConfigError, parse_args
 from moe.corpus.tokens import subnet_tokens
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM, ModelConfig, config_dict
-from moe.roles.expert import ExpertConfig, run_expert
+from moe.net.expert_record import ExpertRecord, validate_expert_payload
+from moe.roles.expert import ExpertConfig, claimed_score, run_expert
 from moe.roles.layout import CHECKPOINT, RESULT, SERVING, RunLayout
 from moe.roles.run_config import RunConfig
 from moe.roles.serving import subnet_centroid
@@ -222,3 +223,25 @@ def test_a_joining_expert_loads_only_the_seed_the_ledger_host_pins(tmp_path):
     finally:
         for peer in [*peers, expert]:
             peer.shutdown()
+
+
+@pytest.mark.parametrize("bpb", [float("nan"), float("inf"), None])
+def test_an_expert_whose_eval_is_not_a_number_says_so_and_stays_announceable(bpb, caplog):
+    """A NaN (or missing) eval becomes no claimed score, with a warning, instead of a record every reader refuses;
+    the record it announces then passes the readers' own validation."""
+    with caplog.at_level(logging.WARNING, logger="moe.roles.expert"):
+        claim = claimed_score(bpb)
+    assert claim is None and "announcing without a claimed score" in caplog.text
+    record = ExpertRecord(
+        uid=1,
+        hotkey="a" * 64,
+        subnet="code",
+        netuid=2,
+        peer_id="12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+        model=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab_size=260, params=9000),
+        claimed_eval_bpb=claim,
+        signature_centroid=[0.25] * 4,
+        expiration=1e9,
+    )
+    assert validate_expert_payload(record.payload()).claimed_eval_bpb is None
+    assert claimed_score(2.5) == 2.5

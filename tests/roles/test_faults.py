@@ -243,3 +243,15 @@ def test_corrupt_seed_checkpoint_is_a_one_line_error(procs, tmp_path):
     assert r.returncode == 1, r.stderr[-3000:]
     assert r.stderr.strip().splitlines() == [_error_line(r)]
     assert _error_line(r).startswith("error: seed ") and str(seed) in _error_line(r)
+
+
+def test_corrupt_hotkey_file_is_a_one_line_error(procs, tmp_path):
+    """A node given a corrupt key file (owner-only, so it is read) exits 1 with one `error:` line naming the file."""
+    key = tmp_path / "miner.key"
+    key.write_text("not a key\n")
+    key.chmod(0o600)
+    args = ["role=expert", "subnet=english", f"out_dir={tmp_path}", "run_id=k", f"hotkey_path={key}"]
+    r = procs.run(args, timeout=120.0)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [_error_line(r)]
+    assert _error_line(r).startswith("error: hotkey file ") and str(key) in _error_line(r)
