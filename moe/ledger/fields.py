@@ -9,10 +9,11 @@ naming the field; descriptions of bad values are short and never recurse.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from moe.strict_json import StrictJSONError, loads_strict
 
 HEX_DIGITS = "0123456789abcdef"
 U16_MAX = 0xFFFF
@@ -161,34 +162,9 @@ def exactly_equal(got: object, want: object) -> bool:
 
 
 def strict_json(text: str | bytes) -> Any:
-    """Parse JSON, refusing NaN, Infinity, floats that overflow (1e400) and duplicate keys.
-
-    Raises RecordError with a one-line reason, also for ints past Python's digit limit and for nesting deeper than
-    the recursion limit allows (never RecursionError itself).
-    """
+    """Parse JSON with moe.strict_json (no NaN, Infinity, 1e400, duplicate keys, too deep nesting); raises
+    RecordError with a one-line reason."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_object)
-    except RecordError:
-        raise
-    except RecursionError:
-        raise RecordError("JSON nested too deeply") from None
-    except (ValueError, TypeError) as e:  # JSONDecodeError, undecodable bytes, ints past the digit limit
-        raise RecordError(f"not valid JSON ({str(e).splitlines()[0][:80]})") from None
-
-
-def _refuse_constant(name: str) -> float:
-    raise RecordError(f"JSON constant {name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise RecordError(f"JSON number {text[:24]} is not a finite float")
-    return value
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise RecordError("JSON object has duplicate keys")
-    return out
+        return loads_strict(text)
+    except StrictJSONError as e:
+        raise RecordError(f"JSON {e}") from None

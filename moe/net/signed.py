@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import base58
 
 from moe.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Hotkey, verify_signature
+from moe.strict_json import StrictJSONError, loads_strict
 
 T = TypeVar("T")
 
@@ -41,25 +42,6 @@ class MalformedRecord(ValueError):
 def canonical_json(payload: dict) -> bytes:
     """Deterministic JSON bytes (sorted keys, no whitespace, ASCII); NaN/inf raise ValueError instead of encoding."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
-def _reject_constant(name: str) -> Any:
-    raise MalformedRecord(f"non-finite number {name} in payload")
-
-
-def _finite_float(text: str) -> float:
-    """Parse a JSON float, refusing ones that overflow to infinity (1e400), which canonical_json cannot re-encode."""
-    v = float(text)
-    if not math.isfinite(v):
-        raise MalformedRecord(f"non-finite number {text[:32]} in payload")
-    return v
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise MalformedRecord("duplicate key in payload")
-    return out
 
 
 class SignedValue:
@@ -110,13 +92,9 @@ class SignedValue:
             raise MalformedRecord("context is not ASCII") from None
         body = signed[1 + ctx_len :]
         try:
-            payload = json.loads(
-                body, parse_float=_finite_float, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
-            )
-        except MalformedRecord:
-            raise
-        except (ValueError, RecursionError) as e:
-            raise MalformedRecord(f"payload is not valid JSON: {str(e).splitlines()[0]}") from None
+            payload = loads_strict(body)
+        except StrictJSONError as e:
+            raise MalformedRecord(f"payload: {e}") from None
         if not isinstance(payload, dict):
             raise MalformedRecord(f"payload must be a JSON object, got {type(payload).__name__}")
         try:
