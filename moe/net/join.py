@@ -25,6 +25,7 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from moe.config_checks import require_at_least, require_between, require_positive
 from moe.net.dht_records import SignedRecordValidator
+from moe.processes import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +126,7 @@ def _end_process(group: int | None, grace_seconds: float = 3.0) -> None:
     targets = me.children(recursive=True)
     if group is not None:
         targets += [p for p in psutil.process_iter() if p.pid != me.pid and p not in targets and _in_group(p, group)]
-    for p in targets:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(targets, timeout=grace_seconds)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    terminate(targets, kill_after_seconds=grace_seconds)
     os._exit(0)
 
 

@@ -153,17 +153,6 @@ def terminate_children(kill_after_seconds: float | None = None) -> None:
     """SIGTERM every descendant of this process; given `kill_after_seconds`, SIGKILL those still there after it."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for p in children:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    if kill_after_seconds is None:
-        return
-    _, alive = psutil.wait_procs(children, timeout=kill_after_seconds)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    from moe.processes import terminate
+
+    terminate(psutil.Process().children(recursive=True), kill_after_seconds)
