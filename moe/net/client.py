@@ -34,6 +34,7 @@ from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, OversizedReply, RemoteError
 from moe.net.identity_proof import new_nonce, verify_identities
 from moe.net.loop import LoopThread, replicate_p2p
+from moe.net.receipt import RECEIPT_OVERHEAD, Receipt, ReceiptError, caller_digest, unframe_reply
 from moe.net.server import BUSY_REPLY, forward_handle, info_handle, session_handle
 from moe.net.wire import (
     ACT_FORMATS,
@@ -42,6 +43,7 @@ from moe.net.wire import (
     MaliciousReply,
     decode_activations,
     decode_logp,
+    decode_request,
     encode_request,
     reply_nbytes,
     validate_reply,
@@ -166,6 +168,9 @@ class ExpertClient:
         self.health = PeerHealth(self.config.backoff_base_seconds, self.config.backoff_cap_seconds)
         self.faults: list[FaultReport] = []
         self._idle: dict[PeerID, list[DirectConnection]] = {}
+        self.on_receipt: Callable[[PeerID, bytes, Receipt | None], None] | None = None
+        """Called with (peer, request bytes, checked receipt or None) for every reply (a router samples its traffic
+        and drops experts that send none)."""
         self._no_direct: set[PeerID] = set()
 
     async def call(
@@ -207,14 +212,26 @@ class ExpertClient:
         raw = encode_request(inputs, wire_format, cfg.topk)
         return Request(raw, wire_format, reply_shape, cfg.topk, reply_bytes)
 
-    async def _call(self, peer_id: PeerID, request: Request, timeout: float | None) -> torch.Tensor:
+    async def replay(self, peer_id: PeerID, raw: bytes, timeout: float | None = None) -> tuple[bytes, Receipt | None]:
+        """Send the exact bytes of a recorded distribution request again → (reply payload, receipt or None), checked
+        like any reply (a validator re-asking what a router was answered: moe.poi.traffic_check). Raises ValueError
+        if `raw` is not a valid distribution request, else fails like `call`."""
+        x, wire_format, topk = decode_request(raw, max_bytes=self.config.max_reply_bytes)
+        if wire_format in ACT_FORMATS:
+            raise ValueError("only distribution requests can be replayed")
+        shape = tuple(x.shape)
+        request = Request(bytes(raw), wire_format, shape, topk, reply_nbytes(wire_format, shape, topk))
+        return await self._call(peer_id, request, timeout, decode=False)
+
+    async def _call(self, peer_id: PeerID, request: Request, timeout: float | None, decode: bool = True):
         """`call` after the caller's inputs passed: from here on every failure is the peer's (or the network's)."""
         if not self.health.available(peer_id):
             raise PeerUnavailable(
                 f"peer {peer_id} backed off for {self.health.banned_until(peer_id) - time.monotonic():.1f} s"
             )
         try:
-            out = await self._exchange(peer_id, request, timeout)
+            reply, receipt = await self._exchange(peer_id, request, timeout)
+            out = self._decode(request, reply) if decode else (reply, receipt)
         except asyncio.CancelledError:
             raise
         except MaliciousReply as e:
@@ -232,8 +249,11 @@ class ExpertClient:
         self.health.record_success(peer_id)
         return out
 
-    async def _exchange(self, peer_id: PeerID, request: Request, timeout: float | None) -> torch.Tensor:
-        """Send `request` and decode the reply against it; raises MaliciousReply for a reply it does not call for."""
+    async def _exchange(
+        self, peer_id: PeerID, request: Request, timeout: float | None
+    ) -> tuple[bytes, Receipt | None]:
+        """Send `request` → (reply, its receipt or None); raises MaliciousReply for a reply it does not call for or
+        a receipt that is not the signed receipt of exactly this call (moe.net.receipt)."""
         timeout = self.config.forward_timeout_seconds if timeout is None else timeout
         try:
             payload = await asyncio.wait_for(self._request(peer_id, request), timeout=timeout)
@@ -241,19 +261,34 @@ class ExpertClient:
             raise MaliciousReply("reply is not a valid protobuf message") from None
         except asyncio.TimeoutError:
             raise TimeoutError(f"peer {peer_id} did not answer within {timeout} s") from None
+        limit = request.reply_bytes + RECEIPT_OVERHEAD
+        if len(payload) > limit:  # checked before decoding, whatever the reply's headers claim
+            raise MaliciousReply(f"{request.wire_format} reply of {len(payload)} bytes, at most {limit} expected")
+        try:
+            reply, receipt = unframe_reply(payload)
+            if receipt is not None:
+                receipt.check(request.raw, reply, caller_digest(self.p2p.peer_id.to_bytes()))
+        except ReceiptError as e:
+            raise MaliciousReply(f"bad receipt: {e}") from None
+        if self.on_receipt is not None:
+            self.on_receipt(peer_id, request.raw, receipt)
+        return reply, receipt
+
+    def _decode(self, request: Request, reply: bytes) -> torch.Tensor:
+        """The reply checked against its request (shape, size, normalisation); raises MaliciousReply."""
         fmt, shape = request.wire_format, request.reply_shape
-        if len(payload) > request.reply_bytes:  # checked before decoding, whatever the reply's headers claim
-            raise MaliciousReply(f"{fmt} reply of {len(payload)} bytes, at most {request.reply_bytes} expected")
+        if len(reply) > request.reply_bytes:
+            raise MaliciousReply(f"{fmt} reply of {len(reply)} bytes, at most {request.reply_bytes} expected")
         if fmt in ACT_FORMATS:
-            return decode_activations(payload, fmt, shape)
-        return validate_reply(decode_logp(payload, fmt, shape, request.topk), shape, self.config.tol)
+            return decode_activations(reply, fmt, shape)
+        return validate_reply(decode_logp(reply, fmt, shape, request.topk), shape, self.config.tol)
 
     async def _request(self, peer_id: PeerID, request: Request) -> bytes:
         """Send one encoded request, directly if the peer offers it, else over P2P; returns the reply payload."""
         conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
         if conn is not None:
             try:
-                out = await conn.request(request.raw, max_reply_bytes=request.reply_bytes)
+                out = await conn.request(request.raw, max_reply_bytes=request.reply_bytes + RECEIPT_OVERHEAD)
             except RemoteError as e:
                 self._idle.setdefault(peer_id, []).append(conn)
                 raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
@@ -506,6 +541,10 @@ class SyncExpertClient:
     def call_many(self, peer_ids: Sequence[PeerID], inputs, **kwargs) -> dict[PeerID, torch.Tensor]:
         """Blocking `ExpertClient.call_many` (same arguments)."""
         return self._loop.run(self.client.call_many(peer_ids, inputs, **kwargs))
+
+    def replay(self, peer_id: PeerID, raw: bytes, **kwargs) -> tuple[bytes, Receipt | None]:
+        """Blocking `ExpertClient.replay` (same arguments and errors)."""
+        return self._loop.submit(self.client.replay(peer_id, raw, **kwargs)).result()
 
     def info(self, peer_id: PeerID, **kwargs) -> dict:
         return self._loop.run(self.client.info(peer_id, **kwargs))

@@ -34,11 +34,13 @@ INBOX_KEY = "hivemoe/ledger/inbox"
 WEIGHTS_KEY = "hivemoe/validators/weights"
 COMMITS_KEY = "hivemoe/validators/commits"
 SEED_KEY = "hivemoe/seed"
+TRAFFIC_KEY = "hivemoe/router/traffic"
 HEAD_CONTEXT = "ledger-head"
 INBOX_CONTEXT = "ledger-inbox"
 WEIGHTS_CONTEXT = "validator-weights"
 COMMIT_CONTEXT = "validator-commit"
 SEED_CONTEXT = "seed-record"
+TRAFFIC_CONTEXT = "router-traffic"
 MAX_NETUID = 65535
 """Largest netuid an expert record may name; the guard knows the experts key of every netuid up to it."""
 
@@ -73,6 +75,7 @@ KEY_RULES = {
     WEIGHTS_KEY: KeyRule(WEIGHTS_CONTEXT, 600.0),  # 60 s TTL
     COMMITS_KEY: KeyRule(COMMIT_CONTEXT, 3600.0),  # commit_ttl_seconds, 300 s by default
     SEED_KEY: KeyRule(SEED_CONTEXT, 1800.0),  # SeedPublisher, 180 s TTL by default
+    TRAFFIC_KEY: KeyRule(TRAFFIC_CONTEXT, 3600.0),  # a router's sampled receipts, 600 s TTL by default
 }
 
 

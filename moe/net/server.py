@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from hivemind.dht import DHT
 from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import runtime_pb2
+from hivemind.utils import get_dht_time
 from torch import nn
 
 from moe.config_checks import require_at_least, require_positive
@@ -43,6 +44,7 @@ from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import DirectServer
 from moe.net.identity_proof import sign_identities
 from moe.net.loop import LoopThread, replicate_p2p
+from moe.net.receipt import caller_digest, frame_reply, sign_receipt
 from moe.net.wire import (
     ACT_FORMATS,
     DIST_FORMATS,
@@ -51,6 +53,7 @@ from moe.net.wire import (
     decode_request,
     encode_activations,
     encode_logp,
+    request_positions,
 )
 
 logger = logging.getLogger(__name__)
@@ -395,7 +398,7 @@ class ExpertServer:
         is over a cap, ValueError for a bad request (both sent back as error replies)."""
         try:
             async with self.gate.slot(remote):
-                payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._process, raw)
+                payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, raw, remote)
         except ServerBusy as e:
             self.busy += 1
             logger.debug("busy for %s: %s", remote, e)
@@ -419,6 +422,19 @@ class ExpertServer:
         if request.uid:  # an identity challenge: its nonce
             info["identity"] = sign_identities(self._identities, request.uid, self.p2p.peer_id.to_bytes())
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
+
+    def _serve(self, raw: bytes, remote: Hashable) -> bytes:
+        """The reply payload: the computed reply behind the serving hotkey's receipt for it (moe.net.receipt), or a
+        plain reply while no hotkey is proven."""
+        reply = self._process(raw)
+        if not self._identities:
+            return frame_reply(reply, None)
+        caller = remote.to_bytes() if isinstance(remote, PeerID) else str(remote).encode()
+        positions = request_positions(raw)
+        receipt = sign_receipt(
+            self._identities[0], caller_digest(caller), int(get_dht_time() * 1000), positions, raw, reply
+        )
+        return frame_reply(reply, receipt)
 
     def _formats(self) -> tuple[str, ...]:
         return DIST_FORMATS if self.config.kind == "lm" else ACT_FORMATS

@@ -348,5 +348,14 @@ def decode_request(buf: bytes | memoryview, max_bytes: int) -> tuple[torch.Tenso
     return x, WIRE_FORMATS[fmt_index], topk
 
 
+def request_positions(buf: bytes | memoryview) -> int:
+    """Positions a (valid) request asks for: B·T byte positions, or the rows of an activation batch; from the
+    headers only (what a receipt records as served)."""
+    buf = memoryview(buf)
+    _, shape, _ = _frame_header(buf, 6)
+    fmt = WIRE_FORMATS[buf[4]]
+    return math.prod(shape[:-1] if fmt in ACT_FORMATS else shape)
+
+
 def _max_abs(x: torch.Tensor) -> float:
     return float(x.abs().max()) if x.numel() else 0.0

@@ -5,8 +5,6 @@
 - copiers: near-identical outputs to another expert on the same windows (mean Jensen–Shannon divergence of the full
   distributions, or max |Δ log p| of the gathered targets); only the earliest-registered expert of such a group is
   credited, since Shapley would otherwise split its value with every copy;
-- two-faced experts: answer the validator well and the router badly; validators re-send a sample of recorded router
-  traffic (signed receipts, moe.poi.receipts) and flag experts whose fresh replies differ beyond tolerance;
 - timeouts: missing windows already count as absent in the value function; `flag_timeouts` additionally flags an
   expert missing most windows.
 """
@@ -20,7 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moe.poi.receipts import Receipt, tensor_digest
 from moe.poi.value import as_windows, expert_bpb
 
 logger = logging.getLogger(__name__)
@@ -40,12 +37,6 @@ class CheatConfig:
     """Without full distributions: copies when max |Δ log p| (nats) over common windows is at most this."""
     copy_min_windows: int = 1
     """Compare two experts only when both answered at least this many common windows."""
-    reply_max_js: float = 1e-3
-    """A re-queried reply matches the recorded one when their mean JS divergence (bits) is at most this."""
-    max_mismatch_rate: float = 0.2
-    """Flag an expert when more than this fraction of its checked router samples mismatch."""
-    min_traffic_samples: int = 3
-    """Checked router samples needed before an expert can be flagged for mismatches."""
     max_missing_fraction: float = 0.5
     """Flag an expert that missed more than this fraction of windows."""
     min_novelty: float = 0.05
@@ -174,67 +165,6 @@ def flag_timeouts(present: torch.Tensor, max_missing_fraction: float = 0.5) -> t
 
 
 @dataclass
-class TrafficSample:
-    """One request the router recorded and the validator re-sent to the same expert."""
-
-    uid: int
-    """The expert's uid."""
-    address: str
-    """The expert's registered hotkey address; the receipt must be signed by it."""
-    request: torch.Tensor
-    """The input bytes the router sent."""
-    receipt: Receipt
-    """The expert's signed receipt for its reply to the router."""
-    fresh_reply: torch.Tensor | None
-    """The expert's reply to the validator's re-query (None if it timed out: the sample is skipped)."""
-    recorded_reply: torch.Tensor | None = None
-    """The reply the router recorded, if kept; without it the fresh reply must hash to the receipt exactly."""
-
-
-def _sample_matches(s: TrafficSample, cfg: CheatConfig) -> bool | None:
-    """True/False for a usable sample; None (logged) when it cannot count against the expert."""
-    r = s.receipt
-    if r.expert != s.address or not r.verify() or r.request != tensor_digest(s.request):
-        logger.warning("receipt for uid %d is forged or not for this request; sample ignored", s.uid)
-        return None
-    if s.fresh_reply is None:
-        return None
-    if s.recorded_reply is None:
-        return tensor_digest(s.fresh_reply) == r.reply
-    if tensor_digest(s.recorded_reply) != r.reply:
-        logger.warning("router's recorded reply for uid %d does not match the expert's receipt; sample ignored", s.uid)
-        return None
-    rec = torch.as_tensor(s.recorded_reply).to(torch.float64)
-    fresh = torch.as_tensor(s.fresh_reply).to(torch.float64)
-    if rec.shape != fresh.shape or not (torch.isfinite(rec).all() and torch.isfinite(fresh).all()):
-        return False
-    return float(js_divergence(rec, fresh).mean()) <= cfg.reply_max_js
-
-
-def flag_router_mismatch(samples: Sequence[TrafficSample], config: CheatConfig | None = None) -> dict[int, float]:
-    """uid → mismatch rate for experts flagged as answering the router differently from the validator.
-
-    Forged receipts and tampered recordings are ignored (a router cannot frame an expert); experts with fewer than
-    `min_traffic_samples` usable samples are never flagged.
-    """
-    cfg = config or CheatConfig()
-    counts: dict[int, list[int]] = {}
-    for s in samples:
-        ok = _sample_matches(s, cfg)
-        if ok is None:
-            continue
-        c = counts.setdefault(s.uid, [0, 0])
-        c[0] += int(not ok)
-        c[1] += 1
-    flagged = {}
-    for uid, (bad, n) in counts.items():
-        if n >= cfg.min_traffic_samples and bad / n > cfg.max_mismatch_rate:
-            flagged[uid] = bad / n
-            logger.warning("uid %d answered the router differently on %d of %d checked requests", uid, bad, n)
-    return flagged
-
-
-@dataclass
 class CheatReport:
     """Why each flagged uid gets zero weight."""
 
@@ -255,7 +185,6 @@ def detect_cheats(
     registration: Sequence[int],
     present: torch.Tensor | None = None,
     dists: torch.Tensor | None = None,
-    traffic: Sequence[TrafficSample] = (),
     config: CheatConfig | None = None,
     groups: Sequence[int] | torch.Tensor | None = None,
 ) -> tuple[CheatReport, torch.Tensor, torch.Tensor]:
@@ -274,6 +203,4 @@ def detect_cheats(
     for name, flags in checks.items():
         for i in flags.nonzero().flatten().tolist():
             report.add(uids[i], name)
-    for uid in flag_router_mismatch(traffic, cfg):
-        report.add(uid, "router_mismatch")
     return report, lp, pr

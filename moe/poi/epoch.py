@@ -56,15 +56,16 @@ def score_experts(
     cheats: CheatConfig,
     seed: int = 0,
     groups: list[int] | None = None,
-    audit_flags: dict[int, str] | None = None,
+    audit_flags: dict[int, str | list[str]] | None = None,
 ) -> EpochScore:
     """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
 
     `registration` orders experts for copy detection and novelty (the earliest of a group of copies or near-copies
     keeps the credit): one (registration block, uid) per expert. `groups` gives each window's domain, so a
     specialist is judged on its best domain rather than on all of them pooled. `audit_flags` (expert index →
-    reason) are verdicts reached outside these replies, such as a failed causality audit (moe.poi.causality); they
-    flag like any detector.
+    reason or reasons) are verdicts reached outside these replies, such as a failed causality audit
+    (moe.poi.causality) or replies that differ from what the expert signed for a router (moe.poi.traffic_check);
+    they flag like any detector.
     """
     E = dists.shape[0]
     logp, _ = target_log_probs(dists, y)  # (E, W, T); special-token targets (EOS) are not bytes: 0 for everyone
@@ -72,8 +73,9 @@ def score_experts(
     order = sorted(range(E), key=lambda i: registration[i])
     rank = [order.index(i) for i in range(E)]
     report, lp, pr = detect_cheats(list(range(E)), logp, rank, present, dists, config=cheats, groups=groups)
-    for i, reason in (audit_flags or {}).items():
-        report.add(i, reason)
+    for i, reasons in (audit_flags or {}).items():
+        for reason in [reasons] if isinstance(reasons, str) else reasons:
+            report.add(i, reason)
     players = [i for i in range(E) if i not in report.flagged]
     phi = torch.zeros(E, dtype=torch.float64)
     se = torch.zeros(E, dtype=torch.float64)

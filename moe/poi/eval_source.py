@@ -90,35 +90,61 @@ def data_commitment(tokens: np.ndarray) -> bytes:
     return hashlib.sha256(_DATA_DOMAIN + np.ascontiguousarray(tokens, dtype="<u2").tobytes()).digest()
 
 
-def salted_pool(
-    splits: Sequence[np.ndarray], salt: bytes, fraction: float, block_tokens: int = BLOCK_TOKENS
-) -> np.ndarray:
-    """One subnet's evaluation pool: the `fraction` of its held-out blocks (at least one) whose salted hashes are
-    smallest, in corpus order, with EOS closing each run of adjacent blocks (as a document boundary would)."""
+def _salted_pieces(
+    splits: Sequence[np.ndarray], salt: bytes, fraction: float, block_tokens: int
+) -> list[tuple[int, np.ndarray]]:
+    """The pool as (split index, tokens) pieces in order: the `fraction` of held-out blocks (at least one) whose
+    salted hashes are smallest, in corpus order, with an EOS piece closing each run of adjacent blocks (as a document
+    boundary would); that EOS carries the split of the block it closes. Raises ValueError on a fraction outside
+    (0, 1]."""
     if not 0 < fraction <= 1:
         raise ValueError(f"salt fraction must be in (0, 1], got {fraction}")
     blocks = [(s, a) for s, toks in enumerate(splits) for a in range(0, len(toks), block_tokens)]
-    if not blocks:
-        return np.zeros(0, TOKEN_DTYPE)
 
     def rank(block: tuple[int, int]) -> bytes:
         s, a = block
         body = np.ascontiguousarray(splits[s][a : a + block_tokens], dtype="<u2").tobytes()
         return hashlib.sha256(_SALT_DOMAIN + salt + body).digest()  # by content: stable if documents move
 
-    chosen = sorted(sorted(blocks, key=rank)[: max(1, round(fraction * len(blocks)))])
-    runs: list[np.ndarray] = []
+    chosen = sorted(sorted(blocks, key=rank)[: max(1, round(fraction * len(blocks)))]) if blocks else []
+    pieces: list[tuple[int, np.ndarray]] = []
     for i, (s, a) in enumerate(chosen):
-        runs.append(np.asarray(splits[s][a : a + block_tokens], dtype=TOKEN_DTYPE))
+        pieces.append((s, np.asarray(splits[s][a : a + block_tokens], dtype=TOKEN_DTYPE)))
         adjacent = i + 1 < len(chosen) and chosen[i + 1] == (s, a + block_tokens)
-        if not adjacent and runs[-1][-1] != EOS:
-            runs.append(np.array([EOS], TOKEN_DTYPE))
-    return np.concatenate(runs)
+        if not adjacent and pieces[-1][1][-1] != EOS:
+            pieces.append((s, np.array([EOS], TOKEN_DTYPE)))
+    return pieces
+
+
+def salted_pool(
+    splits: Sequence[np.ndarray], salt: bytes, fraction: float, block_tokens: int = BLOCK_TOKENS
+) -> np.ndarray:
+    """One subnet's evaluation pool: the `fraction` of its held-out blocks (at least one) whose salted hashes are
+    smallest, in corpus order, with EOS closing each run of adjacent blocks (as a document boundary would)."""
+    pieces = _salted_pieces(splits, salt, fraction, block_tokens)
+    return np.concatenate([t for _, t in pieces]) if pieces else np.zeros(0, TOKEN_DTYPE)
+
+
+def salted_pool_origin(
+    splits: Sequence[np.ndarray], salt: bytes, fraction: float, block_tokens: int = BLOCK_TOKENS
+) -> np.ndarray:
+    """(len(pool),) int8: for each token of `salted_pool(splits, salt, fraction, block_tokens)`, the index into
+    `splits` of the split it came from (an inserted EOS takes its run's). Tells a validator which windows a miner
+    could have rebuilt from public text (moe.poi.memorisation)."""
+    pieces = _salted_pieces(splits, salt, fraction, block_tokens)
+    return np.concatenate([np.full(len(t), s, np.int8) for s, t in pieces]) if pieces else np.zeros(0, np.int8)
 
 
 def salted_pools(held_out: Mapping[str, Sequence[np.ndarray]], salt: bytes, fraction: float) -> dict[str, np.ndarray]:
     """Subnet → its salted pool, from subnet → its held-out splits (val, route)."""
     return {name: salted_pool(splits, salt, fraction) for name, splits in held_out.items()}
+
+
+def salted_pools_origin(
+    held_out: Mapping[str, Sequence[np.ndarray]], salt: bytes, fraction: float
+) -> dict[str, np.ndarray]:
+    """Subnet → the split each token of its salted pool came from (0 = val, 1 = route), aligned with `salted_pools`."""
+    return {name: salted_pool_origin(splits, salt, fraction) for name, splits in held_out.items()}
 
 
 def _text_files(path: Path) -> list[Path]:

@@ -14,6 +14,9 @@
 - memorizer: serves a lookup of every subnet's public val split (moe.roles.memorizer.MemorizerLM), uniform
   elsewhere: it beats every honest expert on windows drawn from that split, gains only on the val blocks of a salted
   pool and nothing on private text (moe.poi.eval_source); the summary's `validators[].eval_source` says which;
+- twofaced: answers peers that probe like a router with uniform bytes and everyone else (validators) with the
+  network's seed (moe.roles.two_faced); validators re-send calls the router sampled with their signed receipts and
+  catch the difference (moe.poi.traffic_check);
 - nearcopy: a copycat that mixes the relayed distribution with 3% uniform bytes (`NearCopyLM`): about 50× past the
   copy detector's threshold at a cost of 0.03 bits per byte; novelty scoring (moe.poi.novelty) pays it only for what
   it adds beyond the earlier-registered victim, which is nothing, and leaves the victim its full share.
@@ -43,6 +46,7 @@ from moe.net.join import join_network
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.memorizer import MemorizerLM
 from moe.roles.node import StatusBoard, wait_for_stop
+from moe.roles.router import load_generalist
 from moe.roles.serving import (
     close_all,
     model_summary,
@@ -51,6 +55,7 @@ from moe.roles.serving import (
     start_heartbeat,
     subnet_centroid,
 )
+from moe.roles.two_faced import TwoFacedLM, TwoFacedServer
 
 if TYPE_CHECKING:
     from hivemind.dht import DHT
@@ -61,7 +66,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ADVERSARIES = ("copycat", "noise", "peek", "hijack", "flood", "memorizer", "nearcopy")
+ADVERSARIES = ("copycat", "noise", "peek", "hijack", "flood", "memorizer", "nearcopy", "twofaced")
 """The attacks `role=adversary adversary=KIND` (and the local network's `adversaries=`) can run."""
 
 
@@ -240,9 +245,14 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             module = PeekLM()
         elif kind == "memorizer":
             module = MemorizerLM([subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets])
+        elif kind == "twofaced":
+            module = TwoFacedLM(load_generalist(cfg, dht))
         else:
             module = NoiseLM(cfg.seed)
-        server = ExpertServer(module, serving_config(net), dht=dht).start()
+        if kind == "twofaced":
+            server = TwoFacedServer(module, cfg.router.probe_len, serving_config(net), dht=dht).start()
+        else:
+            server = ExpertServer(module, serving_config(net), dht=dht).start()
         if kind == "flood":
             flooder = Flooder(dht, PeerID.from_base58(victim.peer_id), cfg.model.max_seq_len).start()
             logger.info("flooding expert %s", victim.hotkey[:16])

@@ -26,6 +26,8 @@ SERVING = "serving.json"
 """Written by an expert once trained and serving."""
 PUBLISHED = "published.json"
 """Written by the seed node once its seed is in the DHT."""
+TRAFFIC = "traffic.json"
+"""Written by the router once its first sample of traffic is in the DHT (validators can check it)."""
 CHECKPOINT = "checkpoint"
 """A trained model's checkpoint directory (moe.training.checkpoint)."""
 
@@ -59,6 +61,11 @@ class RunLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def validated(self) -> Path:
+        """The local network's signal to its router: the validators finished and their last weights were paid."""
+        return self.root / "validated.json"
 
     @property
     def logs(self) -> Path:

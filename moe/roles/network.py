@@ -2,9 +2,10 @@
 
 A bootstrap DHT peer (this process), then the seed node (trains and publishes the shared seed), one expert node per
 subnet (each fetches the seed over hivemind, trains its specialist while serving it), the solo and dense baselines,
-the validators, whose weights the ledger hosted here turns into consensus and pays out, then the router (discovers
-the experts in the DHT, drops those the validators' consensus gave nothing, and trains the gate through remote
-calls). The nodes talk only over hivemind; this process only starts them,
+the router (discovers the experts in the DHT and mixes a first sample of traffic, whose signed receipts it publishes),
+the validators, who score the experts and re-check that traffic, and whose weights the ledger hosted here turns into
+consensus and pays out; then the router drops the experts the validators flagged and trains the gate through remote
+calls. The nodes talk only over hivemind; this process only starts them,
 shows their progress, and writes the summary from their results.
 """
 
@@ -29,7 +30,7 @@ from moe.config_loader import to_dict
 from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
 from moe.fileio import write_json
-from moe.roles.layout import PUBLISHED, RESULT, SERVING, RunLayout
+from moe.roles.layout import PUBLISHED, RESULT, SERVING, TRAFFIC, RunLayout
 from moe.roles.node import PARENT_PID_VAR, StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
@@ -210,6 +211,9 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
             nodes.start(name, ["role=adversary", f"subnet={cfg.subnets[0]}", f"adversary={kind}"], _child_env(0))
         adversary_done = lambda n: (layout.adversary(adversaries[n]) / RESULT).exists()
         nodes.wait_for(list(adversaries), adversary_done, tm.adversaries_seconds, display)
+        # the router first mixes some traffic, which the validators then check (moe.poi.traffic_check)
+        nodes.start("router", ["role=router", "router_awaits_validators=true"], _child_env(0))
+        nodes.wait_for(["router"], lambda n: (layout.router / TRAFFIC).exists(), tm.router_seconds, display)
         for name, (key, stake) in validators.items():
             args = ["role=validator", f"validator.stake_tao={stake}", f"hotkey_path={key}"]
             nodes.start(name, args, _child_env(0))
@@ -218,7 +222,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
             tempo = cfg.ledger_host.tempo
             paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo
             host.wait(paid, tm.payout_seconds + tempo * cfg.ledger_host.block_interval_seconds)
-        nodes.start("router", ["role=router"], _child_env(0))
+        write_json(layout.validated, {"validators": sorted(validators)})
         nodes.wait_for(["router"], lambda n: (layout.router / RESULT).exists(), tm.router_seconds, display)
         baseline_done = lambda n: (layout.baseline(baselines[n]) / RESULT).exists()
         nodes.wait_for(list(baselines), baseline_done, tm.baselines_seconds, display)

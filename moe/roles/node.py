@@ -38,6 +38,8 @@ class Stream(IntEnum):
     """The gate's training batches on the routing split."""
     ROUTER_AUDIT = 3100
     """The router's causality audit: windows of the routing split, their twins' donors, where twins go."""
+    ROUTER_TRAFFIC = 3200
+    """The routing-split sequences the local network's router mixes before the validators start."""
 
 
 def setup_logging(logs_dir: Path, name: str, console_level: int = logging.WARNING) -> None:

@@ -17,12 +17,14 @@ import torch
 from moe.corpus.batches import blended_batches_at_step, eval_windows
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
+from moe.identity import Hotkey
 from moe.metrics import score_sets
 from moe.model.transformer import ByteLM, config_dict
-from moe.roles.layout import RESULT, RunLayout
+from moe.roles.layout import RESULT, TRAFFIC, RunLayout
 from moe.roles.lm_job import shifted_sets
 from moe.roles.node import StatusBoard, Stream
 from moe.routing.remote import Mixture
+from moe.routing.traffic import publish_traffic
 from moe.training.checkpoint import load_model_bytes
 from moe.training.tracking import Tracker
 
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from moe.roles.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
+
+TRAFFIC_TTL_SECONDS = 600.0
+"""How long the router's published traffic sample lives in the DHT (re-published while it waits)."""
 
 
 @dataclass
@@ -97,6 +102,20 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             audit = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER_AUDIT)(0)
             (x, _), (donors, _) = next(audit), next(audit)
             mixture.audit_causality(x, donors, seed=cfg.seed + Stream.ROUTER_AUDIT)
+        hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key("router"))
+        if cfg.router_awaits_validators:
+            status.update(phase="serving traffic")
+            stream = cfg.seed + Stream.ROUTER_TRAFFIC
+            traffic = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, stream)(0)
+            for _ in range(rc.traffic_batches):
+                mixture.mix(next(traffic)[0])
+            publish = lambda: publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
+            publish()
+            write_json(layout.router / TRAFFIC, {"samples": len(mixture.traffic.records())})
+            status.update(phase="waiting for validators")
+            _wait_for(layout.validated, publish)
+            if rc.follow_validators and cfg.ledger.enabled:
+                mixture.follow_ledger(cfg.ledger.host)
         tracker = Tracker(cfg.wandb, layout.root, "router", {"router": asdict(rc)}, group=cfg.run_id)
         status.update(phase="training gate")
         t0 = time.perf_counter()
@@ -104,6 +123,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             blend, rc.steps, on_step=lambda s, loss: _log_step(s, loss, status, tracker, rc.steps)
         )
         train_seconds = time.perf_counter() - t0
+        publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
         status.update(phase="evaluating")
         val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
         t = cfg.expert_train
@@ -132,6 +152,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
                 "noncausal": sorted(mixture.noncausal),
                 "trust": mixture.trust,
                 "faults": [f"{f.peer_id}: {f.reason}" for f in mixture.faults()],
+                "unreceipted": sorted(mixture.unreceipted),
+                "traffic_samples": len(mixture.traffic.records()),
                 "wire_format": rc.client.wire_format,
             },
         )
@@ -140,6 +162,16 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     finally:
         mixture.shutdown()
     return 0
+
+
+def _wait_for(path, every_minute) -> None:
+    """Block until `path` exists, calling `every_minute` each minute meanwhile (keeping DHT entries alive)."""
+    last = time.monotonic()
+    while not path.exists():
+        time.sleep(0.5)
+        if time.monotonic() - last > 60:
+            every_minute()
+            last = time.monotonic()
 
 
 def _log_step(step: int, loss: float, status: StatusBoard, tracker: Tracker, steps: int) -> None:

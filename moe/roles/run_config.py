@@ -68,6 +68,10 @@ class RunConfig:
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     ledger: LedgerAccessConfig = field(default_factory=LedgerAccessConfig)
     ledger_host: LedgerHostConfig = field(default_factory=LedgerHostConfig)
+    router_awaits_validators: bool = False
+    """The router mixes `router.traffic_batches` sequences, publishes that traffic and waits for the run's
+    `validated` signal before it trains its gate (the local network sets it: validators check the router's traffic,
+    and the router follows their verdicts)."""
     baselines: bool = True
     """The local network trains the solo and dense baselines of the summary."""
     validator_stakes_tao: list[float] = field(default_factory=lambda: [1000.0, 300.0])

@@ -6,7 +6,10 @@ splits chosen by its secret salt, or its private text: `moe.poi.eval_source` say
 miner and what stays publicly checkable), and sends them to every discovered expert through the same client and
 request path the router uses (an expert cannot tell the two apart). Spliced twins of those windows go out shuffled
 among them (a causality audit, `moe.poi.causality`: an expert that reads the byte it predicts is flagged
-`noncausal`). From the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
+`noncausal`). With a salted pool, an expert far better on its public (val) windows than on its route windows is
+flagged `memorised` (`moe.poi.memorisation`); calls the routers sampled with the experts' receipts are re-sent, and an
+expert whose reply differs from what it signed for the router is flagged `twofaced` (`moe.poi.traffic_check`). From
+the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
 earlier-registered expert, timeouts) and computes exact Shapley contributions of the remaining experts to the
 mixture's bits-per-byte saving; the validator turns them into u16 weights over the experts' ledger uids, publishes a
 signed `WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone who can rebuild the pool can
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from hivemind.p2p import PeerID
+from hivemind.utils import get_dht_time
 
 from moe.config_checks import require_at_least, require_between, require_one_of, require_positive
 from moe.corpus.tokens import subnet_tokens
@@ -48,9 +54,13 @@ from moe.poi.eval_source import (
     private_tokens,
     salt_commitment,
     salted_pools,
+    salted_pools_origin,
 )
+from moe.poi.memorisation import MEMORISED, MemorisationConfig, flag_memorised, public_windows, window_bpb
+from moe.poi.traffic_check import TWOFACED, Replay, TrafficCheckConfig, choose_calls, flag_two_faced
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard
+from moe.routing.traffic import read_traffic
 from moe.routing.window_query import query_windows
 
 if TYPE_CHECKING:
@@ -91,6 +101,12 @@ class ValidatorConfig:
     """Fraction of the held-out blocks a salted validator keeps in its pool."""
     cheats: CheatConfig = field(default_factory=CheatConfig)
     """Thresholds of the cheat detectors (noise, copies, timeouts, malformed replies)."""
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
+    """With the salted source, an expert far better on the pool's public (val) windows than on its route windows of
+    the same domain is flagged `memorised` (moe.poi.memorisation)."""
+    traffic: TrafficCheckConfig = field(default_factory=TrafficCheckConfig)
+    """Re-sending routers' sampled calls (moe.poi.traffic_check): an expert answering them differently from what it
+    signed for the router is flagged `twofaced`."""
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The causality audit each epoch: spliced twins of the epoch's windows, shuffled among them, catch experts
     that read the byte they predict (135 twins by default: a 5% peeker is caught with probability 0.999)."""
@@ -121,20 +137,29 @@ def _windows(val: dict[str, np.ndarray], seed: bytes, n: int, seq_len: int) -> t
     return t[:, :-1], t[:, 1:], drawn
 
 
-def _eval_pool(cfg: RunConfig, subnets: dict[str, Subnet], key_path: Path) -> tuple[dict[str, np.ndarray], bytes]:
-    """Domain → the tokens this validator draws windows from, and the hash its seed commitments carry to bind them
-    (empty for the public split, which anyone can rebuild). The salt lives next to the hotkey and is created once,
-    so the validator's pool, and the commitment to it, stay the same across restarts."""
+def _eval_pool(
+    cfg: RunConfig, subnets: dict[str, Subnet], key_path: Path
+) -> tuple[dict[str, np.ndarray], bytes, dict[str, np.ndarray] | None]:
+    """Domain → the tokens this validator draws windows from, the hash its seed commitments carry to bind them
+    (empty for the public split, which anyone can rebuild), and for a salted pool each token's split (0 = val).
+    The salt lives next to the hotkey and is created once, so the validator's pool, and the commitment to it, stay
+    the same across restarts."""
     vc = cfg.validator
     if vc.source == PRIVATE:
         tokens = private_tokens(vc.data)
-        return {PRIVATE: tokens}, data_commitment(tokens)
+        return {PRIVATE: tokens}, data_commitment(tokens), None
     val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
     if vc.source == "public":
-        return val, b""
+        return val, b"", None
     salt = load_or_create_salt(key_path.with_suffix(SALT_SUFFIX))
     held_out = {s: [val[s], subnet_tokens(subnets[s], "route", cfg.data)] for s in cfg.subnets}
-    return salted_pools(held_out, salt, vc.salt_fraction), salt_commitment(salt)
+    pools = salted_pools(held_out, salt, vc.salt_fraction)
+    return pools, salt_commitment(salt), salted_pools_origin(held_out, salt, vc.salt_fraction)
+
+
+LATE_WEIGHTS_FRACTION = 0.9
+"""Weights go out while less than this fraction of an epoch has passed (else they wait for the next epoch), so the
+block that carries them is still in the epoch they name."""
 
 
 def _wait_for_fresh_epoch(dht, host: str, last_epoch: int, timeout: float, deadline_fraction: float):
@@ -162,7 +187,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     out = layout.validator(name)
     status = StatusBoard(layout.status, name)
     status.update(phase="joining", step=0, steps=vc.epochs)
-    pool, pool_commitment = _eval_pool(cfg, subnets, key_path)
+    pool, pool_commitment, origins = _eval_pool(cfg, subnets, key_path)
     logger.info("evaluating on %s windows from %s", vc.source, {d: len(t) for d, t in pool.items()})
     mixture = Mixture.from_dht(cfg.initial_peers, [subnets[s].netuid for s in cfg.subnets], cfg.router, cfg.network)
     dht = mixture.dht
@@ -175,7 +200,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, lc.register_timeout_seconds, host=lc.host)
         status.update(phase="discovering")
         mixture.wait_for_experts(1, timeout=cfg.network.discovery_timeout_seconds)
-        last_epoch = -1
+        last_epoch = last_weights_epoch = -1
         i = 0
         while vc.epochs <= 0 or i < vc.epochs:
             t0 = time.monotonic()
@@ -196,10 +221,15 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed + b"audit").digest()[:8], "big"))
             query = functools.partial(query_windows, mixture.call, hotkeys, batch_size=vc.batch_size)
             dists, present, audit = audited_query(query, x, donors, vc.audit, rng)
-            audit_flags = audit.flags(vc.audit)
-            reg = _registration(records, head if lc.enabled else None)
+            outside_flags: dict[int, list[str]] = {i: [r] for i, r in audit.flags(vc.audit).items()}
             domains = sorted(pool)
             groups = [domains.index(s) for s, _ in drawn]  # a specialist is judged on its best domain
+            for e in _memorisers(vc, origins, drawn, dists, y, present, groups):
+                outside_flags.setdefault(e, []).append(MEMORISED)
+            replays = _replay_router_calls(mixture, records, vc.traffic, seed)
+            for hk in flag_two_faced(replays, vc.traffic):
+                outside_flags.setdefault(hotkeys.index(hk), []).append(TWOFACED)
+            reg = _registration(records, head if lc.enabled else None)
             score = score_experts(
                 hotkeys,
                 reg,
@@ -209,15 +239,19 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 vc.cheats,
                 seed=int.from_bytes(seed[:4], "big"),
                 groups=groups,
-                audit_flags=audit_flags,
+                audit_flags=outside_flags,
             )
             for impostor in mixture.impostors():
                 score.flags.setdefault(impostor, []).append("identity")
             weights: dict[int, int] = {}
             if lc.enabled and head is not None:
-                uids = [head.uids[hk][0] for hk in hotkeys]  # every scored expert is registered (`scorable`)
-                ws = [score.contribution[hk] for hk in hotkeys]
-                sub = WeightSubmission.create(hotkey, head.netuid, epoch, uids, ws)
+                # weights name the epoch they land in: scoring may outlast the epoch the windows were drawn in
+                head = _wait_for_fresh_epoch(dht, lc.host, last_weights_epoch, timeout, LATE_WEIGHTS_FRACTION)
+                scored = [hk for hk in hotkeys if hk in head.uids]  # registered when scored (`scorable`)
+                uids = [head.uids[hk][0] for hk in scored]
+                ws = [score.contribution[hk] for hk in scored]
+                sub = WeightSubmission.create(hotkey, head.netuid, head.epoch, uids, ws)
+                last_weights_epoch = head.epoch
                 publish_weights(dht, hotkey, [sub])
                 weights = dict(zip(sub.uids, sub.weights, strict=True))
             publish_commit(dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds, flags=score.flags)
@@ -235,10 +269,18 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                         hk: {"twins": int(audit.checked[i]), "violations": int(audit.violations[i])}
                         for i, hk in enumerate(hotkeys)
                     },
+                    "traffic": {
+                        hk: {
+                            "replayed": sum(r.expert == hk and r.fresh_reply is not None for r in replays),
+                            "mismatched": sum(r.expert == hk and r.matches() is False for r in replays),
+                        }
+                        for hk in hotkeys
+                    },
                     "bpb": score.bpb,
                     "answered": score.answered,
                     "mixture_bpb": score.mixture_bpb,
                     "weights": {str(u): w for u, w in weights.items()},
+                    "weights_epoch": last_weights_epoch if weights else None,
                     "uids": {hk: r.uid for hk, r in zip(hotkeys, records, strict=True)},
                 }
             )
@@ -256,6 +298,41 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     finally:
         mixture.shutdown()
     return 0
+
+
+def _memorisers(vc: ValidatorConfig, origins, drawn, dists, y, present, groups) -> list[int]:
+    """Indices of the experts whose edge on the salted pool's public windows gives away a lookup of public text
+    (none without a salted pool: `origins` is None)."""
+    if origins is None:
+        return []
+    mc = vc.memorisation
+    by_window = window_bpb(dists, y, present, mc.min_logp)
+    public = public_windows(origins, drawn, vc.seq_len + 1)
+    return flag_memorised(by_window, public, mc.min_windows, mc.max_gap_bits, groups).nonzero().flatten().tolist()
+
+
+def _replay_router_calls(mixture, records: list[ExpertRecord], cfg: TrafficCheckConfig, seed: bytes) -> list[Replay]:
+    """Re-send, from this validator's peer, up to `cfg.per_expert` calls the routers published to each expert, and
+    keep each reply (None when the expert did not answer: the call is skipped, not held against it).
+
+    Longest calls first: a short probe is what routers send, so an expert that tells callers apart by what they send
+    takes this validator for a router from its first probe on, and answers the later calls as it answered the
+    router's; sent last, the probes cost the check nothing."""
+    if cfg.per_expert == 0:
+        return []
+    rng = random.Random(hashlib.sha256(seed + b"traffic").digest())
+    peers = {r.hotkey: PeerID.from_base58(r.peer_id) for r in records}
+    chosen = choose_calls(read_traffic(mixture.dht), list(peers), cfg, get_dht_time(), rng)
+    replays = []
+    for hk, calls in chosen.items():
+        for call in sorted(calls, key=lambda c: -len(c.request)):  # a router's short probes last (see below)
+            try:
+                reply, _ = mixture.client.replay(peers[hk], call.request)
+            except Exception as e:  # any failure of the expert or the network: no verdict from this call
+                logger.debug("re-sent call to %s failed: %r", hk[:16], e)
+                reply = None
+            replays.append(Replay(hk, call, reply))
+    return replays
 
 
 def scorable(records: list[ExpertRecord], me: str, head) -> list[ExpertRecord]:

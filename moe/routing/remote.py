@@ -34,14 +34,18 @@ from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
 from moe.net.identity_proof import ProvenIdentities
 from moe.net.join import NetworkConfig
+from moe.net.receipt import Receipt
 from moe.poi.causality import NONCAUSAL, AuditConfig, audited_query
 from moe.routing.gate import Gate
 from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, gate_loss, route_and_mix
 from moe.routing.signature import SIGNATURE_DIM
+from moe.routing.traffic import TrafficLog
 from moe.routing.window_query import query_windows
 
 logger = logging.getLogger(__name__)
 
+ENTRIES_WAIT_SECONDS = 30.0
+"""Longest a call waits for a routable expert before it fails."""
 IDENTITY_TIMEOUT_SECONDS = 5.0
 """Longest wait for a peer to answer an identity challenge (a dead peer is asked again every 30 s)."""
 
@@ -88,6 +92,12 @@ class RouterConfig:
     """Spliced twins of the router's own sampled audit (moe.poi.causality) before it trusts the experts: catches an
     expert peeking on every position for certain, on 5% of positions with probability 0.56 (the validators' full
     audit takes 135); 0 skips it."""
+    traffic_batches: int = 8
+    """Sequences batches a router started ahead of the validators mixes first, so that they have its traffic to
+    check (moe.roles.router)."""
+    traffic_per_expert: int = 4
+    """Calls per expert kept (a uniform sample, with the experts' signed receipts) and published for validators to
+    re-check (moe.routing.traffic); 0 keeps none."""
     follow_validators: bool = True
     """Follow the validators through the DHT: never call an expert a stake majority of them flagged (or that the
     ledger does not know), and feed each expert's share of the last epoch's incentive to the gate as a prior whose
@@ -98,6 +108,7 @@ class RouterConfig:
     def __post_init__(self):
         require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches", "escalate_window"])
         require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha", "audit_twins", "escalate_bits"])
+        require_at_least(self, 0, ["traffic_per_expert", "traffic_batches"])
         require_between(self, "switch_gate_weight", 0.0, 1.0)
         require_positive(self, ["generalist_share"])
         require_positive(self, ["lr"])
@@ -126,6 +137,13 @@ class Mixture:
         """Hotkey → reasons, for experts the validators flagged (see `set_trust`)."""
         self.noncausal: set[str] = set()
         """Hotkeys this router's own causality audit caught: never routed to again."""
+        self.traffic = TrafficLog(rc.traffic_per_expert)
+        """A sample of the calls made, with the experts' receipts (moe.routing.traffic)."""
+        self.unreceipted: set[str] = set()
+        """Hotkeys whose replies came without a receipt signed by that hotkey: never routed to again."""
+        self._hotkey_of_peer: dict[str, str] = {}
+        self._routed = False
+        client.client.on_receipt = self._on_reply
 
     @classmethod
     def from_dht(
@@ -183,6 +201,20 @@ class Mixture:
                 out.append(entry)
         return out
 
+    def _wait_for_entries(self, timeout: float) -> list[ExpertEntry]:
+        """The routable experts; once some were routed to, waits up to `timeout` seconds for some to come back (records
+        lapse for a moment when heartbeats or the directory's refresh run late on a loaded machine). RuntimeError if
+        none come, or at once if none ever did."""
+        deadline = time.monotonic() + timeout
+        while not (entries := self.entries()):
+            if not self._routed:
+                raise RuntimeError("no experts known yet; wait_for_experts first")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no routable experts for {timeout:.0f} s")
+            time.sleep(0.5)
+        self._routed = True
+        return entries
+
     def set_trust(
         self,
         incentive: dict[str, float],
@@ -200,13 +232,13 @@ class Mixture:
             logger.info("not routing to experts the validators ruled out: %s", sorted(self.distrusted()))
 
     def routable(self, hotkey: str) -> bool:
-        if hotkey in self.noncausal or hotkey in self.flagged:
+        if hotkey in self.noncausal or hotkey in self.flagged or hotkey in self.unreceipted:
             return False
         return self.registered is None or hotkey in self.registered
 
     def distrusted(self) -> set[str]:
-        """Discovered experts the mixture does not call: flagged by the validators, unregistered on the ledger, or
-        caught by the router's own causality audit."""
+        """Discovered experts the mixture does not call: flagged by the validators, unregistered on the ledger,
+        caught by the router's own causality audit, or answering without their receipt."""
         return {r.hotkey for r in self.records() if not self.routable(r.hotkey)}
 
     def _log_trust(self, active: set[str]) -> dict[str, float]:
@@ -246,11 +278,25 @@ class Mixture:
     def call(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{hotkey: x} -> {hotkey: log-probs} for the experts that answered validly within the timeouts."""
         by_peer = {r.hotkey: PeerID.from_base58(r.peer_id) for r in self.records() if r.hotkey in inputs}
+        self._hotkey_of_peer.update({str(p): k for k, p in by_peer.items()})
         replies = self.client.call_many(list(by_peer.values()), {by_peer[k]: inputs[k] for k in by_peer})
         return {k: replies[p] for k, p in by_peer.items() if p in replies}
 
     def faults(self) -> list[FaultReport]:
         return list(self.client.faults)
+
+    def _on_reply(self, peer_id: PeerID, request: bytes, receipt: Receipt | None) -> None:
+        """Sample the call, or stop routing to an expert whose reply lacks a receipt signed by its own hotkey (it
+        could otherwise answer this router unaccountably)."""
+        hotkey = self._hotkey_of_peer.get(str(peer_id))
+        if hotkey is None:
+            return
+        if receipt is None or receipt.address != hotkey:
+            if hotkey not in self.unreceipted:
+                logger.warning("expert %s answered without its receipt; not routing to it", hotkey[:16])
+                self.unreceipted.add(hotkey)
+            return
+        self.traffic.offer(request, receipt)
 
     def set_generalist(self, model: torch.nn.Module | None) -> None:
         """Mix `model` (a byte LM run here, e.g. the network's seed) into every prediction; None stops it."""
@@ -262,9 +308,7 @@ class Mixture:
     @torch.no_grad()
     def mix(self, x: torch.Tensor) -> MixOutput:
         """Route and mix (B, T) byte ids: probe, gate, top-k, then byte-level switching with the generalist."""
-        entries = self.entries()
-        if not entries:
-            raise RuntimeError("no experts known yet; wait_for_experts first")
+        entries = self._wait_for_entries(ENTRIES_WAIT_SECONDS)
         rc = self.rc
         generalist = self._generalist_log_probs if self.generalist is not None else None
         return route_and_mix(

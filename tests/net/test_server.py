@@ -26,6 +26,7 @@ from moe.net.direct import (
     OversizedReply,
     RemoteError,
 )
+from moe.net.receipt import unframe_reply
 from moe.net.server import (
     ExpertServer,
     RequestGate,
@@ -132,7 +133,8 @@ def test_direct_path_rejects_forged_session_and_requests(servers, clients):
         conn = await DirectConnection.open(host, port, sid, key)
         with pytest.raises(RemoteError, match="bad request"):
             await conn.request(b"not a request")
-        assert (await conn.request(encode_request(X.to(torch.uint8), "fp32")))[:4] == b"HMT1"
+        reply, receipt = unframe_reply(await conn.request(encode_request(X.to(torch.uint8), "fp32")))
+        assert reply[:4] == b"HMT1" and receipt is None  # no hotkey proven: a plain reply
         conn.key = os.urandom(KEY_BYTES)  # a client that does not know the key is cut off
         with pytest.raises(ConnectionError):
             await conn.request(encode_request(X.to(torch.uint8), "fp32"))

@@ -1,4 +1,4 @@
-"""Tests for moe/poi/cheats.py and moe/poi/receipts.py: every kind of cheater is flagged and ends with zero weight."""
+"""Tests for moe/poi/cheats.py: every kind of cheater is flagged and ends with zero weight."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import math
 import pytest
 import torch
 
-from moe.identity import Hotkey
 from moe.poi.cheats import (
     CheatConfig,
-    TrafficSample,
     detect_cheats,
     flag_copies,
-    flag_router_mismatch,
     flag_timeouts,
     flag_uninformative,
     js_divergence,
     screen_replies,
 )
-from moe.poi.receipts import Receipt, sign_receipt, tensor_digest
 from moe.poi.scoring import shapley_weights
 from moe.poi.shapley import shapley
 from moe.poi.value import MixtureGame, gather_logp
@@ -125,55 +121,6 @@ def test_screen_replies_drops_malformed_windows():
     MixtureGame(clean, present=pr)  # the value function accepts the screened replies
 
 
-def _traffic(honest_key: Hotkey, cheat_key: Hotkey, n: int = 4):
-    g = torch.Generator().manual_seed(3)
-    samples = []
-    for _ in range(n):
-        request = torch.randint(0, 256, (16,), generator=g, dtype=torch.uint8)
-        good = torch.randn(16, 256, generator=g)
-        noisy = good + 1e-4 * torch.randn(16, 256, generator=g)  # re-query on other hardware
-        bad = torch.zeros(16, 256)  # what the two-faced expert serves the router
-        samples.append(
-            TrafficSample(1, honest_key.address, request, sign_receipt(honest_key, request, good), noisy, good)
-        )
-        samples.append(TrafficSample(2, cheat_key.address, request, sign_receipt(cheat_key, request, bad), good, bad))
-        # hash-only: the router kept no reply; a deterministic expert's fresh reply hashes the same
-        samples.append(TrafficSample(3, honest_key.address, request, sign_receipt(honest_key, request, good), good))
-    return samples
-
-
-def test_router_mismatch_flags_two_faced_expert_only():
-    """An expert serving the router worse replies than the validator is flagged; honest ones are not."""
-    honest, cheat = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x02" * 32)
-    flagged = flag_router_mismatch(_traffic(honest, cheat))
-    assert flagged == {2: 1.0}
-
-
-def test_router_cannot_frame_expert():
-    """Forged receipts and recordings that don't match the signed digest are ignored, so nobody is flagged."""
-    honest, router = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x03" * 32)
-    samples = []
-    for s in _traffic(honest, honest):
-        if s.uid != 1:
-            continue
-        forged = sign_receipt(router, s.request, torch.zeros(16, 256))  # router signs in the expert's name
-        samples.append(TrafficSample(1, honest.address, s.request, forged, s.fresh_reply, torch.zeros(16, 256)))
-        samples.append(TrafficSample(1, honest.address, s.request, s.receipt, s.fresh_reply, torch.zeros(16, 256)))
-    assert flag_router_mismatch(samples) == {}
-
-
-def test_receipt_roundtrip_and_tamper():
-    """A receipt survives JSON; changing any digest breaks its signature; malformed records raise ValueError."""
-    key = Hotkey.from_seed(b"\x04" * 32)
-    r = sign_receipt(key, torch.arange(4), torch.ones(2, 3))
-    r2 = Receipt.from_json(r.to_json())
-    assert r2 == r and r2.verify()
-    assert not Receipt(r.expert, r.request, tensor_digest(torch.zeros(2, 3)), r.signature).verify()
-    assert tensor_digest(torch.ones(2, 3)) != tensor_digest(torch.ones(3, 2))
-    with pytest.raises(ValueError, match="malformed receipt"):
-        Receipt.from_json({"expert": r.expert})
-
-
 def test_js_divergence_properties():
     """JS is 0 for identical distributions, symmetric, and 1 bit for disjoint ones."""
     a = torch.log_softmax(torch.randn(5, 256, dtype=torch.float64), -1)
@@ -188,39 +135,17 @@ def test_js_divergence_properties():
 
 def test_end_to_end_cheaters_get_zero_weight():
     """After screening, Shapley and scoring, every cheater's weight is 0 and the honest experts share it all."""
-    honest, cheat = Hotkey.from_seed(b"\x01" * 32), Hotkey.from_seed(b"\x02" * 32)
     logits, lp, present = _scenario()
     uids = [100, 101, 102, 103, 104, 105, 106]
     blocks = [10, 11, 12, 13, 20, 14, 15]
-    traffic = [
-        TrafficSample(
-            101 if s.uid == 2 else 100, s.receipt.expert, s.request, s.receipt, s.fresh_reply, s.recorded_reply
-        )
-        for s in _traffic(honest, cheat)
-        if s.uid in (1, 2)
-    ]
-    report, lp2, pr2 = detect_cheats(uids, lp, blocks, present, dists=torch.log_softmax(logits, -1), traffic=traffic)
-    assert report.reasons[101] == ["router_mismatch"]
-    assert report.flagged == {101, 102, 103, 104, 105, 106}
+    report, lp2, pr2 = detect_cheats(uids, lp, blocks, present, dists=torch.log_softmax(logits, -1))
+    assert report.flagged == {102, 103, 104, 105, 106}
     est = shapley(MixtureGame(lp2, present=pr2), config=None)
     w = shapley_weights(uids, est.values, est.stderr, report.flagged)
-    assert w[100] == pytest.approx(1.0) and all(w[u] == 0.0 for u in uids[1:])
+    assert w[100] + w[101] == pytest.approx(1.0) and min(w[100], w[101]) > 0 and all(w[u] == 0.0 for u in uids[2:])
     assert detect_cheats(uids[:6], lp[:6], blocks[:6], present[:6], config=CheatConfig(max_bpb=99))[0].reasons[
         104
     ] == ["copy"]
-
-
-def test_router_mismatch_needs_enough_samples_and_hash_only_is_exact():
-    """Two mismatches out of two are below `min_traffic_samples` (not flagged); without a recording any change
-    to the reply is a mismatch."""
-    cheat = Hotkey.from_seed(b"\x02" * 32)
-    samples = [s for s in _traffic(cheat, cheat, n=2) if s.uid == 2]
-    assert flag_router_mismatch(samples) == {}
-    assert flag_router_mismatch(samples, CheatConfig(min_traffic_samples=2)) == {2: 1.0}
-    key = Hotkey.from_seed(b"\x05" * 32)
-    req, reply = torch.arange(8), torch.randn(8, 256)
-    s = [TrafficSample(9, key.address, req, sign_receipt(key, req, reply), reply + 1e-6) for _ in range(3)]
-    assert flag_router_mismatch(s) == {9: 1.0}
 
 
 def test_specialist_judged_on_its_best_domain_is_not_uninformative():

@@ -14,18 +14,20 @@ from moe.roles.validator import _registration, scorable
 
 @pytest.mark.slow
 def test_tiny_network_with_adversaries(procs, tmp_path):
-    """On a tiny local network with a copycat, a noise, a peek-ahead and a hijacking expert, validators flag all
-    four and give them zero weight, adversaries earn
+    """On a tiny local network with a copycat, a noise, a peek-ahead, a hijacking, a two-faced and a memorising
+    expert, validators flag all six (the two-faced one by re-sending the router's sampled calls, the memoriser by its
+    gap between public and route windows) and give them zero weight, adversaries earn
     under 1% of the miners' emission, the weights are signed on the ledger, the ledger file verifies, and the
     router, which reads the validators' consensus from the ledger, routes to the honest experts only."""
-    adversaries = "adversaries=copycat,noise,peek,hijack"
+    adversaries = "adversaries=copycat,noise,peek,hijack,twofaced,memorizer"
     args = [f"out_dir={tmp_path}", "run_id=v", "baselines=false", adversaries, "validator.epochs=2"]
     proc = procs.run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads((tmp_path / "v" / "summary.json").read_text())
     adversaries = {e["adversary"]: e for e in s["experts"] if e["adversary"]}
-    assert set(adversaries) == {"copycat", "noise", "peek", "hijack"}
+    assert set(adversaries) == {"copycat", "noise", "peek", "hijack", "twofaced", "memorizer"}
     assert "noncausal" in adversaries["peek"]["flags"] and "identity" in adversaries["hijack"]["flags"]
+    assert "twofaced" in adversaries["twofaced"]["flags"] and "memorised" in adversaries["memorizer"]["flags"]
     assert all(e["flags"] for e in adversaries.values())
     assert s["checks"]["every_adversary_flagged"] and s["checks"]["no_honest_expert_flagged"]
     for weights in s["weights"].values():

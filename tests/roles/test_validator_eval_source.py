@@ -64,10 +64,10 @@ def test_unusable_evaluation_settings_are_one_line_config_errors(tmp_path, overr
 
 def test_salted_pool_uses_a_private_salt_next_to_the_hotkey(tmp_path, subnets):
     """A salted validator creates its salt beside its hotkey (0600), commits to its hash, draws from a part of val
-    and route, and gets the same pool after a restart."""
+    and route (knowing which token came from which), and gets the same pool after a restart."""
     key = tmp_path / "keys" / "validator-0.key"
     cfg = config()
-    pool, commitment = _eval_pool(cfg, subnets, key)
+    pool, commitment, origins = _eval_pool(cfg, subnets, key)
     salt_path = key.with_suffix(".salt")
     assert stat.S_IMODE(salt_path.stat().st_mode) == 0o600
     assert commitment == salt_commitment(bytes.fromhex(salt_path.read_text()))
@@ -75,19 +75,26 @@ def test_salted_pool_uses_a_private_salt_next_to_the_hotkey(tmp_path, subnets):
     for s in pool:
         held_out = sum(len(subnet_tokens(subnets[s], k, cfg.data)) for k in ("val", "route"))
         assert 0.3 * held_out < len(pool[s]) < 0.7 * held_out
-    again, same = _eval_pool(cfg, subnets, key)
+        assert len(origins[s]) == len(pool[s]) and set(np.unique(origins[s])) == {0, 1}
+    again, same, _ = _eval_pool(cfg, subnets, key)
     assert same == commitment and all(np.array_equal(again[s], pool[s]) for s in pool)
 
 
 def test_public_and_private_pools(tmp_path, subnets):
     """`public` draws from the val splits with nothing to commit to; private data is one domain bound by its hash."""
     cfg = config("validator.eval_source=public")
-    pool, commitment = _eval_pool(cfg, subnets, tmp_path / "v.key")
-    assert commitment == b"" and not (tmp_path / "v.salt").exists()
+    pool, commitment, origins = _eval_pool(cfg, subnets, tmp_path / "v.key")
+    assert commitment == b"" and origins is None and not (tmp_path / "v.salt").exists()
     assert np.array_equal(pool["code"], subnet_tokens(subnets["code"], "val", cfg.data))
     (tmp_path / "mine.txt").write_text("text no miner holds. " * 10)
-    pool, commitment = _eval_pool(config(f"validator.data={tmp_path / 'mine.txt'}"), subnets, tmp_path / "v.key")
-    assert list(pool) == [PRIVATE] and commitment == data_commitment(private_tokens(str(tmp_path / "mine.txt")))
+    pool, commitment, origins = _eval_pool(
+        config(f"validator.data={tmp_path / 'mine.txt'}"), subnets, tmp_path / "v.key"
+    )
+    assert (
+        origins is None
+        and list(pool) == [PRIVATE]
+        and commitment == data_commitment(private_tokens(str(tmp_path / "mine.txt")))
+    )
 
 
 def test_summary_says_where_each_validator_evaluated(tmp_path):

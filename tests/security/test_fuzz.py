@@ -1,4 +1,5 @@
-"""Fuzz pass over everything a peer can send: mutated signed records, ledger heads, wire replies and requests.
+"""Fuzz pass over everything a peer can send: mutated signed records, ledger heads, wire replies and requests,
+receipts and published traffic samples.
 
 Each mutation must be rejected with the module's own one-line error (or, where it happens to stay valid, accepted
 as a well-formed value); no other exception may escape, so nothing a stranger sends can crash a node. Seeded and
@@ -17,6 +18,7 @@ import torch
 from moe.identity import Hotkey
 from moe.net.expert_record import EXPERT_CONTEXT, ExpertRecord, validate_expert_payload
 from moe.net.ledger_client import LedgerHead
+from moe.net.receipt import ReceiptError, caller_digest, frame_reply, sign_receipt, unframe_reply
 from moe.net.signed import MalformedRecord, SignedValue, open_record
 from moe.net.wire import (
     DIST_FORMATS,
@@ -28,6 +30,7 @@ from moe.net.wire import (
     encode_request,
     validate_reply,
 )
+from moe.routing.traffic import TrafficRecord
 
 ATTACKER = Hotkey.from_seed(b"z" * 32)
 CASES = 300
@@ -209,3 +212,51 @@ def test_mutated_requests_are_rejected_cleanly():
             continue
         assert x.numel() * x.element_size() <= 4096 and 0 <= topk < 256
     assert rejected > CASES // 3
+
+
+def test_mutated_receipts_and_reply_frames_are_rejected_cleanly():
+    """A mutated reply frame unframes or raises ReceiptError; a receipt that survives unframing verifies only while
+    its signed bytes are untouched, and never passes `check` for a call it does not name."""
+    rng = random.Random(4)
+    reply = encode_logp(torch.log_softmax(torch.randn(2, 5, 256), -1), "q8")
+    receipt = sign_receipt(ATTACKER, caller_digest(b"peer"), 1_700_000_000_000, 10, b"request", reply)
+    framed = frame_reply(reply, receipt)
+    rejected = 0
+    for _ in range(CASES):
+        mutated = mutate_bytes(framed, rng)
+        try:
+            body, got = unframe_reply(mutated)
+            if got is not None:
+                got.check(b"request", body)
+        except ReceiptError:
+            rejected += 1
+            continue
+        assert got is None or got.to_bytes() == receipt.to_bytes()  # a changed receipt never checks out
+    assert rejected > CASES // 3
+
+
+def test_mutated_traffic_samples_are_rejected_cleanly():
+    """Published traffic samples (receipt hex, request hex) parse only when the receipt is the expert's own for
+    exactly that request; every other mutation is a ReceiptError, never another exception."""
+    rng = random.Random(5)
+    receipt = sign_receipt(ATTACKER, caller_digest(b"router"), 1_700_000_000_000, 16, b"request bytes", b"reply")
+    good = [receipt.to_bytes().hex(), b"request bytes".hex()]
+    assert TrafficRecord.from_json(good).receipt == receipt
+    rejected = 0
+    for _ in range(CASES):
+        item: object = copy.deepcopy(good)
+        op = rng.randrange(3)
+        if op == 0:
+            item = copy.deepcopy(rng.choice(JUNK))
+        elif op == 1:
+            item[rng.randrange(2)] = copy.deepcopy(rng.choice(JUNK))
+        else:
+            k = rng.randrange(2)
+            item[k] = mutate_bytes(bytes.fromhex(item[k]), rng).hex()
+        try:
+            got = TrafficRecord.from_json(item)
+        except ReceiptError:
+            rejected += 1
+            continue
+        assert got == TrafficRecord(b"request bytes", receipt)  # only a mutation that changed nothing parses
+    assert rejected > CASES * 0.9

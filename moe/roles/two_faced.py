@@ -1,0 +1,64 @@
+"""The two-faced expert: a real model for validators, a free one for the router that serves paying users.
+
+A router is easy to recognise: it probes every expert with the first `router.probe_len` bytes of each sequence,
+a request length validators never send. This server remembers every peer that ever sent a probe-length request and
+answers it with uniform bytes, which cost nothing to compute; every other caller, validators among them, gets the
+network's seed (a fair model it did not have to train). Without served-traffic receipts it keeps the seed's reward
+while the mixture gets noise from it; a validator re-sending a router's sampled call from its own peer gets the
+seed's reply, which differs from the one the expert signed for the router (moe.poi.traffic_check flags it
+`twofaced`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+
+import torch
+from torch import nn
+
+from moe.net.server import ExpertServer
+from moe.net.wire import decode_request
+
+logger = logging.getLogger(__name__)
+
+
+class TwoFacedLM(nn.Module):
+    """The honest model or uniform logits, whichever face the serving thread has put on."""
+
+    def __init__(self, honest: nn.Module):
+        super().__init__()
+        self.honest = honest.eval()
+        self._face = threading.local()
+
+    def show_honest(self, honest: bool) -> None:
+        self._face.honest = honest
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self._face, "honest", False):
+            return self.honest(x)
+        return torch.zeros(*x.shape, 256)  # uniform: no compute at all
+
+    def __deepcopy__(self, memo: dict) -> TwoFacedLM:
+        return self  # the server keeps two "copies"; the face is per thread
+
+
+class TwoFacedServer(ExpertServer):
+    """Serves a TwoFacedLM, showing the cheap face to peers it has seen send a router's probe."""
+
+    def __init__(self, module: TwoFacedLM, probe_len: int, *args, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.face_of, self.probe_len = module, probe_len
+        self.routers: set[Hashable] = set()
+
+    def _serve(self, raw: bytes, remote: Hashable) -> bytes:
+        try:
+            shape = tuple(decode_request(raw, max_bytes=1 << 20)[0].shape)
+        except ValueError:
+            shape = ()
+        if len(shape) == 2 and shape[1] == self.probe_len and remote not in self.routers:
+            logger.info("%s probes like a router: uniform answers from now on", remote)
+            self.routers.add(remote)
+        self.face_of.show_honest(remote not in self.routers)
+        return super()._serve(raw, remote)
