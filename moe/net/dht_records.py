@@ -41,6 +41,9 @@ WEIGHTS_CONTEXT = "validator-weights"
 COMMIT_CONTEXT = "validator-commit"
 SEED_CONTEXT = "seed-record"
 TRAFFIC_CONTEXT = "router-traffic"
+TRAFFIC_SLOT_CONTEXT = "router-traffic-slot"
+MAX_TRAFFIC_SLOTS = 64
+"""Calls one router publishes at most (moe.routing.traffic): its index key plus one slot key per call."""
 MAX_NETUID = 65535
 """Largest netuid an expert record may name; the guard knows the experts key of every netuid up to it."""
 
@@ -56,6 +59,11 @@ cap by a peer whose clock runs d seconds ahead must not fail on readers for more
 
 def experts_key(netuid: int) -> str:
     return f"hivemoe/{int(netuid)}/experts"
+
+
+def traffic_slot_key(slot: int) -> str:
+    """Where a router publishes the request of the `slot`-th receipt of its traffic index."""
+    return f"{TRAFFIC_KEY}/{int(slot)}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ def rules_by_dht_id() -> dict[bytes, KeyRule]:
     """The rule of every hivemoe key, by DHT id. Built once per process (about half a second, for the netuids)."""
     rules = {dht_id(experts_key(netuid)): EXPERTS_RULE for netuid in range(MAX_NETUID + 1)}
     rules.update({dht_id(key): rule for key, rule in KEY_RULES.items()})
+    slot_rule = KeyRule(TRAFFIC_SLOT_CONTEXT, KEY_RULES[TRAFFIC_KEY].max_ttl)
+    rules.update({dht_id(traffic_slot_key(k)): slot_rule for k in range(MAX_TRAFFIC_SLOTS)})
     return rules
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moe.config_checks import require_at_least, require_between, require_positive
 from moe.net.receipt import digest
-from moe.routing.traffic import TrafficRecord
+from moe.routing.traffic import PublishedCall, TrafficRecord
 
 logger = logging.getLogger(__name__)
 
@@ -66,24 +66,23 @@ class Replay:
 
 
 def choose_calls(
-    published: Mapping[str, Sequence[TrafficRecord]],
+    published: Sequence[PublishedCall],
     experts: Sequence[str],
     cfg: TrafficCheckConfig,
     now: float,
     rng: random.Random,
-) -> dict[str, list[TrafficRecord]]:
+) -> dict[str, list[PublishedCall]]:
     """Expert address → up to `per_expert` distinct recent published calls to it, drawn at random (from every
     router's sample together: a validator need not trust any one router)."""
     wanted = set(experts)
-    pool: dict[str, dict[bytes, TrafficRecord]] = {}
-    for records in published.values():
-        for r in records:
-            age = now - r.receipt.time_ms / 1000.0
-            if r.receipt.address in wanted and -CLOCK_SKEW_SECONDS <= age <= cfg.max_age_seconds:
-                pool.setdefault(r.receipt.address, {})[r.receipt.receipt_id] = r
+    pool: dict[str, dict[bytes, PublishedCall]] = {}
+    for call in published:
+        age = now - call.receipt.time_ms / 1000.0
+        if call.receipt.address in wanted and -CLOCK_SKEW_SECONDS <= age <= cfg.max_age_seconds:
+            pool.setdefault(call.receipt.address, {})[call.receipt.receipt_id] = call
     out = {}
     for expert in experts:
-        calls = sorted(pool.get(expert, {}).values(), key=lambda r: r.receipt.receipt_id)
+        calls = sorted(pool.get(expert, {}).values(), key=lambda c: c.receipt.receipt_id)
         out[expert] = rng.sample(calls, min(cfg.per_expert, len(calls)))
     return out
 

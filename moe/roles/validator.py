@@ -60,7 +60,7 @@ from moe.poi.memorisation import MEMORISED, MemorisationConfig, flag_memorised, 
 from moe.poi.traffic_check import TWOFACED, Replay, TrafficCheckConfig, choose_calls, flag_two_faced
 from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard
-from moe.routing.traffic import read_traffic
+from moe.routing.traffic import fetch_request, read_traffic
 from moe.routing.window_query import query_windows
 
 if TYPE_CHECKING:
@@ -325,13 +325,14 @@ def _replay_router_calls(mixture, records: list[ExpertRecord], cfg: TrafficCheck
     chosen = choose_calls(read_traffic(mixture.dht), list(peers), cfg, get_dht_time(), rng)
     replays = []
     for hk, calls in chosen.items():
-        for call in sorted(calls, key=lambda c: -len(c.request)):  # a router's short probes last (see below)
+        records = [r for r in (fetch_request(mixture.dht, c) for c in calls) if r is not None]
+        for record in sorted(records, key=lambda r: -len(r.request)):  # a router's short probes last (see below)
             try:
-                reply, _ = mixture.client.replay(peers[hk], call.request)
+                reply, _ = mixture.client.replay(peers[hk], record.request)
             except Exception as e:  # any failure of the expert or the network: no verdict from this call
                 logger.debug("re-sent call to %s failed: %r", hk[:16], e)
                 reply = None
-            replays.append(Replay(hk, call, reply))
+            replays.append(Replay(hk, record, reply))
     return replays
 
 

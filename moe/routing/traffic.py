@@ -1,10 +1,12 @@
 """A router's sample of its own traffic, published so validators can check that experts answer everyone alike.
 
 Every reply carries the expert's signed receipt (moe.net.receipt). The router keeps, for each expert, a uniform
-random sample (a reservoir) of its calls to it: the request's exact bytes and the receipt. It publishes them signed
-under its hotkey at `TRAFFIC_KEY`; validators re-send some of those requests from their own peer id and compare the
-replies with the digests the experts signed (moe.poi.traffic_check). The reservoir is decided after the reply came
-back, so an expert cannot tell a sampled call from any other.
+random sample (a reservoir) of its calls to it: the request's exact bytes and the receipt. It publishes the receipts
+signed under its hotkey at `TRAFFIC_KEY` (208 bytes each: the index a validator chooses from) and each request
+under `traffic_slot_key(k)`, k its place in the index (a request is kilobytes: all of them would not fit one DHT
+value). Validators fetch the requests they choose, re-send them from their own peer id and compare the replies with
+the digests the experts signed (moe.poi.traffic_check). The reservoir is decided after the reply came back, so an
+expert cannot tell a sampled call from any other.
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ import threading
 from dataclasses import dataclass
 
 from moe.identity import Hotkey
-from moe.net.dht_records import TRAFFIC_CONTEXT, TRAFFIC_KEY, publish_signed, read_signed
+from moe.net.dht_records import (
+    MAX_TRAFFIC_SLOTS,
+    TRAFFIC_CONTEXT,
+    TRAFFIC_KEY,
+    TRAFFIC_SLOT_CONTEXT,
+    publish_signed,
+    read_signed,
+    traffic_slot_key,
+)
 from moe.net.receipt import Receipt, ReceiptError, digest
 
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 14
-"""Requests longer than this are not sampled (a (16, 128) byte request is 2 KB): the record must stay small."""
-MAX_PUBLISHED = 64
-"""Samples one router publishes at most; a reader skips a record with more."""
+"""Requests longer than this are not sampled (a (16, 128) byte request is 2 KB): each slot must stay small."""
 
 
 @dataclass(frozen=True)
@@ -33,24 +41,14 @@ class TrafficRecord:
     request: bytes
     receipt: Receipt
 
-    def to_json(self) -> list[str]:
-        return [self.receipt.to_bytes().hex(), self.request.hex()]
 
-    @classmethod
-    def from_json(cls, item) -> TrafficRecord:
-        """Parse one published sample; ReceiptError (one line) on a malformed one, or one whose receipt is unsigned
-        or names another request (a router cannot frame an expert with a request it never sent)."""
-        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(s, str) for s in item)):
-            raise ReceiptError("a traffic sample is [receipt hex, request hex]")
-        if len(item[1]) > 2 * MAX_REQUEST_BYTES:
-            raise ReceiptError(f"request over {MAX_REQUEST_BYTES} bytes")
-        try:
-            receipt, request = Receipt.from_bytes(bytes.fromhex(item[0])), bytes.fromhex(item[1])
-        except ValueError as e:
-            raise ReceiptError(f"malformed traffic sample: {e}") from None
-        if receipt.request != digest(request) or not receipt.verify():
-            raise ReceiptError(f"receipt of {receipt.address[:16]} is unsigned or for another request")
-        return cls(request, receipt)
+@dataclass(frozen=True)
+class PublishedCall:
+    """One receipt in a router's published index: its request is in the router's slot `slot`."""
+
+    router: str
+    slot: int
+    receipt: Receipt
 
 
 class TrafficLog:
@@ -78,35 +76,80 @@ class TrafficLog:
                 kept[j] = TrafficRecord(request, receipt)
 
     def records(self) -> list[TrafficRecord]:
+        """The sample, at most MAX_TRAFFIC_SLOTS calls, taken evenly across experts."""
         with self._lock:
-            return [r for kept in self._kept.values() for r in kept][:MAX_PUBLISHED]
-
-    def calls(self, address: str) -> int:
-        """Calls seen to the expert with hotkey `address`."""
-        with self._lock:
-            return self._seen.get(address, 0)
+            kept = [list(calls) for calls in self._kept.values()]
+        out = []
+        for rank in range(max((len(k) for k in kept), default=0)):  # each expert's first call, then second, ...
+            out += [calls[rank] for calls in kept if rank < len(calls)]
+        return out[:MAX_TRAFFIC_SLOTS]
 
 
 def publish_traffic(dht, hotkey: Hotkey, records: list[TrafficRecord], ttl: float) -> bool:
-    """Store a router's sample under its hotkey (replacing its previous one)."""
-    payload = {"samples": [r.to_json() for r in records[:MAX_PUBLISHED]]}
-    return publish_signed(dht, TRAFFIC_KEY, hotkey, payload, TRAFFIC_CONTEXT, ttl)
+    """Store a router's sample under its hotkey (replacing its previous one): each request in its slot, then the
+    index of receipts. False if the index was not stored."""
+    records = records[:MAX_TRAFFIC_SLOTS]
+    for k, r in enumerate(records):
+        payload = {"receipt_id": r.receipt.receipt_id.hex(), "request": r.request.hex()}
+        publish_signed(dht, traffic_slot_key(k), hotkey, payload, TRAFFIC_SLOT_CONTEXT, ttl)
+    index = {"receipts": [r.receipt.to_bytes().hex() for r in records]}
+    return publish_signed(dht, TRAFFIC_KEY, hotkey, index, TRAFFIC_CONTEXT, ttl)
 
 
-def read_traffic(dht) -> dict[str, list[TrafficRecord]]:
-    """Router address → its published samples whose receipts are signed and match their requests; anything else is
-    logged and skipped."""
-    out: dict[str, list[TrafficRecord]] = {}
-    for router, payload in read_signed(dht, TRAFFIC_KEY, TRAFFIC_CONTEXT).items():
-        samples = payload.get("samples")
-        if not isinstance(samples, list) or len(samples) > MAX_PUBLISHED:
-            logger.warning("traffic of router %s is malformed; skipped", router[:16])
+def parse_index(router: str, payload: dict) -> list[PublishedCall]:
+    """The signed receipts of one router's index; ReceiptError (one line) if the index is malformed, and a receipt
+    its expert did not sign is skipped (a router cannot frame an expert with a reply it never sent)."""
+    receipts = payload.get("receipts")
+    if not isinstance(receipts, list) or len(receipts) > MAX_TRAFFIC_SLOTS:
+        raise ReceiptError(f"traffic index of router {router[:16]} is not a list of at most {MAX_TRAFFIC_SLOTS}")
+    out = []
+    for k, item in enumerate(receipts):
+        try:
+            if not isinstance(item, str):
+                raise ReceiptError("a receipt is hex")
+            receipt = Receipt.from_bytes(bytes.fromhex(item))
+            if not receipt.verify():
+                raise ReceiptError(f"receipt of {receipt.address[:16]} is not signed by it")
+        except (ReceiptError, ValueError) as e:
+            logger.warning("traffic of router %s, slot %d: %s; skipped", router[:16], k, e)
             continue
-        kept = []
-        for item in samples:
-            try:
-                kept.append(TrafficRecord.from_json(item))
-            except ReceiptError as e:
-                logger.warning("traffic of router %s: %s; sample skipped", router[:16], e)
-        out[router] = kept
+        out.append(PublishedCall(router, k, receipt))
     return out
+
+
+def parse_slot(call: PublishedCall, payload: dict) -> TrafficRecord:
+    """The request of `call` from its slot's payload; ReceiptError unless the slot names this receipt and holds
+    exactly the request the expert signed for."""
+    receipt_id, request = payload.get("receipt_id"), payload.get("request")
+    if not isinstance(receipt_id, str) or not isinstance(request, str) or len(request) > 2 * MAX_REQUEST_BYTES:
+        raise ReceiptError("a traffic slot is a receipt id and a request of bounded size, in hex")
+    try:
+        rid, raw = bytes.fromhex(receipt_id), bytes.fromhex(request)
+    except ValueError as e:
+        raise ReceiptError(f"malformed traffic slot: {e}") from None
+    if rid != call.receipt.receipt_id or digest(raw) != call.receipt.request:
+        raise ReceiptError(f"slot {call.slot} of router {call.router[:16]} holds another call")
+    return TrafficRecord(raw, call.receipt)
+
+
+def read_traffic(dht) -> list[PublishedCall]:
+    """Every router's published receipts whose experts signed them; anything else is logged and skipped."""
+    out = []
+    for router, payload in read_signed(dht, TRAFFIC_KEY, TRAFFIC_CONTEXT).items():
+        try:
+            out += parse_index(router, payload)
+        except ReceiptError as e:
+            logger.warning("%s; skipped", e)
+    return out
+
+
+def fetch_request(dht, call: PublishedCall) -> TrafficRecord | None:
+    """The request behind a published receipt, from its router's slot; None (logged) if absent or not that call."""
+    payload = read_signed(dht, traffic_slot_key(call.slot), TRAFFIC_SLOT_CONTEXT).get(call.router)
+    if payload is None:
+        return None
+    try:
+        return parse_slot(call, payload)
+    except ReceiptError as e:
+        logger.warning("%s; not re-sent", e)
+        return None

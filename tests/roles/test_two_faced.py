@@ -16,7 +16,7 @@ from moe.net.client import ClientConfig, SyncExpertClient
 from moe.net.server import ExpertServer, ServerConfig
 from moe.poi.traffic_check import Replay, TrafficCheckConfig, choose_calls, flag_two_faced
 from moe.roles.two_faced import TwoFacedLM, TwoFacedServer
-from moe.routing.traffic import TrafficLog
+from moe.routing.traffic import PublishedCall, TrafficLog
 
 PROBE, T, B = 8, 24, 4
 CHEAT, HONEST = Hotkey.from_seed(b"\x21" * 32), Hotkey.from_seed(b"\x22" * 32)
@@ -74,12 +74,14 @@ def test_the_attack_fools_a_validator_that_only_queries_and_the_receipts_catch_i
     # the defence: re-send the router's sampled calls from the validator's peer, compare with what was signed
     cfg = TrafficCheckConfig()
     now = max(r.receipt.time_ms for r in log.records()) / 1000
-    chosen = choose_calls({"router": log.records()}, list(keys.values()), cfg, now, random.Random(0))
+    records = log.records()
+    published = [PublishedCall("router", k, r.receipt) for k, r in enumerate(records)]
+    chosen = choose_calls(published, list(keys.values()), cfg, now, random.Random(0))
     peer_of = {a: p for p, a in keys.items()}
     replays = [
-        Replay(a, call, validator.replay(peer_of[a], call.request)[0])
+        Replay(a, records[call.slot], validator.replay(peer_of[a], records[call.slot].request)[0])
         for a, calls in chosen.items()
-        for call in sorted(calls, key=lambda c: -len(c.request))  # as validators do: probes last
+        for call in sorted(calls, key=lambda c: -len(records[c.slot].request))  # as validators do: probes last
     ]
     assert sum(r.expert == CHEAT.address for r in replays) == 4
     flagged = flag_two_faced(replays, cfg)  # the honest expert replays identically
