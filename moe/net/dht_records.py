@@ -109,15 +109,17 @@ def check_ttl(key: str, ttl: float) -> None:
         raise ValueError(f"ttl {ttl}s for {key} is outside (0, {rule.max_ttl}] s; peers would refuse the entries")
 
 
-def publish_signed(dht, key: str, hotkey: Hotkey, payload: dict, context: str, ttl: float) -> bool:
-    """Sign `payload` (expiring ttl seconds ahead) and store it under `key`/hotkey; False if nobody stored it.
+def publish_signed(dht, key: str, hotkey: Hotkey, payload: dict, context: str, ttl: float, wait: bool = True):
+    """Sign `payload` (expiring ttl seconds ahead) and store it under `key`/hotkey; False if nobody stored it (with
+    `wait=False`, a future of that instead, so many stores can go out at once).
 
     Raises ValueError if `ttl` exceeds the key's maximum (see `KEY_RULES`), since every peer would refuse the entry.
     """
     check_ttl(key, ttl)
     expiration = get_dht_time() + ttl
     value = SignedValue.sign(hotkey, {**payload, "expiration": expiration}, context=context)
-    return bool(dht.store(key, value, expiration_time=expiration, subkey=hotkey.address))
+    stored = dht.store(key, value, expiration_time=expiration, subkey=hotkey.address, return_future=not wait)
+    return bool(stored) if wait else stored
 
 
 def open_entries(key: str, entries: Any, parse: Callable[[Any], tuple[str, T]]) -> dict[str, T]:

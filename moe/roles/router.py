@@ -107,10 +107,18 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             status.update(phase="serving traffic")
             stream = cfg.seed + Stream.ROUTER_TRAFFIC
             traffic = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, stream)(0)
+            t0 = time.perf_counter()
             for _ in range(rc.traffic_batches):
                 mixture.mix(next(traffic)[0])
             publish = lambda: publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
+            t1 = time.perf_counter()
             publish()
+            logger.info(
+                "traffic: %d batches in %.1f s, published in %.1f s",
+                rc.traffic_batches,
+                t1 - t0,
+                time.perf_counter() - t1,
+            )
             write_json(layout.router / TRAFFIC, {"samples": len(mixture.traffic.records())})
             status.update(phase="waiting for validators")
             _wait_for(layout.validated, publish)

@@ -89,11 +89,15 @@ def publish_traffic(dht, hotkey: Hotkey, records: list[TrafficRecord], ttl: floa
     """Store a router's sample under its hotkey (replacing its previous one): each request in its slot, then the
     index of receipts. False if the index was not stored."""
     records = records[:MAX_TRAFFIC_SLOTS]
-    for k, r in enumerate(records):
+    stores = []
+    for k, r in enumerate(records):  # all at once: one by one, a loaded network takes seconds a store
         payload = {"receipt_id": r.receipt.receipt_id.hex(), "request": r.request.hex()}
-        publish_signed(dht, traffic_slot_key(k), hotkey, payload, TRAFFIC_SLOT_CONTEXT, ttl)
+        stores.append(publish_signed(dht, traffic_slot_key(k), hotkey, payload, TRAFFIC_SLOT_CONTEXT, ttl, wait=False))
     index = {"receipts": [r.receipt.to_bytes().hex() for r in records]}
-    return publish_signed(dht, TRAFFIC_KEY, hotkey, index, TRAFFIC_CONTEXT, ttl)
+    stored = publish_signed(dht, TRAFFIC_KEY, hotkey, index, TRAFFIC_CONTEXT, ttl)
+    for future in stores:
+        future.result()
+    return stored
 
 
 def parse_index(router: str, payload: dict) -> list[PublishedCall]:
