@@ -25,6 +25,7 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from moe.config_checks import require_at_least, require_between, require_positive
 from moe.net.dht_records import SignedRecordValidator
+from moe.net.serial_pipe import SerialSender
 from moe.processes import terminate
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class OwnedDHT(hivemind.DHT):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.owner_pid = os.getpid()
+        self._outer_pipe = SerialSender(self._outer_pipe)  # calls come from several threads (moe.net.serial_pipe)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: _end_process(group=None))

@@ -110,9 +110,11 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             t0 = time.perf_counter()
             for _ in range(rc.traffic_batches):
                 mixture.mix(next(traffic)[0])
-            publish = lambda: publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
+            publish = lambda: publish_traffic(
+                mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=False
+            )
             t1 = time.perf_counter()
-            publish()
+            publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
             logger.info(
                 "traffic: %d batches in %.1f s, published in %.1f s",
                 rc.traffic_batches,
@@ -131,7 +133,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             blend, rc.steps, on_step=lambda s, loss: _log_step(s, loss, status, tracker, rc.steps)
         )
         train_seconds = time.perf_counter() - t0
-        publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
+        publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=False)
         status.update(phase="evaluating")
         val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
         t = cfg.expert_train

@@ -85,19 +85,20 @@ class TrafficLog:
         return out[:MAX_TRAFFIC_SLOTS]
 
 
-def publish_traffic(dht, hotkey: Hotkey, records: list[TrafficRecord], ttl: float) -> bool:
-    """Store a router's sample under its hotkey (replacing its previous one): each request in its slot, then the
-    index of receipts. False if the index was not stored."""
+def publish_traffic(dht, hotkey: Hotkey, records: list[TrafficRecord], ttl: float, wait: bool = True) -> bool:
+    """Store a router's sample under its hotkey (replacing its previous one): each request in its slot, and the
+    index of receipts. With `wait`, returns once all are stored (False if the index was not); without, at once (a
+    router serving users must not stall on a loaded DHT: a later publication replaces a lost one)."""
     records = records[:MAX_TRAFFIC_SLOTS]
     stores = []
     for k, r in enumerate(records):  # all at once: one by one, a loaded network takes seconds a store
         payload = {"receipt_id": r.receipt.receipt_id.hex(), "request": r.request.hex()}
         stores.append(publish_signed(dht, traffic_slot_key(k), hotkey, payload, TRAFFIC_SLOT_CONTEXT, ttl, wait=False))
     index = {"receipts": [r.receipt.to_bytes().hex() for r in records]}
-    stored = publish_signed(dht, TRAFFIC_KEY, hotkey, index, TRAFFIC_CONTEXT, ttl)
-    for future in stores:
-        future.result()
-    return stored
+    stores.append(publish_signed(dht, TRAFFIC_KEY, hotkey, index, TRAFFIC_CONTEXT, ttl, wait=False))
+    if not wait:
+        return True
+    return [bool(future.result()) for future in stores][-1]
 
 
 def parse_index(router: str, payload: dict) -> list[PublishedCall]:
