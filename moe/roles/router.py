@@ -103,6 +103,10 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             (x, _), (donors, _) = next(audit), next(audit)
             mixture.audit_causality(x, donors, seed=cfg.seed + Stream.ROUTER_AUDIT)
         hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key("router"))
+
+        def publish(wait: bool = False) -> bool:
+            return publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=wait)
+
         if cfg.router_awaits_validators:
             status.update(phase="serving traffic")
             stream = cfg.seed + Stream.ROUTER_TRAFFIC
@@ -110,11 +114,8 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             t0 = time.perf_counter()
             for _ in range(rc.traffic_batches):
                 mixture.mix(next(traffic)[0])
-            publish = lambda: publish_traffic(
-                mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=False
-            )
             t1 = time.perf_counter()
-            publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS)
+            publish(wait=True)  # validators start once it is in the DHT
             logger.info(
                 "traffic: %d batches in %.1f s, published in %.1f s",
                 rc.traffic_batches,
@@ -133,7 +134,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             blend, rc.steps, on_step=lambda s, loss: _log_step(s, loss, status, tracker, rc.steps)
         )
         train_seconds = time.perf_counter() - t0
-        publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=False)
+        publish()
         status.update(phase="evaluating")
         val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
         t = cfg.expert_train
