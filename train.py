@@ -65,6 +65,8 @@ def node_name(cfg: RunConfig) -> str:
         return f"expert-{cfg.subnet}"
     if cfg.role == "adversary":
         return f"expert-{cfg.subnet}-{cfg.adversary}"
+    if cfg.role == "distiller":
+        return f"distiller-{cfg.student}"
     if cfg.role == "validator" and cfg.hotkey_path:
         return Path(cfg.hotkey_path).stem  # several validators of one run log apart
     return cfg.role
@@ -80,9 +82,10 @@ def _one_line_errors() -> tuple[type[Exception], ...]:
     from moe.identity import IdentityError
     from moe.net.join import BadMultiaddr, JoinError
     from moe.net.seed_transfer import SeedError
+    from moe.roles.run_models import RunModelError
     from moe.training.checkpoint import CheckpointError
 
-    return (JoinError, BadMultiaddr, CheckpointError, SeedError, IdentityError, CorpusError)
+    return (JoinError, BadMultiaddr, CheckpointError, SeedError, IdentityError, CorpusError, RunModelError)
 
 
 def run_role(cfg: RunConfig, subnets: dict, layout: RunLayout) -> int:
@@ -118,6 +121,10 @@ def run_role(cfg: RunConfig, subnets: dict, layout: RunLayout) -> int:
         from moe.roles.validator import run_validator
 
         return run_validator(cfg, subnets, layout)
+    if cfg.role == "distiller":
+        from moe.roles.distiller import run_distiller
+
+        return run_distiller(cfg, subnets, layout)
     raise AssertionError(cfg.role)
 
 

@@ -3,6 +3,7 @@
     hivemoe fetch [--slice]                          # download the subnets' pinned corpora once
     hivemoe generate "To be, or " --peers MADDR      # sample from the live network's mixture
     hivemoe ledger verify PATH | hivemoe ledger show PATH
+    hivemoe export RUN_DIR --model dense --out DIR   # a run's model as a Hugging Face checkpoint (extra: hf)
 
 Subnet declarations are a plugin package (`subnets` by default, `$HIVEMOE_SUBNETS` to use another), looked up by
 name at run time so the library itself never depends on which domains exist.
@@ -28,6 +29,12 @@ def cmd_ledger(argv: list[str]) -> int:
     from moe.cli.ledger_commands import main as ledger_main
 
     return ledger_main(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from moe.cli.export_command import main as export_main
+
+    return export_main(argv)
 
 
 def cmd_generate(argv: list[str]) -> int:
@@ -72,7 +79,7 @@ def cmd_generate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fetch": cmd_fetch, "generate": cmd_generate, "ledger": cmd_ledger}
+COMMANDS = {"fetch": cmd_fetch, "generate": cmd_generate, "ledger": cmd_ledger, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

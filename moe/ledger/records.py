@@ -1,7 +1,7 @@
 """Ledger record kinds as plain JSON dicts, their canonical bytes, and signing.
 
-Signed records (register, stake, transfer, weights) come from peers and carry an Ed25519 signature by the hotkey
-that acts; derived records (genesis, emission, epoch) are written by the ledger itself and re-derived by every
+Signed records (register, stake, transfer, weights, distill) come from peers and carry an Ed25519 signature by the
+hotkey that acts; derived records (genesis, emission, epoch) are written by the ledger itself and re-derived by every
 replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key compact JSON, so the
 same record hashes and signs identically everywhere. A malformed or forged record is rejected, never repaired:
 `check_signed` refuses any signed record whose fields are not exactly `SIGNED_FIELDS` with their exact JSON types
@@ -16,6 +16,7 @@ from typing import Any
 from moe.identity import Hotkey, verify_signature
 from moe.ledger.emission import MAX_SUPPLY_RAO
 from moe.ledger.fields import (
+    U64_MAX,
     FieldCheck,
     RecordError,
     address,
@@ -33,10 +34,15 @@ from moe.ledger.weights import WEIGHTS_FIELDS, WeightSubmission, canonical_json
 logger = logging.getLogger(__name__)
 
 RECORD_DOMAIN = "hivemoe/ledger/v1"
-SIGNED_KINDS = ("register", "stake", "transfer", "weights")
+SIGNED_KINDS = ("register", "stake", "transfer", "weights", "distill")
 DERIVED_KINDS = ("genesis", "emission", "epoch")
 
 Record = dict[str, Any]
+
+MAX_DISTILL_CREDITS = 1024
+"""Experts one distill record may credit."""
+CREDIT_SCALE = 1000
+"""A distill record's credits are gate-weighted positions in thousandths (integers, so every replica agrees)."""
 
 
 def rao(value: object, where: str) -> int:
@@ -48,11 +54,30 @@ def _kind(value: object, where: str) -> str:
     return value  # already matched against SIGNED_FIELDS by check_signed
 
 
+def _credits(value: object, where: str) -> list:
+    """[[expert address, positions served, credit in thousandths of a position], ...], sorted by address, distinct,
+    1..MAX_DISTILL_CREDITS long, each credit at most its positions (a gate weight is at most 1)."""
+    if type(value) is not list or not 1 <= len(value) <= MAX_DISTILL_CREDITS:
+        raise RecordError(f"{where} must be a list of 1..{MAX_DISTILL_CREDITS} credits, got {describe(value)}")
+    previous = ""
+    for i, item in enumerate(value):
+        if type(item) is not list or len(item) != 3:
+            raise RecordError(f"{where} item {i} must be [address, positions, credit], got {describe(item)}")
+        expert = address(item[0], f"{where} item {i} address")
+        if expert <= previous:
+            raise RecordError(f"{where} must name each expert once, sorted by address")
+        positions = exact_int(item[1], f"{where} item {i} positions", 1, U64_MAX // CREDIT_SCALE)
+        exact_int(item[2], f"{where} item {i} credit", 0, positions * CREDIT_SCALE)
+        previous = expert
+    return value
+
+
 SIGNED_FIELDS: dict[str, dict[str, FieldCheck]] = {
     "register": {"kind": _kind, "netuid": u16, "hotkey": address, "block_hash": address, "signature": signature},
     "stake": {"kind": _kind, "hotkey": address, "amount": rao, "nonce": u64, "signature": signature},
     "transfer": {"kind": _kind, "src": address, "dst": address, "amount": rao, "nonce": u64, "signature": signature},
     "weights": {"kind": _kind, **WEIGHTS_FIELDS},
+    "distill": {"kind": _kind, "hotkey": address, "epoch": u64, "credits": _credits, "signature": signature},
 }
 """Required fields of each signed kind and their checks."""
 OPTIONAL_FIELDS: dict[str, dict[str, FieldCheck]] = {"register": {"nonce": u64, "burn": rao}}
@@ -81,7 +106,13 @@ def signing_bytes(record: Record) -> bytes:
     return canonical_json({"domain": RECORD_DOMAIN, **body})
 
 
-SIGNER_FIELD = {"register": "hotkey", "stake": "hotkey", "transfer": "src", "weights": "validator"}
+SIGNER_FIELD = {
+    "register": "hotkey",
+    "stake": "hotkey",
+    "transfer": "src",
+    "weights": "validator",
+    "distill": "hotkey",
+}
 """The field of each signed kind that names the hotkey whose signature it needs."""
 
 
@@ -157,6 +188,17 @@ def transfer_record(hotkey: Hotkey, dst: str, amount: int, nonce: int) -> Record
     """A signed transfer of `amount` rao from the hotkey's balance to address `dst`."""
     rec = {"kind": "transfer", "src": hotkey.address, "dst": dst, "amount": int(amount), "nonce": int(nonce)}
     return _sign(hotkey, rec)
+
+
+def distill_record(hotkey: Hotkey, epoch: int, positions: dict[str, int], credit: dict[str, float]) -> Record:
+    """A distiller's signed running totals at its `epoch`-th report: per expert, the positions it served and their
+    gate-weighted credit (moe.distill.attribution)."""
+    credits = [
+        [k, int(positions[k]), min(round(credit[k] * CREDIT_SCALE), int(positions[k]) * CREDIT_SCALE)]
+        for k in sorted(positions)
+        if positions[k] > 0
+    ]
+    return _sign(hotkey, {"kind": "distill", "hotkey": hotkey.address, "epoch": int(epoch), "credits": credits})
 
 
 def parse_weights(record: Record) -> WeightSubmission:

@@ -88,6 +88,9 @@ class LedgerState:
     burned: int = 0
     """Rao recycled by burn registrations."""
     subnets: dict[int, SubnetState] = field(default_factory=dict)
+    distill: dict[str, tuple[int, dict[str, tuple[int, int]]]] = field(default_factory=dict)
+    """Distiller hotkey -> (epoch, {expert: (positions served, gate-weighted credit in thousandths)}): each
+    distiller's latest signed totals of who taught its student (records.distill_record)."""
     recent_hashes: dict[str, int] = field(default_factory=dict)
     """Block hash -> height for the registration window."""
     _recent_order: deque = field(default_factory=deque)
@@ -338,10 +341,30 @@ def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
     st.put(sub.last_set, v, (epoch, height))
 
 
+def _apply_distill(st: LedgerState, rec: Record, height: int) -> None:
+    """A distiller's new totals replace its previous ones; an epoch not after the last is a replay and refused."""
+    hotkey, epoch = rec["hotkey"], rec["epoch"]
+    last = st.distill.get(hotkey, (-1, {}))[0]
+    if epoch <= last:
+        raise RecordError(f"distill record epoch {epoch} of {hotkey[:16]} is not after its last, {last}")
+    st.put(st.distill, hotkey, (epoch, {k: (p, c) for k, p, c in rec["credits"]}))
+
+
+def distill_shares(st: LedgerState) -> dict[str, float]:
+    """Each expert's share of all distillers' recorded gate-weighted credit."""
+    total: dict[str, int] = {}
+    for _, credits in st.distill.values():
+        for expert, (_, credit) in credits.items():
+            total[expert] = total.get(expert, 0) + credit
+    mass = sum(total.values())
+    return {k: v / mass for k, v in sorted(total.items())} if mass else {}
+
+
 _HANDLERS = {
     "register": _apply_register,
     "stake": _apply_stake,
     "transfer": _apply_transfer,
+    "distill": _apply_distill,
     "weights": _apply_weights,
 }
 

@@ -35,6 +35,7 @@ WEIGHTS_KEY = "hivemoe/validators/weights"
 COMMITS_KEY = "hivemoe/validators/commits"
 SEED_KEY = "hivemoe/seed"
 TRAFFIC_KEY = "hivemoe/router/traffic"
+DISTILL_KEY = "hivemoe/distill/traffic"
 HEAD_CONTEXT = "ledger-head"
 INBOX_CONTEXT = "ledger-inbox"
 WEIGHTS_CONTEXT = "validator-weights"
@@ -42,6 +43,7 @@ COMMIT_CONTEXT = "validator-commit"
 SEED_CONTEXT = "seed-record"
 TRAFFIC_CONTEXT = "router-traffic"
 TRAFFIC_SLOT_CONTEXT = "router-traffic-slot"
+DISTILL_CONTEXT = "distill-traffic"
 MAX_TRAFFIC_SLOTS = 64
 """Calls one router publishes at most (moe.routing.traffic): its index key plus one slot key per call."""
 MAX_NETUID = 65535
@@ -84,6 +86,7 @@ KEY_RULES = {
     COMMITS_KEY: KeyRule(COMMIT_CONTEXT, 3600.0),  # commit_ttl_seconds, 300 s by default
     SEED_KEY: KeyRule(SEED_CONTEXT, 1800.0),  # SeedPublisher, 180 s TTL by default
     TRAFFIC_KEY: KeyRule(TRAFFIC_CONTEXT, 3600.0),  # a router's sampled receipts, 600 s TTL by default
+    DISTILL_KEY: KeyRule(DISTILL_CONTEXT, 3600.0),  # a distiller's credited teacher traffic, 600 s TTL by default
 }
 
 

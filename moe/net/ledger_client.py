@@ -208,6 +208,11 @@ def register_on_ledger(
     raise TimeoutError(f"hotkey {hotkey.address[:16]} not registered on the ledger within {timeout:.0f}s")
 
 
+def submit_records(dht, hotkey: Hotkey, records: list[dict], ttl: float = 60.0) -> bool:
+    """Post the node's own signed ledger records (e.g. a distiller's credits) to the ledger host's inbox."""
+    return publish_signed(dht, INBOX_KEY, hotkey, {"records": records}, INBOX_CONTEXT, ttl)
+
+
 def publish_weights(dht, hotkey: Hotkey, submissions: list[WeightSubmission], ttl: float = 60.0) -> bool:
     return publish_signed(
         dht, WEIGHTS_KEY, hotkey, {"submissions": [s.to_dict() for s in submissions]}, WEIGHTS_CONTEXT, ttl

@@ -35,9 +35,9 @@ IDLE_CHECK_STEPS = 10
 """How often (in steps) a baseline looks whether the rest of the run has finished and left cores idle."""
 
 
-def take_idle_cores(layout: RunLayout, kind: str) -> Callable[[int, object], None]:
-    """A step hook that gives this baseline every core of the machine once the router has finished and the other
-    baseline is done: the dense baseline is the run's last job, and would otherwise leave a core idle to the end."""
+def take_idle_cores(layout: RunLayout, kind: str, students: list[str]) -> Callable[[int, object], None]:
+    """A step hook that gives this baseline every core of the machine once the router, the other baseline and the
+    distillers of `students` are done: the last job would otherwise leave a core idle to the end."""
     other = next(k for k in BASELINES if k != kind)
     taken = False
 
@@ -45,7 +45,8 @@ def take_idle_cores(layout: RunLayout, kind: str) -> Callable[[int, object], Non
         nonlocal taken
         if taken or step % IDLE_CHECK_STEPS:
             return
-        if (layout.router / RESULT).exists() and (layout.baseline(other) / RESULT).exists():
+        others = [layout.router, layout.baseline(other), *(layout.student(s) for s in students)]
+        if all((path / RESULT).exists() for path in others):
             cores = len(os.sched_getaffinity(0))
             if cores > torch.get_num_threads():
                 logger.info("the rest of the run is done: training on %d threads from step %d", cores, step)
@@ -77,7 +78,7 @@ def run_baseline(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, 
         union_batches(cfg, subnets, train, seed=cfg.seed + Stream.BASELINE),
         layout.baseline(kind),
         init=lambda model: load_model_bytes(model, seed_blob.read_bytes(), expected, source=str(seed_blob)),
-        on_step=take_idle_cores(layout, kind),
+        on_step=take_idle_cores(layout, kind, cfg.students),
         extra_result={
             "kind": kind,
             "seed_flops": seed_flops,

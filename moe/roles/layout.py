@@ -7,7 +7,8 @@
       experts/<subnet>/          serving.json (marker: trained and serving), result.json, checkpoint/
       adversaries/<kind>/        result.json
       baselines/<solo|dense>/    result.json, checkpoint/
-      router/          gate.safetensors, gate.json, result.json
+      router/          gate.safetensors, gate.json (marker: the gate is trained), result.json
+      students/<dense|btx>/      checkpoint/, result.json;   students/teacher_cache/ (shared by the distillers)
       validators/<name>/         result.json
 
 Nodes write their markers atomically (`moe.fileio.write_json`); the local network waits on them to start the next
@@ -28,6 +29,8 @@ PUBLISHED = "published.json"
 """Written by the seed node once its seed is in the DHT."""
 TRAFFIC = "traffic.json"
 """Written by the router once its first sample of traffic is in the DHT (validators can check it)."""
+GATE = "gate.json"
+"""Written by the router once its gate is trained (distillers start from it), beside gate.safetensors."""
 CHECKPOINT = "checkpoint"
 """A trained model's checkpoint directory (moe.training.checkpoint)."""
 
@@ -108,6 +111,14 @@ class RunLayout:
     @property
     def router(self) -> Path:
         return self.root / "router"
+
+    def student(self, kind: str) -> Path:
+        return self.root / "students" / kind
+
+    @property
+    def teacher_cache(self) -> Path:
+        """Teacher answers the run's distillers paid for, shared among them (moe.distill.teacher_cache)."""
+        return self.root / "students" / "teacher_cache"
 
     def validator(self, name: str) -> Path:
         return self.root / "validators" / name

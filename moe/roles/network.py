@@ -5,8 +5,8 @@ subnet (each fetches the seed over hivemind, trains its specialist while serving
 the router (discovers the experts in the DHT and mixes a first sample of traffic, whose signed receipts it publishes),
 the validators, who score the experts and re-check that traffic, and whose weights the ledger hosted here turns into
 consensus and pays out; then the router drops the experts the validators flagged and trains the gate through remote
-calls. The nodes talk only over hivemind; this process only starts them,
-shows their progress, and writes the summary from their results.
+calls, and once it is trained one distiller per student learns from the mixture. The nodes talk only over hivemind;
+this process only starts them, shows their progress, and writes the summary from their results.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from moe.config_loader import to_dict
 from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
 from moe.fileio import write_json
-from moe.roles.layout import PUBLISHED, RESULT, SERVING, TRAFFIC, RunLayout
+from moe.roles.layout import GATE, PUBLISHED, RESULT, SERVING, TRAFFIC, RunLayout
 from moe.roles.node import PARENT_PID_VAR, StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
@@ -60,6 +60,8 @@ class PhaseTimeouts:
     """The ledger epoch that pays out the last weights, on top of its own blocks."""
     baselines_seconds: float = 7200.0
     """The baselines, which train alongside everything else."""
+    students_seconds: float = 3600.0
+    """The distillers, from the router's trained gate to their students' results."""
     stop_seconds: float = 20.0
     """A node's grace between SIGTERM and SIGKILL at the end."""
     interrupted_stop_seconds: float = 3.0
@@ -223,9 +225,14 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
             paid = lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo
             host.wait(paid, tm.payout_seconds + tempo * cfg.ledger_host.block_interval_seconds)
         write_json(layout.validated, {"validators": sorted(validators)})
+        students = _start_distillers(cfg, nodes, layout, display)
         nodes.wait_for(["router"], lambda n: (layout.router / RESULT).exists(), tm.router_seconds, display)
         baseline_done = lambda n: (layout.baseline(baselines[n]) / RESULT).exists()
         nodes.wait_for(list(baselines), baseline_done, tm.baselines_seconds, display)
+        student_done = lambda n: (layout.student(students[n]) / RESULT).exists()
+        nodes.wait_for(list(students), student_done, tm.students_seconds, display)
+        if students and host is not None:
+            _wait_for_distill_credits(layout, host, list(students.values()), tm.payout_seconds)
     except NodeFailed as e:
         display.stop()
         console.print(f"[red]error:[/red] {e}")
@@ -243,6 +250,30 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
     print_summary(summary, console)
     console.print(f"summary: {layout.summary}")
     return 0
+
+
+def _start_distillers(cfg: RunConfig, nodes: Nodes, layout: RunLayout, display) -> dict[str, str]:
+    """Once the router's gate is trained, one distiller per student kind (they learn from the mixture as the router
+    serves it, trained gate included). Returns {node name: student kind}."""
+    students = {f"distiller-{kind}": kind for kind in cfg.students}
+    if students:
+        gate_ready = lambda n: (layout.router / GATE).exists()
+        nodes.wait_for(["router"], gate_ready, cfg.timeouts.router_seconds, display)
+        for name, kind in students.items():
+            nodes.start(name, ["role=distiller", f"student={kind}"], _child_env(0))
+    return students
+
+
+def _wait_for_distill_credits(layout: RunLayout, host, kinds: list[str], timeout: float) -> None:
+    """Wait until the ledger holds each distiller's last signed credits (its result names their epoch)."""
+    results = [json.loads((layout.student(k) / RESULT).read_text()) for k in kinds]
+    last = {r["distiller"]: r["distill_epoch"] for r in results}
+
+    def recorded(h) -> bool:
+        return h.ledger is not None and all(h.ledger.state.distill.get(k, (-1, {}))[0] >= e for k, e in last.items())
+
+    if not host.wait(recorded, timeout):
+        logger.warning("the ledger did not record every distiller's last credits within %.0f s", timeout)
 
 
 def _stop_network(nodes: Nodes, host, dht, tm: PhaseTimeouts, interrupted: bool) -> None:

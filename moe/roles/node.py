@@ -40,6 +40,8 @@ class Stream(IntEnum):
     """The router's causality audit: windows of the routing split, their twins' donors, where twins go."""
     ROUTER_TRAFFIC = 3200
     """The routing-split sequences the local network's router mixes before the validators start."""
+    DISTILL = 4000
+    """The windows a distiller asks the teacher for."""
 
 
 def setup_logging(logs_dir: Path, name: str, console_level: int = logging.WARNING) -> None:

@@ -134,6 +134,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             blend, rc.steps, on_step=lambda s, loss: _log_step(s, loss, status, tracker, rc.steps)
         )
         train_seconds = time.perf_counter() - t0
+        mixture.save(layout.router)  # distillers start from the trained gate while the mixture is evaluated
         publish()
         status.update(phase="evaluating")
         val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
@@ -144,7 +145,6 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         tracker.summary({f"eval/bpb/mixture/{k}": v for k, v in eval_bpb.items()})
         tracker.summary({f"shifted/bpb/mixture/{k}": v for k, v in shifted.bpb.items()})
         tracker.finish()
-        mixture.save(layout.router)
         write_json(
             layout.router / RESULT,
             {

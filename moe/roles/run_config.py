@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moe.corpus.tokens import CorpusConfig
+from moe.distill.config import STUDENTS, DistillConfig
 from moe.model.transformer import ModelConfig
 from moe.net.join import NetworkConfig
 from moe.net.ledger_client import LedgerAccessConfig
@@ -23,14 +24,15 @@ from moe.routing.remote import RouterConfig
 from moe.training.loop import TrainConfig
 from moe.training.tracking import WandbConfig
 
-ROLES = ("network", "bootstrap", "seed", "expert", "adversary", "baseline", "router", "validator")
+ROLES = ("network", "bootstrap", "seed", "expert", "adversary", "baseline", "router", "validator", "distiller")
 DEFAULT_SUBNETS = ["english", "code", "math", "persian"]
 
 
 @dataclass
 class RunConfig:
     role: str = "network"
-    """network (a whole local network), bootstrap, seed, expert, adversary, baseline, router or validator."""
+    """network (a whole local network), bootstrap, seed, expert, adversary, baseline, router, validator or
+    distiller."""
     subnet: str = ""
     """The subnet an expert or adversary serves."""
     subnets: list[str] = field(default_factory=lambda: list(DEFAULT_SUBNETS))
@@ -53,6 +55,11 @@ class RunConfig:
     """Which baseline role=baseline trains: solo or dense."""
     adversary: str = ""
     """The attack a role=adversary node runs (see moe.roles.adversary)."""
+    student: str = "dense"
+    """The student a role=distiller node trains: dense (one expert's shape, from the seed) or btx."""
+    seed_from: str = ""
+    """A checkpoint directory (e.g. a distilled dense student's) the seed node publishes instead of training one:
+    the next round of a network that compounds (branch, train, mix, distil, branch again)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     seed_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=700, lr=3e-3, warmup_steps=30))
@@ -66,6 +73,7 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     ledger: LedgerAccessConfig = field(default_factory=LedgerAccessConfig)
     ledger_host: LedgerHostConfig = field(default_factory=LedgerHostConfig)
     router_awaits_validators: bool = False
@@ -76,6 +84,9 @@ class RunConfig:
     """The local network trains the solo and dense baselines of the summary."""
     validator_stakes_tao: list[float] = field(default_factory=lambda: [1000.0, 300.0])
     """The local network starts one validator per stake (TAO) after the router; empty starts none."""
+    students: list[str] = field(default_factory=lambda: list(STUDENTS))
+    """Students the local network distils from the mixture once the router's gate is trained, one distiller each
+    (dense, btx); empty distils none."""
     adversaries: list[str] = field(default_factory=list)
     """Adversarial experts the local network adds (see moe.roles.adversary for the kinds; `all` for every one)."""
     timeouts: PhaseTimeouts = field(default_factory=PhaseTimeouts)
@@ -92,6 +103,15 @@ class RunConfig:
         bad = [a for a in [*self.adversaries, *([self.adversary] if self.adversary else [])] if a not in ADVERSARIES]
         if bad:
             raise ValueError(f"unknown adversary {bad[0]!r}; known: {', '.join(ADVERSARIES)}")
+        bad = [s for s in [self.student, *self.students] if s not in STUDENTS]
+        if bad or len(set(self.students)) != len(self.students):
+            raise ValueError(
+                f"students must be distinct, each one of {', '.join(STUDENTS)}; got {bad or self.students}"
+            )
+        if self.distill.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"distill.seq_len={self.distill.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if not self.subnets or len(set(self.subnets)) != len(self.subnets):

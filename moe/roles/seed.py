@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import torch
+
 from moe.fileio import write_json
 from moe.identity import Hotkey
-from moe.model.transformer import config_dict
-from moe.roles.layout import PUBLISHED, RunLayout
-from moe.roles.lm_job import run_lm_job, union_batches
+from moe.metrics import evaluate_model_bpb, macro_bpb
+from moe.model.transformer import ByteLM, config_dict
+from moe.roles.layout import PUBLISHED, RESULT, RunLayout
+from moe.roles.lm_job import run_lm_job, shifted_scores, shifted_sets, union_batches, validation_sets
 from moe.roles.node import StatusBoard, Stream, wait_for_stop
-from moe.training.checkpoint import model_to_bytes
+from moe.training.checkpoint import load_checkpoint, model_to_bytes
 
 if TYPE_CHECKING:
     from moe.corpus import Subnet
@@ -25,10 +28,36 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def seed_from_checkpoint(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> ByteLM:
+    """The model at `cfg.seed_from` (verified, of this run's model shape), scored like a trained seed: the next
+    round's seed is a previous round's distilled student. Its result names where it came from and counts no new
+    training (the previous round's compute is that round's)."""
+    model = ByteLM(cfg.model)
+    state = load_checkpoint(cfg.seed_from, model, expect_config=config_dict(cfg.model))
+    t = cfg.expert_train
+    evals = validation_sets(cfg, subnets, t)
+    model.eval()
+    with torch.no_grad():
+        eval_bpb = macro_bpb({s: evaluate_model_bpb(model, windows()) for s, windows in evals.items()})
+    shifted = shifted_scores(model, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))
+    record = {
+        "name": "seed",
+        "seed_from": str(cfg.seed_from),
+        "source_step": state["step"],
+        "params": model.num_params(),
+    }
+    write_json(layout.seed / RESULT, {**record, "train_steps": 0, "train_flops": 0.0, "eval_bpb": eval_bpb, **shifted})
+    logger.info("seed taken from %s: %s", cfg.seed_from, " ".join(f"{k}={v:.3f}" for k, v in eval_bpb.items()))
+    return model
+
+
 def run_seed(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     """Train (or resume) the seed, write `seed/model.bin`, and when in a network publish it until told to stop."""
-    batches = union_batches(cfg, subnets, cfg.seed_train, seed=cfg.seed + Stream.SEED)
-    model, _ = run_lm_job(cfg, subnets, layout, "seed", cfg.seed_train, batches, layout.seed)
+    if cfg.seed_from:
+        model = seed_from_checkpoint(cfg, subnets, layout)
+    else:
+        batches = union_batches(cfg, subnets, cfg.seed_train, seed=cfg.seed + Stream.SEED)
+        model, _ = run_lm_job(cfg, subnets, layout, "seed", cfg.seed_train, batches, layout.seed)
     blob = model_to_bytes(model, config_dict(cfg.model))
     layout.seed_blob.write_bytes(blob)
     if not cfg.initial_peers:

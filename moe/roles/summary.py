@@ -3,9 +3,10 @@
 Schema: run_id, config, experts [{uid, hotkey, subnet, peer_id, params, train_steps, eval_bpb, shifted_bpb,
 worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte}, best_single {eval_bpb, subnet,
 hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb, worst_window_bpb, params, train_flops},
-checks. `eval_bpb` is in distribution (each subnet's validation split), `shifted_bpb` on each subnet's shifted set
-(same domain, another source; never trained on), `worst_window_bpb` the highest single window on the shifted sets.
-`all` is the plain mean over subnets, so every domain weighs the same.
+students and distill_traffic (moe.roles.students_summary), checks. `eval_bpb` is in distribution (each subnet's
+validation split), `shifted_bpb` on each subnet's shifted set (same domain, another source; never trained on),
+`worst_window_bpb` the highest single window on the shifted sets. `all` is the plain mean over subnets, so every
+domain weighs the same.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from moe.config_loader import to_dict
 from moe.roles.layout import RESULT, RunLayout
+from moe.roles.students_summary import students_checks, students_summary
 from moe.roles.validation_summary import validation_checks, validation_summary
 
 if TYPE_CHECKING:
@@ -86,10 +88,12 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
             else None
         )
     summary.update(validation_summary(layout, experts))
+    summary.update(students_summary(layout, cfg.students, summary))
     for e in experts:
         e["flags"] = summary.get("flags", {}).get(e["hotkey"], [])
     summary["checks"] = _checks(summary)
     summary["checks"].update(validation_checks(summary))
+    summary["checks"].update(students_checks(summary))
     return summary
 
 
@@ -156,6 +160,7 @@ def print_summary(s: dict[str, Any], console) -> None:
     models = [(f"{e.get('adversary') or 'expert'} {e['subnet']}", e) for e in s["experts"]]
     models.append(("seed", s["seed"]))
     models += [(f"{k} baseline", s[f"{k}_baseline"]) for k in ("solo", "dense") if s.get(f"{k}_baseline")]
+    models += [(f"{st['kind']} student", st) for st in s.get("students", [])]
     models.append(("[bold]mixture[/bold]", mix))
     for key, what in (("eval_bpb", "held-out data"), ("shifted_bpb", "shifted text (other sources)")):
         if not any(m.get(key) for _, m in models):

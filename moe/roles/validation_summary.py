@@ -65,6 +65,7 @@ def _flags_by_expert(results: list[dict]) -> dict[str, list[str]]:
 def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
     """Experts' earnings and the chain's head, read from a replay of the file (and a full verification)."""
     from moe.ledger import RAO_PER_TAO, Ledger, verify_ledger
+    from moe.ledger.state import distill_shares
 
     report = verify_ledger(path, workers=0)
     if not report.ok:  # a ledger that does not replay cannot be opened; report it instead of losing the summary
@@ -85,6 +86,7 @@ def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
                 "total_issuance": ledger.total_issuance,
                 "total_issuance_tao": ledger.total_issuance / RAO_PER_TAO,
                 "miner_emission_tao": miner_emission / RAO_PER_TAO,
+                "distill_traffic": {k: round(v, 4) for k, v in distill_shares(ledger.state).items()},
                 "verified": str(report),
             },
         }

@@ -27,6 +27,7 @@ from hivemind.p2p import PeerID
 from safetensors.torch import load_file, save_file
 
 from moe.config_checks import require_at_least, require_between, require_positive
+from moe.fileio import write_json
 from moe.metrics import byte_log_probs
 from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
@@ -378,7 +379,7 @@ class Mixture:
             "d_gate": self.rc.d_gate,
             "records": [r.payload() for r in self.records()],
         }
-        (directory / "gate.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        write_json(directory / "gate.json", meta)  # last and atomic: its presence means the gate is complete
 
     def load(self, directory: str | Path) -> None:
         directory = Path(directory)

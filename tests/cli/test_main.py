@@ -13,7 +13,7 @@ import pytest
 from moe.cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[2]
-USAGE = "usage: hivemoe {fetch,generate,ledger} ..."
+USAGE = "usage: hivemoe {fetch,generate,ledger,export} ..."
 
 
 @pytest.mark.parametrize("argv", [[], ["bogus"], ["--help"], ["Ledger", "verify", "x.db"]])

@@ -22,6 +22,7 @@ import pytest
 from moe.identity import Hotkey
 from moe.ledger.chain import Ledger, LedgerError, block_hash_from_json, genesis_block
 from moe.ledger.records import (
+    distill_record,
     registration_record,
     signing_bytes,
     stake_record,
@@ -33,7 +34,7 @@ from moe.ledger.weights import WeightSubmission
 
 TAO = 10**9
 DEPTH = 100_000
-SIGNER = {"register": 6, "stake": 2, "transfer": 3, "weights": 0}
+SIGNER = {"register": 6, "stake": 2, "transfer": 3, "weights": 0, "distill": 5}
 """Index in `keys` of the hotkey that signs each kind's valid record."""
 
 
@@ -95,6 +96,7 @@ def valid_records(led: Ledger, keys: list[Hotkey], block_hash: str | None = None
         "stake": stake_record(keys[SIGNER["stake"]], 5 * TAO, nonce=0),
         "transfer": transfer_record(keys[SIGNER["transfer"]], keys[4].address, TAO, nonce=0),
         "weights": weights_record(sub),
+        "distill": distill_record(keys[SIGNER["distill"]], 1, {keys[2].address: 10}, {keys[2].address: 6.5}),
     }
 
 
@@ -168,7 +170,7 @@ def test_valid_records_are_accepted(led, keys):
     records = valid_records(led, keys)
     for record in records.values():
         assert led.submit(record)
-    assert led.produce_block(1003.0).records[:4] == list(records.values())
+    assert led.produce_block(1003.0).records[: len(records)] == list(records.values())
     assert verify_ledger(led.path).ok
 
 

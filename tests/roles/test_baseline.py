@@ -119,7 +119,7 @@ def test_a_baseline_takes_the_idle_cores_once_the_rest_of_the_run_is_done(tmp_pa
     """The hook leaves the thread count alone while the router or the other baseline still runs, and raises it to
     every core of the machine once both are done (checked every IDLE_CHECK_STEPS steps)."""
     layout = RunLayout.create(tmp_path, "r")
-    hook = take_idle_cores(layout, "dense")
+    hook = take_idle_cores(layout, "dense", [])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -134,3 +134,42 @@ def test_solo_baseline_role_on_the_run(network_run):
     assert solo["train_flops"] == pytest.approx(seed_flops + summary["experts"][0]["train_flops"], rel=0.01)
     assert isinstance(summary["checks"]["mixture_beats_solo"], bool)
     assert summary["dense_baseline"] is None
+
+
+def test_students_learn_from_the_live_mixture(network_run):
+    """One distiller per student kind ran after the gate was trained: each student is scored like every model of
+    the run, its checkpoint is on disk, and the experts that taught it are credited, adding up to the whole."""
+    _ok(network_run)
+    s, run_dir = network_run.summary, network_run.run_dir
+    subnets = s["config"]["subnets"]
+    students = {st["kind"]: st for st in s["students"]}
+    assert set(students) == {"dense", "btx"}
+    for kind, st in students.items():
+        assert set(st["eval_bpb"]) == {*subnets, "all"}
+        assert all(math.isfinite(v) and 0 < v < 9 for v in st["eval_bpb"].values())
+        assert st["teacher_bytes"] > 0 and st["train_steps"] == s["config"]["distill"]["steps"]
+        assert isinstance(st["retention"], float)
+        state = json.loads((run_dir / "students" / kind / "checkpoint" / "state.json").read_text())
+        assert state["step"] == st["train_steps"]
+    assert students["dense"]["params"] == students["dense"]["active_params"] == s["experts"][0]["params"]
+    assert students["btx"]["active_params"] < students["btx"]["params"]
+    traffic = s["distill_traffic"]
+    assert set(traffic) == {e["hotkey"] for e in s["experts"]}
+    assert sum(traffic.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_dense_student_seeds_the_next_round(network_run):
+    """`seed_from=<run>/students/dense/checkpoint` starts a second network from the first round's student: its seed
+    scores exactly as that student did (same weights, same windows), and the round runs to a mixture."""
+    _ok(network_run)
+    run_dir = network_run.run_dir
+    student = run_dir / "students" / "dense" / "checkpoint"
+    args = [f"out_dir={run_dir.parent}", "run_id=t2", "baselines=false", "students=[]", f"seed_from={student}"]
+    r = network_run.procs.run(args, timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = json.loads((run_dir.parent / "t2" / "summary.json").read_text())
+    seed_result = json.loads((run_dir.parent / "t2" / "seed" / "result.json").read_text())
+    assert seed_result["seed_from"] == str(student) and seed_result["train_steps"] == 0
+    first_dense = next(st for st in network_run.summary["students"] if st["kind"] == "dense")
+    assert second["seed"]["eval_bpb"] == pytest.approx(first_dense["eval_bpb"], rel=1e-6)
+    assert second["checks"]["mixture_beats_every_expert"] is True

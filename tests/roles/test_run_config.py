@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from moe.config_loader import ConfigError, load_yaml, parse_args
+from moe.distill.config import DistillConfig
 from moe.roles.run_config import DEFAULT_SUBNETS, ROLES, RunConfig
 from moe.training.loop import TrainConfig
 
@@ -31,6 +32,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
         ({"validator_stakes_tao": [float("nan")]}, "must all be positive"),
         ({"uid": -1}, "uid must be in 0..65535"),
         ({"uid": 65536}, "uid must be in 0..65535"),
+        ({"role": "distiller", "student": "giant"}, "students must be distinct, each one of dense, btx"),
+        ({"students": ["dense", "dense"]}, "students must be distinct"),
+        ({"distill": DistillConfig(seq_len=256)}, "distill.seq_len=256 exceeds model.max_seq_len=128"),
     ],
 )
 def test_invalid_configs_are_refused(kwargs, message):

@@ -3,11 +3,8 @@ receipts, one slot per request) that validators read back, never trusting a slot
 
 from __future__ import annotations
 
-import pytest
-
 from moe.identity import Hotkey
 from moe.net.dht_records import TRAFFIC_SLOT_CONTEXT, publish_signed, traffic_slot_key
-from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
 from moe.net.receipt import caller_digest, sign_receipt
 from moe.routing.traffic import (
     MAX_REQUEST_BYTES,
@@ -29,19 +26,6 @@ def _record(expert: Hotkey, i: int, size: int = 64) -> TrafficRecord:
     )
 
 
-@pytest.fixture(scope="module")
-def pair():
-    a = start_bootstrap_dht()
-    try:
-        b = start_dht(visible_maddrs(a))
-        try:
-            yield a, b
-        finally:
-            b.shutdown()
-    finally:
-        a.shutdown()
-
-
 def test_reservoir_keeps_a_uniform_bounded_sample_per_expert():
     kept_first = 0
     for seed in range(200):
@@ -61,8 +45,8 @@ def _unpack(r: TrafficRecord) -> tuple[bytes, object]:
     return r.request, r.receipt
 
 
-def test_published_traffic_reads_back_on_another_peer_and_a_swapped_slot_is_refused(pair):
-    a, b = pair
+def test_published_traffic_reads_back_on_another_peer_and_a_swapped_slot_is_refused(dht_pair):
+    a, b = dht_pair
     records = [_record(e, i) for i, e in enumerate(EXPERTS)]
     assert publish_traffic(a, ROUTER, records, ttl=60)
     calls = read_traffic(b)
