@@ -109,6 +109,9 @@ def main() -> None:
     p.add_argument("--hard-weight", type=float, default=-1.0)
     p.add_argument("--student", choices=["dense", "btx"], default="dense")
     p.add_argument("--btx-shared", choices=["average", "seed"], default="average")
+    p.add_argument("--temperature", type=float, default=0.0, help="default: the run's distill.temperature")
+    p.add_argument("--cycle", type=int, default=0, help="distinct teacher batches, cycled (0: fresh ones)")
+    p.add_argument("--skip-plain", action="store_true", help="do not train the plain-LM reference")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     layout = RunLayout(Path(args.run_dir))
@@ -119,15 +122,19 @@ def main() -> None:
     if args.hard_weight >= 0:
         dc.hard_weight = args.hard_weight
     dc.steps = args.steps
+    if args.temperature > 0:
+        dc.temperature = args.temperature
     subnets = all_subnets()
     experts, seed, _, entries, gate = load_run(layout, cfg)
     teach = teacher_fn(cfg, experts, seed, entries, gate)
     tokens = [subnet_tokens(subnets[s], "train", cfg.data) for s in cfg.subnets]
     stream = blended_batches_at_step(tokens, dc.seq_len, dc.batch_size, cfg.seed + 4000)(0)
-    batches = [next(stream) for _ in range(args.steps)]
+    distinct = [next(stream) for _ in range(args.cycle or args.steps)]
     t0 = time.perf_counter()
-    teacher = [teach(x) for x, _ in batches]
-    teacher_bytes_per_s = sum(x.numel() for x, _ in batches) / (time.perf_counter() - t0)
+    answers = [teach(x) for x, _ in distinct]
+    batches = [distinct[s % len(distinct)] for s in range(args.steps)]
+    teacher = [answers[s % len(distinct)] for s in range(args.steps)]
+    teacher_bytes_per_s = sum(x.numel() for x, _ in distinct) / (time.perf_counter() - t0)
     val = {s: subnet_tokens(subnets[s], "val", cfg.data) for s in cfg.subnets}
     evals = eval_windows(val, cfg.expert_train.seq_len, cfg.expert_train.batch_size, cfg.expert_train.eval_batches)
 
@@ -161,9 +168,12 @@ def main() -> None:
 
     out["student"] = args.student
     out["student_init_bpb"] = score(fresh_student())["all"]
-    plain = fresh_student()
-    plain_rate = train(plain, batches, teacher, dc, plain=True)
-    out["plain_lm_bpb"] = score(plain)["all"]
+    if args.skip_plain:
+        plain_rate, out["plain_lm_bpb"] = float("nan"), float("nan")
+    else:
+        plain = fresh_student()
+        plain_rate = train(plain, batches, teacher, dc, plain=True)
+        out["plain_lm_bpb"] = score(plain)["all"]
     student_bpb, rates = {}, {}
     for fmt in args.formats.split(","):
         targets = [through_wire(t, fmt, dc.wire_topk) for t in teacher]

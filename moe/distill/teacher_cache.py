@@ -4,6 +4,11 @@ One file per window, named by the sha256 of its byte ids, holding the teacher's 
 (moe.net.wire: q8 is 264 bytes a position, topk 3k). Files are written to a temporary name and renamed, so a
 distiller killed mid-write leaves no half entry; an entry that does not decode (a disk error, a foreign file) is
 logged, dropped and asked for again.
+
+Several distillers may share one cache (the local network's do) and ask for the same windows at the same moment. A
+distiller first claims each window it lacks (a `.claim` file created exclusively, holding its pid); it pays only for
+the windows it claimed and waits for the others to appear. A claim whose process is gone (or is this process, after
+a restart) is taken over, and a wait that runs out pays after all: a window may then be paid for twice, never lost.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -39,19 +45,50 @@ class TeacherCache:
 
     def get(self, window: torch.Tensor) -> torch.Tensor | None:
         """(T, 256) log-probs of a (T,) window, or None when it was never stored (or its entry is unreadable)."""
+        logp = self._read(window)
+        if logp is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return logp
+
+    def _read(self, window: torch.Tensor) -> torch.Tensor | None:
         path = self._path(window_key(window))
         try:
             payload = path.read_bytes()
         except FileNotFoundError:
-            self.misses += 1
             return None
         try:
-            logp = decode_logp(payload, self.wire_format, (1, window.shape[0]), self.topk)[0]
+            return decode_logp(payload, self.wire_format, (1, window.shape[0]), self.topk)[0]
         except MaliciousReply as e:
             logger.warning("teacher cache entry %s is unreadable (%s); asking again", path.name[:16], e)
             path.unlink(missing_ok=True)
-            self.misses += 1
             return None
+
+    def _claim_path(self, window: torch.Tensor) -> Path:
+        return self.directory / f"{window_key(window)}.{self.wire_format}.claim"
+
+    def claim(self, window: torch.Tensor) -> bool:
+        """Whether this process should pay for `window`: it now holds its claim (new, its own, or a dead one's)."""
+        path = self._claim_path(window)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _claimant_alive(path):
+                return False
+            path.write_text(str(os.getpid()))  # a dead process's claim, or ours from before a restart
+            return True
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+
+    def wait(self, window: torch.Tensor, timeout: float, poll: float = 0.05) -> torch.Tensor | None:
+        """The window's log-probs once the process that claimed it stored them; None if it died or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while (logp := self._read(window)) is None:
+            if time.monotonic() > deadline or not _claimant_alive(self._claim_path(window)):
+                return self._read(window)
+            time.sleep(poll)
         self.hits += 1
         return logp
 
@@ -63,4 +100,22 @@ class TeacherCache:
         tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
         tmp.write_bytes(payload)
         os.replace(tmp, path)
+        self._claim_path(window).unlink(missing_ok=True)
         return decode_logp(payload, self.wire_format, (1, window.shape[0]), self.topk)[0]
+
+
+def _claimant_alive(claim: Path) -> bool:
+    """Whether the process named in a claim file still runs (and is not this one)."""
+    try:
+        pid = int(claim.read_text() or "0")
+    except (FileNotFoundError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -76,7 +76,8 @@ def build_student(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout,
 def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     from moe.roles.router import load_generalist
 
-    dc, kind = cfg.distill, cfg.student
+    kind = cfg.student
+    dc = cfg.distill.for_student(kind)
     name = f"distiller-{kind}"
     out = layout.student(kind)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,3 +63,48 @@ def test_a_damaged_entry_is_dropped_and_asked_for_again(tmp_path):
     entry.write_bytes(entry.read_bytes()[:100])  # a truncated file
     assert cache.get(window) is None
     assert not entry.exists()
+
+
+def _claim_then_store(directory: str, window: torch.Tensor, claimed, release) -> None:
+    cache = TeacherCache(directory)
+    assert cache.claim(window)
+    claimed.set()
+    release.wait(30)
+    cache.put(window, torch.zeros(window.shape[0], 256).log_softmax(-1))
+
+
+def test_a_window_another_distiller_claimed_is_waited_for_not_paid_twice(tmp_path):
+    """Two processes share the cache: the one that claimed a window pays; the other waits and reads its answer."""
+    import multiprocessing as mp
+
+    window = torch.randint(0, 256, (16,), generator=torch.Generator().manual_seed(3))
+    ctx = mp.get_context("spawn")
+    claimed, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_claim_then_store, args=(str(tmp_path), window, claimed, release))
+    other.start()
+    try:
+        assert claimed.wait(60)
+        calls = []
+        mix = two_expert_mix(tiny_model(1), tiny_model(2))
+        teacher = CachedTeacher(lambda x: calls.append(len(x)) or mix(x), TeacherCache(tmp_path), DistillTraffic())
+        assert not teacher.cache.claim(window)  # the other process holds it
+        release.set()
+        got = teacher(window[None])
+        assert calls == [] and teacher.positions_paid == 0  # not paid here
+        assert torch.allclose(got[0], torch.full((16, 256), -torch.log(torch.tensor(256.0))), atol=0.05)
+    finally:
+        release.set()
+        other.join(30)
+
+
+def test_a_dead_distillers_claim_is_taken_over(tmp_path):
+    cache = TeacherCache(tmp_path)
+    window = torch.randint(0, 256, (16,))
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim = tmp_path / f"{window_key(window)}.q8.claim"
+    claim.write_text(dead.stdout.strip())  # a claim left by a process that has exited
+    assert cache.claim(window)
+    assert cache.wait(window, timeout=0.1) is None  # and nobody else is going to store it

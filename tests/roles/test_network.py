@@ -147,10 +147,11 @@ def test_students_learn_from_the_live_mixture(network_run):
     for kind, st in students.items():
         assert set(st["eval_bpb"]) == {*subnets, "all"}
         assert all(math.isfinite(v) and 0 < v < 9 for v in st["eval_bpb"].values())
-        assert st["teacher_bytes"] > 0 and st["train_steps"] == s["config"]["distill"]["steps"]
+        assert st["train_steps"] == s["config"]["distill"]["btx_steps" if kind == "btx" else "steps"]
         assert isinstance(st["retention"], float)
         state = json.loads((run_dir / "students" / kind / "checkpoint" / "state.json").read_text())
         assert state["step"] == st["train_steps"]
+    assert sum(st["teacher_bytes"] for st in students.values()) > 0  # the cache is shared: one may pay for both
     assert students["dense"]["params"] == students["dense"]["active_params"] == s["experts"][0]["params"]
     assert students["btx"]["active_params"] < students["btx"]["params"]
     traffic = s["distill_traffic"]
@@ -173,3 +174,24 @@ def test_the_dense_student_seeds_the_next_round(network_run):
     first_dense = next(st for st in network_run.summary["students"] if st["kind"] == "dense")
     assert second["seed"]["eval_bpb"] == pytest.approx(first_dense["eval_bpb"], rel=1e-6)
     assert second["checks"]["mixture_beats_every_expert"] is True
+
+
+@pytest.mark.parametrize("kind", ["dense", "btx"])
+def test_each_student_exports_to_transformers(network_run, tmp_path, kind):
+    """`hivemoe export RUN --model dense|btx` turns the run's student into a transformers checkpoint whose logits
+    are ours (Llama for dense, Mixtral for btx)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from moe.cli.main import main
+    from moe.roles.run_models import load_run_model
+
+    _ok(network_run)
+    out = tmp_path / kind
+    assert main(["export", str(network_run.run_dir), "--model", kind, "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == ("MixtralForCausalLM" if kind == "btx" else "LlamaForCausalLM")
+    ours = load_run_model(network_run.run_dir, kind)
+    x = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)).abs().max() <= 1e-4
