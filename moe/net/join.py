@@ -25,7 +25,7 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from moe.config_checks import require_at_least, require_between, require_positive
 from moe.net.dht_records import SignedRecordValidator
-from moe.net.serial_pipe import SerialSender
+from moe.net.serial_pipe import SerialSender, WholeMessageReceiver
 from moe.processes import terminate
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class OwnedDHT(hivemind.DHT):
         signal.signal(signal.SIGTERM, lambda *_: _end_process(group=None))
         group = self.owner_pid if os.getsid(0) == self.owner_pid else None
         threading.Thread(target=self._watch_owner, args=(group,), name="owner-watch", daemon=True).start()
+        self._inner_pipe = WholeMessageReceiver(self._inner_pipe)  # its fd is non-blocking (moe.net.serial_pipe)
         super().run()
 
     def _watch_owner(self, group: int | None) -> None:

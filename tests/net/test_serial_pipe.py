@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from multiprocessing import Pipe
 
+from hivemind.utils import get_dht_time
+
 from moe.net.join import start_bootstrap_dht
-from moe.net.serial_pipe import SerialSender
+from moe.net.serial_pipe import SerialSender, WholeMessageReceiver
 
 THREADS, MESSAGES, SIZE = 4, 25, 20_000  # five times the pipe's atomic write size
 
@@ -52,3 +54,42 @@ def test_serial_sender_passes_everything_but_send_through():
     sender = SerialSender(a)
     sender.send({"x": 1})
     assert b.recv() == {"x": 1} and sender.poll() is False and sender.fileno() == a.fileno()
+
+
+def _recv_while_a_large_message_is_being_written(receive) -> object:
+    """What `receive(reader)` gets when the reader's fd is non-blocking (as uvloop leaves hivemind's DHT process's
+    pipe) and a message far larger than the pipe's buffer is still being written."""
+    import os
+
+    reader, writer = Pipe(duplex=False)
+    os.set_blocking(reader.fileno(), False)
+    body = bytes(range(256)) * 4096  # 1 MiB: the writer blocks on the full pipe again and again
+    sending = threading.Thread(target=writer.send, args=(body,), daemon=True)
+    sending.start()
+    while not reader.poll(1):
+        pass
+    try:
+        got = receive(reader)
+    except BlockingIOError as e:
+        got = e
+    sending.join(timeout=30)
+    return got if not isinstance(got, bytes) else got == body
+
+
+def test_a_non_blocking_reader_fails_mid_message_and_the_whole_message_receiver_does_not():
+    """The attack (a kilobytes-large DHT call on a loaded machine killed a router's DHT process): hivemind reads its
+    pipe from a non-blocking fd, so a message still being written raises BlockingIOError half read, and the stream is
+    lost. WholeMessageReceiver waits for the rest."""
+    assert isinstance(_recv_while_a_large_message_is_being_written(lambda r: r.recv()), BlockingIOError)
+    assert _recv_while_a_large_message_is_being_written(lambda r: WholeMessageReceiver(r).recv()) is True
+
+
+def test_the_dht_process_receives_through_a_whole_message_receiver():
+    """A 200 KB value stored and read back through a real DHT node: every message crosses the pipe whole."""
+    dht = start_bootstrap_dht()
+    try:
+        value = bytes(range(256)) * 800
+        assert dht.store("hivemoe-test/large", value, expiration_time=get_dht_time() + 60)
+        assert dht.get("hivemoe-test/large", latest=True).value == value
+    finally:
+        dht.shutdown()
