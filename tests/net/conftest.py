@@ -4,46 +4,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import hivemind
 import pytest
 import torch
 from torch import nn
 
 from moe.net.client import ClientConfig, SyncExpertClient
-from moe.net.join import start_bootstrap_dht, start_dht, visible_maddrs
 from moe.net.server import ExpertServer, ServerConfig
 from moe.net.wire import encode_frame
 
 
-@contextmanager
-def joined_pair() -> Iterator[tuple[hivemind.DHT, hivemind.DHT]]:
-    """A bootstrap peer and a second peer joined through it."""
-    a = start_bootstrap_dht()
-    try:
-        b = start_dht(visible_maddrs(a))
-        try:
-            yield a, b
-        finally:
-            b.shutdown()
-    finally:
-        a.shutdown()
-
-
 @pytest.fixture(scope="module")
-def module_pair():
-    """Two joined DHT peers shared by a module's tests (each test uses its own keys, so records do not collide)."""
-    with joined_pair() as pair:
-        yield pair
+def module_pair(dht_pair):
+    """Two joined DHT peers shared by a module's tests (tests/conftest.py)."""
+    return dht_pair
 
 
 @pytest.fixture
-def fresh_pair():
-    """Two joined DHT peers for one test (for tests of global keys, such as the seed's)."""
-    with joined_pair() as pair:
-        yield pair
+def fresh_pair(fresh_dht_pair):
+    """Two joined DHT peers for one test (tests/conftest.py)."""
+    return fresh_dht_pair
 
 
 # experts served and called over real P2P on loopback (test_server.py, test_client.py)
