@@ -69,10 +69,12 @@ class DistillTraffic:
         """What a checkpoint keeps, so a resumed distiller goes on counting."""
         return self.payload()
 
-    @classmethod
-    def from_state(cls, state: dict) -> DistillTraffic:
+    def restore(self, state: dict) -> None:
+        """Go on from a checkpoint's `state()` (checked like any record: a checkpoint is a file anyone could edit)."""
         record = parse_record(state)
-        return cls(dict(record.credit), dict(record.positions), record.windows, record.epoch)
+        with self._lock:
+            self.credit, self.positions = dict(record.credit), dict(record.positions)
+            self.windows, self.epoch = record.windows, record.epoch
 
     def publish(self, dht, hotkey: Hotkey, ttl: float, wait: bool = True):
         """Sign the totals as the next epoch's record and store them under the distiller's hotkey."""

@@ -169,13 +169,16 @@ class ByteLM(nn.Module):
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         return (logits, aux) if return_aux else logits
 
+    def active_params(self) -> int:
+        """Parameters one token uses: all of a dense model's; of a MoE model's FFNs, only its top-k experts'."""
+        cfg = self.config
+        idle_experts = max(0, cfg.moe_experts - cfg.moe_top_k) if cfg.moe_experts > 0 else 0
+        return self.num_params() - cfg.n_layers * 3 * cfg.d_model * cfg.d_ff * idle_experts
+
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6N for the active weights and the head, plus 12·L·d·T attention (PaLM, app. B)."""
         cfg = self.config
-        n = self.num_params() - self.embed_tokens.weight.numel()
-        if cfg.moe_experts > 0:  # only top_k of the experts' FFN weights are active per token
-            ffn = 3 * cfg.d_model * cfg.d_ff
-            n -= cfg.n_layers * ffn * (cfg.moe_experts - cfg.moe_top_k)
+        n = self.active_params() - self.embed_tokens.weight.numel()
         attn = 12 * cfg.n_layers * cfg.d_model * cfg.max_seq_len
         return 6 * (n + cfg.d_model * cfg.vocab_size) + attn
 

@@ -28,11 +28,10 @@ from moe.distill.teacher_cache import TeacherCache
 from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.ledger.records import distill_record
-from moe.metrics import evaluate_model_bpb, macro_bpb
 from moe.model.transformer import ByteLM
 from moe.net.ledger_client import submit_records
 from moe.roles.layout import CHECKPOINT, RESULT, RunLayout
-from moe.roles.lm_job import shifted_scores, shifted_sets, validation_sets
+from moe.roles.lm_job import score_model
 from moe.roles.node import StatusBoard, Stream
 from moe.routing.remote import Mixture
 from moe.training.tracking import Tracker
@@ -45,15 +44,6 @@ logger = logging.getLogger(__name__)
 
 DISTILL_TTL_SECONDS = 600.0
 """How long a published distillation-traffic record lives in the DHT (re-published while training)."""
-
-
-def active_params(model: ByteLM) -> int:
-    """Parameters one token uses: all of a dense model; a MoE model's FFNs count only its top-k experts."""
-    cfg = model.config
-    n = model.num_params()
-    if cfg.moe_experts > 0:
-        n -= cfg.n_layers * 3 * cfg.d_model * cfg.d_ff * (cfg.moe_experts - cfg.moe_top_k)
-    return n
 
 
 def build_student(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, seed: ByteLM) -> ByteLM:
@@ -132,9 +122,8 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
 
         def on_resume(extra: dict) -> None:
             if "traffic" in extra:
-                restored = DistillTraffic.from_state(extra["traffic"])
-                traffic.credit, traffic.positions = restored.credit, restored.positions
-                traffic.windows, traffic.epoch = restored.windows, restored.epoch
+                traffic.restore(extra["traffic"])
+            teacher.positions_paid = int(extra.get("positions_paid", 0))
 
         status.update(phase="distilling")
         result = train_student(
@@ -150,13 +139,13 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         )
         report(wait=True)
         status.update(phase="evaluating")
-        scores = score_student(cfg, subnets, student)
+        scores = score_model(cfg, subnets, student)
         write_json(
             out / RESULT,
             {
                 "kind": kind,
                 "params": student.num_params(),
-                "active_params": active_params(student),
+                "active_params": student.active_params(),
                 "train_steps": result.steps,
                 "resumed_from": result.resumed_from,
                 "seconds": result.seconds,
@@ -181,14 +170,3 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     finally:
         mixture.shutdown()
     return 0
-
-
-def score_student(cfg: RunConfig, subnets: dict[str, Subnet], student: ByteLM) -> dict:
-    """Bits per byte on every subnet's validation windows and shifted text, as every model of the run is scored."""
-    t = cfg.expert_train
-    student.eval()
-    with torch.no_grad():
-        evals = validation_sets(cfg, subnets, t)
-        eval_bpb = macro_bpb({s: evaluate_model_bpb(student, windows()) for s, windows in evals.items()})
-        shifted = shifted_scores(student, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))
-    return {"eval_bpb": eval_bpb, **shifted}

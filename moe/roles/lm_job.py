@@ -13,7 +13,7 @@ import torch
 from moe.corpus.batches import BatchStream, blended_batches_at_step, eval_windows
 from moe.corpus.tokens import shifted_tokens, subnet_tokens
 from moe.fileio import write_json
-from moe.metrics import byte_log_probs, macro_bpb, score_sets
+from moe.metrics import byte_log_probs, evaluate_model_bpb, macro_bpb, score_sets
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import CHECKPOINT, RESULT, RunLayout
 from moe.roles.node import StatusBoard
@@ -47,6 +47,17 @@ def shifted_scores(model: ByteLM, sets) -> dict:
     bpb, worst = score_sets(lambda x: byte_log_probs(model(x.to(device))).cpu(), sets)
     model.train(was_training)
     return {"shifted_bpb": bpb if sets else {}, "worst_window_bpb": worst}
+
+
+def score_model(cfg: RunConfig, subnets: dict[str, Subnet], model: ByteLM) -> dict:
+    """`eval_bpb` on every subnet's validation windows and the shifted fields, as every model of the run is scored
+    (for models trained elsewhere: a distilled student, a seed taken from a checkpoint)."""
+    t = cfg.expert_train
+    model.eval()
+    with torch.no_grad():
+        evals = validation_sets(cfg, subnets, t)
+        eval_bpb = macro_bpb({s: evaluate_model_bpb(model, windows()) for s, windows in evals.items()})
+    return {"eval_bpb": eval_bpb, **shifted_scores(model, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))}
 
 
 def union_batches(cfg: RunConfig, subnets: dict[str, Subnet], train: TrainConfig, seed: int) -> BatchStream:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import torch
-
 from moe.fileio import write_json
 from moe.identity import Hotkey
-from moe.metrics import evaluate_model_bpb, macro_bpb
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import PUBLISHED, RESULT, RunLayout
-from moe.roles.lm_job import run_lm_job, shifted_scores, shifted_sets, union_batches, validation_sets
+from moe.roles.lm_job import run_lm_job, score_model, union_batches
 from moe.roles.node import StatusBoard, Stream, wait_for_stop
 from moe.training.checkpoint import load_checkpoint, model_to_bytes
 
@@ -34,20 +31,17 @@ def seed_from_checkpoint(cfg: RunConfig, subnets: dict[str, Subnet], layout: Run
     training (the previous round's compute is that round's)."""
     model = ByteLM(cfg.model)
     state = load_checkpoint(cfg.seed_from, model, expect_config=config_dict(cfg.model))
-    t = cfg.expert_train
-    evals = validation_sets(cfg, subnets, t)
-    model.eval()
-    with torch.no_grad():
-        eval_bpb = macro_bpb({s: evaluate_model_bpb(model, windows()) for s, windows in evals.items()})
-    shifted = shifted_scores(model, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))
+    scores = score_model(cfg, subnets, model)
     record = {
         "name": "seed",
         "seed_from": str(cfg.seed_from),
         "source_step": state["step"],
         "params": model.num_params(),
     }
-    write_json(layout.seed / RESULT, {**record, "train_steps": 0, "train_flops": 0.0, "eval_bpb": eval_bpb, **shifted})
-    logger.info("seed taken from %s: %s", cfg.seed_from, " ".join(f"{k}={v:.3f}" for k, v in eval_bpb.items()))
+    write_json(layout.seed / RESULT, {**record, "train_steps": 0, "train_flops": 0.0, **scores})
+    logger.info(
+        "seed taken from %s: %s", cfg.seed_from, " ".join(f"{k}={v:.3f}" for k, v in scores["eval_bpb"].items())
+    )
     return model
 
 

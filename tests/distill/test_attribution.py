@@ -46,7 +46,8 @@ def test_an_expert_that_answered_only_the_probe_earns_only_there():
 
 def test_state_round_trips_and_bad_records_are_refused():
     traffic = DistillTraffic({EXPERT_A: 3.5}, {EXPERT_A: 4}, windows=1, epoch=2)
-    back = DistillTraffic.from_state(traffic.state())
+    back = DistillTraffic()
+    back.restore(traffic.state())
     assert (back.credit, back.positions, back.windows, back.epoch) == ({EXPERT_A: 3.5}, {EXPERT_A: 4}, 1, 2)
     good = traffic.payload()
     for bad in (
