@@ -1,11 +1,18 @@
-"""Fixtures shared across test packages: real hivemind DHT peers on loopback, always shut down."""
+"""Fixtures shared across test packages: real hivemind DHT peers on loopback, always shut down, and one finished tiny
+network run that every test reading a run directory shares."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+TINY_RUN_TIMEOUT = 270.0
+"""Seconds the whole tiny network may take (about 60 on 2 cores with wandb offline; under the 300 s test timeout)."""
 
 
 @contextmanager
@@ -36,3 +43,33 @@ def fresh_dht_pair():
     """Two joined DHT peers for one test (for tests of global keys, such as the seed's)."""
     with _joined_pair() as pair:
         yield pair
+
+
+@dataclass
+class TinyRun:
+    run_dir: Path
+    result: object
+    """The CompletedProcess of `python train.py configs/tiny.yaml ...`."""
+    summary: dict
+    leftovers: list
+    """(pid, name) of processes of the run still alive 15 s after it exited (should be none)."""
+    procs: object
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Iterator[TinyRun]:
+    """The tiny local network run once per test session (seed, four experts, router, validators, ledger, students,
+    wandb offline; no baselines), as real OS processes over loopback; tests only read its directory."""
+    from roles.conftest import Procs
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    procs = Procs(out / "proc-logs")
+    try:
+        args = [f"out_dir={out}", "run_id=t", "baselines=false", "wandb.enabled=true", "wandb.mode=offline"]
+        result = procs.run(args, timeout=TINY_RUN_TIMEOUT)
+        leftovers = procs.wait_gone(timeout=15.0)  # the network must stop all its nodes and daemons itself
+        summary_path = out / "t" / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        yield TinyRun(out / "t", result, summary, [(p.pid, p.name()) for p in leftovers], procs)
+    finally:
+        procs.reap()

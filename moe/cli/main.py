@@ -1,94 +1,85 @@
-"""The `hivemoe` command line.
+"""The `hivemoe` command line: a subcommand for each thing a user does with a network or a run.
 
-    hivemoe fetch [--slice]                          # download the subnets' pinned corpora once
-    hivemoe generate "To be, or " --peers MADDR      # sample from the live network's mixture
+    hivemoe train [configs/tiny.yaml] [key=value ...]   # same as `python train.py ...`: the whole local network
+    hivemoe fetch [--slice]                            # download the subnets' pinned corpora once
+    hivemoe status --initial-peers MADDR [--watch]     # a live table of a running network, read from its DHT
+    hivemoe eval RUN_DIR --data FILE [--json]          # score a finished run's models on your own text, offline
+    hivemoe generate "To be, or " --run RUN_DIR        # sample from a run's mixture (or live: --peers MADDR)
+    hivemoe report RUN_DIR                             # plots and a self-contained report.html for a run
+    hivemoe export RUN_DIR --model dense --out DIR     # a run's model as a Hugging Face checkpoint (extra: hf)
     hivemoe ledger verify PATH | hivemoe ledger show PATH
-    hivemoe export RUN_DIR --model dense --out DIR   # a run's model as a Hugging Face checkpoint (extra: hf)
 
-Subnet declarations are a plugin package (`subnets` by default, `$HIVEMOE_SUBNETS` to use another), looked up by
-name at run time so the library itself never depends on which domains exist.
+`hivemoe COMMAND --help` explains each. A failure is one `error:` line and a non-zero exit; `hivemoe --debug COMMAND
+...` shows the traceback instead. Subnet declarations are a plugin package (`subnets` by default, `$HIVEMOE_SUBNETS`
+to use another), looked up by name at run time so the library itself never depends on which domains exist.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import os
+import logging
 import sys
 
-
-def _subnets_package():
-    return importlib.import_module(os.environ.get("HIVEMOE_SUBNETS", "subnets"))
-
-
-def cmd_fetch(argv: list[str]) -> int:
-    return importlib.import_module(f"{_subnets_package().__name__}.fetch").main(argv)
-
-
-def cmd_ledger(argv: list[str]) -> int:
-    from moe.cli.ledger_commands import main as ledger_main
-
-    return ledger_main(argv)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("moe.cli.train_command", "run train.py: the whole local network, or one node of a network"),
+    "fetch": ("moe.cli.fetch_command", "download the subnets' pinned corpora once (then everything runs offline)"),
+    "status": ("moe.cli.status_command", "live table of a running network: experts, validators, ledger head"),
+    "eval": ("moe.cli.eval_command", "score a finished run's experts, mixture, baselines and students on a file"),
+    "generate": ("moe.cli.generate_command", "sample text from a run's mixture, offline or live from the network"),
+    "report": ("moe.cli.report_command", "write a run's plots and a self-contained report.html"),
+    "export": ("moe.cli.export_command", "export a run's model as a Hugging Face checkpoint"),
+    "ledger": ("moe.cli.ledger_commands", "show or verify a reward ledger"),
+}
+USAGE = f"usage: hivemoe [--debug] {{{','.join(COMMANDS)}}} ..."
 
 
-def cmd_export(argv: list[str]) -> int:
-    from moe.cli.export_command import main as export_main
+def help_text() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [__doc__.strip().splitlines()[0], "", USAGE, "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "options:", "  --debug   show the traceback of an unexpected error", "  -h, --help  this help"]
+    return "\n".join(lines)
 
-    return export_main(argv)
+
+def one_line(e: BaseException) -> str:
+    """An exception as the one line a user reads: its first non-empty line, or its type when it has no message."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return first or type(e).__name__
 
 
-def cmd_generate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hivemoe generate", description="Sample text from the live network's mixture.")
-    p.add_argument("prompt")
-    p.add_argument("--peers", required=True, nargs="+", help="multiaddrs of peers in the network")
-    p.add_argument("--subnets", default="", help="comma-separated subnet names (default: all declared)")
-    p.add_argument("--max-new-bytes", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--context", type=int, default=128, help="bytes of context per step (<= the experts' max_seq_len)")
-    p.add_argument("--gate", default="", help="a router's saved gate directory (e.g. runs/<id>/router)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the experts to be discovered")
-    args = p.parse_args(argv)
-
-    from moe.net.join import BadMultiaddr, JoinError
-    from moe.routing.remote import Mixture
-
-    declared = _subnets_package().all_subnets()
-    names = [s for s in args.subnets.split(",") if s] or list(declared)
-    unknown = [n for n in names if n not in declared]
-    if unknown:
-        print(f"error: unknown subnet(s) {', '.join(unknown)}; known: {', '.join(declared)}", file=sys.stderr)
-        return 2
+def run_command(name: str, argv: list[str], debug: bool) -> int:
+    """Run one subcommand; an unexpected exception is one `error:` line and exit 1 unless `debug`."""
+    module, _ = COMMANDS[name]
     try:
-        mixture = Mixture.from_dht(args.peers, [declared[n].netuid for n in names])
-    except (BadMultiaddr, JoinError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return importlib.import_module(module).main(argv) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        if debug:
+            raise
+        logging.getLogger("hivemoe").debug("hivemoe %s failed", name, exc_info=True)
+        print(f"error: hivemoe {name}: {one_line(e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
-    try:
-        if args.gate:
-            mixture.load(args.gate)
-        mixture.wait_for_experts(1, args.timeout)
-        out = mixture.generate(
-            args.prompt, args.max_new_bytes, temperature=args.temperature, context_bytes=args.context
-        )
-        sys.stdout.write(args.prompt + out.decode("utf-8", errors="replace") + "\n")
-    except TimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        mixture.shutdown()
-    return 0
-
-
-COMMANDS = {"fetch": cmd_fetch, "generate": cmd_generate, "ledger": cmd_ledger, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[:1]
+    if debug:
+        argv = argv[1:]
+    if argv[:1] in (["-h"], ["--help"]):
+        print(help_text())
+        return 0
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        print(f"usage: hivemoe {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        if argv:
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    return run_command(argv[0], argv[1:], debug)
 
 
 if __name__ == "__main__":

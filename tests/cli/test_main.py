@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -13,15 +14,40 @@ import pytest
 from moe.cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[2]
-USAGE = "usage: hivemoe {fetch,generate,ledger,export} ..."
+USAGE = "usage: hivemoe [--debug] {train,fetch,status,eval,generate,report,export,ledger} ..."
+FIRST_LINE = "The `hivemoe` command line: a subcommand for each thing a user does with a network or a run."
 
 
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["--help"], ["Ledger", "verify", "x.db"]])
-def test_no_or_unknown_command_prints_usage_and_returns_2(argv, capsys):
-    """Without a command, or with one it does not know, hivemoe prints its usage to stderr and returns 2."""
+def test_no_command_prints_usage_and_returns_2(capsys):
+    """Without a command, hivemoe prints its usage to stderr and returns 2."""
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [FIRST_LINE, USAGE]
+
+
+@pytest.mark.parametrize(
+    "argv, name", [(["bogus"], "bogus"), (["Ledger", "verify", "x.db"], "Ledger"), (["--debug", "nope"], "nope")]
+)
+def test_unknown_command_is_named_and_returns_2(argv, name, capsys):
+    """A command hivemoe does not know is named in one error line after the usage, and returns 2."""
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.splitlines() == ["The `hivemoe` command line.", USAGE]
+    assert out == "" and err.splitlines() == [FIRST_LINE, USAGE, f"error: unknown command {name!r}"]
+
+
+def test_help_lists_every_command_and_returns_0(capsys):
+    """`hivemoe --help` prints, to stdout, every command with a one-line summary, and returns 0."""
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, (_, summary) in COMMANDS.items():
+        assert f"  {name}" in out and summary in out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_command_has_its_own_help(name, capsys):
+    """`hivemoe COMMAND --help` exits 0 and describes that command (each command module imports and parses)."""
+    assert main([name, "--help"]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def test_argv_defaults_to_sys_argv(monkeypatch, capsys):
@@ -94,3 +120,20 @@ def test_every_command_is_documented():
 
     for name in COMMANDS:
         assert f"hivemoe {name}" in cli.__doc__
+
+
+def test_unexpected_error_is_one_line_unless_debug(plugin, capsys):
+    """A failure no command expected is one `error:` line naming the command, and exit 1; with --debug the exception
+    propagates with its traceback."""
+    importlib.import_module(f"{plugin}.fetch").main = lambda argv: int("not a number\nsecond line")
+    assert main(["fetch"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: hivemoe fetch: invalid literal for int()") and "\n" not in err
+    with pytest.raises(ValueError):
+        main(["--debug", "fetch"])
+
+
+def test_train_runs_train_py_with_its_exit_status(capsys):
+    """`hivemoe train` is `python train.py`: a bad key is train.py's one-line config error and exit 2."""
+    assert main(["train", "configs/tiny.yaml", "no_such_key=1"]) == 2
+    assert "config error" in capsys.readouterr().err

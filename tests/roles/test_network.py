@@ -1,17 +1,16 @@
 """The tiny local network end to end: `python train.py configs/tiny.yaml` as a real multi-process hivemind run.
 
 One run (seed, four expert nodes and a router, each its own OS process, talking over loopback) is shared by the
-tests of this module; the solo baseline role is then run alone on the same run directory.
+tests of this module and every other test that reads a finished run (the `tiny_run` fixture of tests/conftest.py); the
+solo baseline role is then run alone on a copy of its directory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -20,38 +19,16 @@ from moe.roles.layout import RunLayout
 from moe.roles.run_config import RunConfig
 from moe.roles.summary import build_summary
 
-from .conftest import Procs
-
 pytestmark = pytest.mark.slow
-
-RUN_TIMEOUT = 270.0
-"""Seconds the whole tiny network may take (about 55 on 2 cores; under the 300 s pytest timeout)."""
-
-
-@dataclass
-class NetworkRun:
-    run_dir: Path
-    result: object
-    summary: dict
-    leftovers: list
-    procs: Procs
 
 
 @pytest.fixture(scope="module")
-def network_run(tmp_path_factory) -> Iterator[NetworkRun]:
-    out = tmp_path_factory.mktemp("net")
-    procs = Procs(out / "proc-logs")
-    try:
-        result = procs.run([f"out_dir={out}", "run_id=t", "baselines=false"], timeout=RUN_TIMEOUT)
-        leftovers = procs.wait_gone(timeout=15.0)  # the network must stop all its nodes and daemons itself
-        summary_path = out / "t" / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        yield NetworkRun(out / "t", result, summary, [(p.pid, p.name()) for p in leftovers], procs)
-    finally:
-        procs.reap()
+def network_run(tiny_run):
+    """The session's tiny run (tests/conftest.py), shared with the report, eval, notebook and wandb tests."""
+    return tiny_run
 
 
-def _ok(run: NetworkRun) -> None:
+def _ok(run) -> None:
     assert run.result.returncode == 0, f"train.py exited {run.result.returncode}:\n{run.result.stderr[-3000:]}"
 
 
@@ -116,10 +93,11 @@ def test_checkpoints_gate_and_private_keys(network_run):
         assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
 
 
-def test_solo_baseline_role_on_the_run(network_run):
+def test_solo_baseline_role_on_the_run(network_run, tmp_path):
     """`role=baseline baseline=solo` on a finished run trains from its seed and fills solo_baseline in the summary."""
     _ok(network_run)
-    run_dir = network_run.run_dir
+    run_dir = tmp_path / network_run.run_dir.name  # a copy: the shared run stays as the network left it
+    shutil.copytree(network_run.run_dir, run_dir, ignore=shutil.ignore_patterns("wandb"))
     args = [f"out_dir={run_dir.parent}", f"run_id={run_dir.name}", "role=baseline", "baseline=solo"]
     r = network_run.procs.run(args, timeout=180.0)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -166,7 +144,7 @@ def test_the_dense_student_seeds_the_next_round(network_run):
     run_dir = network_run.run_dir
     student = run_dir / "students" / "dense" / "checkpoint"
     args = [f"out_dir={run_dir.parent}", "run_id=t2", "baselines=false", "students=[]", f"seed_from={student}"]
-    r = network_run.procs.run(args, timeout=RUN_TIMEOUT)
+    r = network_run.procs.run(args, timeout=270.0)
     assert r.returncode == 0, r.stderr[-3000:]
     second = json.loads((run_dir.parent / "t2" / "summary.json").read_text())
     seed_result = json.loads((run_dir.parent / "t2" / "seed" / "result.json").read_text())
