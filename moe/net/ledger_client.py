@@ -18,6 +18,7 @@ The host that reads the inbox and weights and publishes the head is `moe.net.led
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -91,6 +92,8 @@ class LedgerHead:
     empty before the first epoch). What a router reads to learn whom the validators trust."""
     seed_sha256: str | None = None
     """Hex sha256 of the network's seed, the only seed a node may load; None until the host has learned it."""
+    total_issuance: int = 0
+    """Rao issued by the chain so far (what `hivemoe status` shows as issuance)."""
 
     def epoch_progress(self) -> float:
         """Fraction of the current epoch's blocks already produced, in [0, 1)."""
@@ -116,6 +119,7 @@ class LedgerHead:
                 stakes=_by_hotkey("stakes", d["stakes"], lambda name, v: check_int(name, v, 0, U64_MAX)),
                 incentive=_by_hotkey("incentive", d["incentive"], lambda name, v: check_float(name, v, 0.0, 1.0)),
                 seed_sha256=None if d["seed_sha256"] is None else check_address("seed_sha256", d["seed_sha256"]),
+                total_issuance=check_int("total_issuance", d["total_issuance"], 0, U64_MAX),
             )
         except (MalformedRecord, AttributeError, TypeError) as e:  # AttributeError, TypeError: `d` is no dict
             raise MalformedRecord(f"malformed ledger head: {e}") from None
@@ -220,11 +224,21 @@ def publish_weights(dht, hotkey: Hotkey, submissions: list[WeightSubmission], tt
 
 
 def publish_commit(
-    dht, hotkey: Hotkey, commit: dict, seed: bytes | None, ttl: float, flags: dict[str, list[str]] | None = None
+    dht,
+    hotkey: Hotkey,
+    commit: dict,
+    seed: bytes | None,
+    ttl: float,
+    flags: dict[str, list[str]] | None = None,
+    bpb: dict[str, float | None] | None = None,
 ) -> bool:
     """A validator's seed commitment (JSON of `moe.poi.commit.SeedCommit`), with the seed once it is revealed, and
-    then the epoch's verdict on cheats (hotkey → reasons), which anyone can check by re-drawing the windows."""
+    then the epoch's verdict on cheats (hotkey → reasons) and the bits per byte it measured for each expert, which
+    anyone can check by re-drawing the windows."""
     payload = {"commit": commit, "seed": None if seed is None else seed.hex(), "flags": flags or {}}
+    measured = {hk: float(v) for hk, v in (bpb or {}).items() if v is not None and math.isfinite(v)}
+    if measured:
+        payload["bpb"] = measured
     return publish_signed(dht, COMMITS_KEY, hotkey, payload, COMMIT_CONTEXT, ttl)
 
 

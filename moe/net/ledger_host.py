@@ -189,6 +189,7 @@ class LedgerHost:
             "stakes": {hk: st.stakes[hk] for hk in uids if st.stakes.get(hk, 0) > 0},
             "incentive": last_incentive(sub.latest_epoch),
             "seed_sha256": self.seed_sha256,
+            "total_issuance": self.ledger.total_issuance,
         }
         publish_signed(self.dht, HEAD_KEY, self.hotkey, payload, HEAD_CONTEXT, self.head_ttl)
 

@@ -42,6 +42,7 @@ def head_payload(height: int = 12, **overrides) -> dict:
         "stakes": {MINER.address: 1000},
         "incentive": {MINER.address: 0.75},
         "seed_sha256": "cd" * 32,
+        "total_issuance": 5_000_000_000,
     }
     return payload | overrides
 
@@ -62,6 +63,7 @@ def test_from_payload_reads_every_field():
         stakes={MINER.address: 1000},
         incentive={MINER.address: 0.75},
         seed_sha256="cd" * 32,
+        total_issuance=5_000_000_000,
     )
     assert LedgerHead.from_payload(HOST.address, head_payload(seed_sha256=None)).seed_sha256 is None  # not learned
 
@@ -94,6 +96,8 @@ def test_from_payload_refuses_a_missing_field(field):
         dict(incentive={MINER.address: 2.5}),  # a share above the whole
         dict(incentive={MINER.address: "all"}),
         dict(incentive=[0.5]),
+        dict(total_issuance=-1),
+        dict(total_issuance=1.5),
     ],
 )
 def test_from_payload_refuses_mistyped_fields(overrides):
