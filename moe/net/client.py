@@ -285,16 +285,24 @@ class ExpertClient:
 
     async def _request(self, peer_id: PeerID, request: Request) -> bytes:
         """Send one encoded request, directly if the peer offers it, else over P2P; returns the reply payload."""
+        return await self.send_raw(
+            peer_id, request.raw, request.reply_bytes + RECEIPT_OVERHEAD, forward_handle(self.uid), request.wire_format
+        )
+
+    async def send_raw(self, peer_id: PeerID, raw: bytes, max_reply_bytes: int, handle: str, what: str = "") -> bytes:
+        """Send `raw` directly if the peer offers it, else to its P2P `handle`; returns the reply payload (framed,
+        unchecked). Raises P2PHandlerError when refused, MaliciousReply for an authenticated direct reply over
+        `max_reply_bytes`, DirectError or P2PDaemonError when the transport fails. No timeout, no back-off."""
         conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
         if conn is not None:
             try:
-                out = await conn.request(request.raw, max_reply_bytes=request.reply_bytes + RECEIPT_OVERHEAD)
+                out = await conn.request(raw, max_reply_bytes=max_reply_bytes)
             except RemoteError as e:
                 self._idle.setdefault(peer_id, []).append(conn)
                 raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
             except OversizedReply as e:
                 conn.close()
-                raise MaliciousReply(f"{request.wire_format} {e}") from None
+                raise MaliciousReply(f"{what} {e}".strip()) from None
             except DirectError:
                 conn.close()
                 self._no_direct.add(peer_id)  # later calls go over P2P
@@ -305,10 +313,7 @@ class ExpertClient:
             self._idle.setdefault(peer_id, []).append(conn)
             return out
         reply = await self.p2p.call_protobuf_handler(
-            peer_id,
-            forward_handle(self.uid),
-            runtime_pb2.ExpertRequest(metadata=request.raw),
-            runtime_pb2.ExpertResponse,
+            peer_id, handle, runtime_pb2.ExpertRequest(metadata=raw), runtime_pb2.ExpertResponse
         )
         return reply.metadata
 
@@ -537,6 +542,11 @@ class SyncExpertClient:
         """Blocking `ExpertClient.call` (same arguments and errors)."""
         # not LoopThread.run: it reports any TimeoutError (ExpertBusy included) as its own wait running out
         return self._loop.submit(self.client.call(peer_id, inputs, **kwargs)).result()
+
+    def run(self, coro):
+        """Run a coroutine of this client (e.g. a moe.net.session_client call) on its loop and wait for it; its own
+        exceptions come through unchanged."""
+        return self._loop.submit(coro).result()
 
     def call_many(self, peer_ids: Sequence[PeerID], inputs, **kwargs) -> dict[PeerID, torch.Tensor]:
         """Blocking `ExpertClient.call_many` (same arguments)."""

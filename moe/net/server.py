@@ -13,6 +13,11 @@ behind its own requests, not ahead of everyone else's (a flooded expert would ot
 
 Handlers are registered with `P2P.add_protobuf_handler` under `forward_handle(uid)` / `info_handle(uid)`, carrying
 `runtime_pb2.ExpertRequest.metadata` / `ExpertResponse.metadata` bytes in the layouts of `moe.net.wire`.
+
+Inference sessions (an `lm` expert that is a ByteLM): `inference_handle(uid)` and the direct path also take the
+session messages of `moe.net.session_wire` (told apart by their magic), answered from a bounded table of KV caches
+(`moe.net.inference_session`), with their own per-peer rate (`SessionConfig.max_steps_per_second_per_peer`) and the
+same receipts as forwards.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
@@ -41,10 +46,13 @@ from torch import nn
 from moe.config_checks import require_at_least, require_positive
 from moe.identity import Hotkey
 from moe.model.tokenizer import VOCAB_SIZE
+from moe.model.transformer import ByteLM
 from moe.net.direct import DirectServer
 from moe.net.identity_proof import sign_identities
+from moe.net.inference_session import SessionConfig, SessionTable, serve_session_message
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.receipt import caller_digest, frame_reply, sign_receipt
+from moe.net.session_wire import is_session_message
 from moe.net.wire import (
     ACT_FORMATS,
     DIST_FORMATS,
@@ -61,6 +69,7 @@ logger = logging.getLogger(__name__)
 FORWARD_HANDLE = "hivemoe.expert.forward"
 INFO_HANDLE = "hivemoe.expert.info"
 SESSION_HANDLE = "hivemoe.expert.session"
+INFERENCE_HANDLE = "hivemoe.expert.inference"
 BUSY_REPLY = "expert busy"
 """Start of the error reply to a request refused for load, not for its content (clients treat it as a timeout)."""
 
@@ -75,7 +84,13 @@ def info_handle(uid: str | None) -> str:
 
 
 def session_handle(uid: str | None) -> str:
+    """P2P handler that keys a direct TCP connection (moe.net.direct); not an inference session."""
     return SESSION_HANDLE if not uid else f"{uid}::{SESSION_HANDLE}"
+
+
+def inference_handle(uid: str | None) -> str:
+    """P2P handler of inference-session messages (moe.net.session_wire)."""
+    return INFERENCE_HANDLE if not uid else f"{uid}::{INFERENCE_HANDLE}"
 
 
 @dataclass
@@ -109,6 +124,8 @@ class ServerConfig:
     max_queued_requests: int = 64
     """Requests the server holds at once from all peers together (waiting or computing); one more gets an immediate
     busy reply, so a flood never builds an unbounded queue."""
+    sessions: SessionConfig = field(default_factory=SessionConfig)
+    """Bounds of inference sessions (KV caches kept between a generating client's steps)."""
 
     def __post_init__(self):
         if self.kind not in ("lm", "hidden"):
@@ -265,6 +282,7 @@ class ExpertServer:
         self._buffers = [self._frozen_copy(module), self._frozen_copy(module)]
         self._locks = [threading.Lock(), threading.Lock()]
         self._active = 0
+        self._buffer_versions = [0, 0]
         self._pool = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="expert-forward")
         self._loop: LoopThread | None = None
         self.p2p: P2P | None = None
@@ -276,6 +294,14 @@ class ExpertServer:
             cfg.max_requests_per_second_per_peer,
             turns=cfg.num_workers,
         )
+        self.session_gate = RequestGate(
+            cfg.max_concurrent_requests_per_peer,
+            cfg.max_queued_requests,
+            cfg.sessions.max_steps_per_second_per_peer,
+            turns=cfg.num_workers,
+        )
+        self.sessions = SessionTable(cfg.sessions)
+        """Open inference sessions (only a ByteLM `lm` expert serves them)."""
         self.served, self.rejected, self.busy, self.version = 0, 0, 0, 0
         self._identities: list[Hotkey] = []
 
@@ -310,6 +336,11 @@ class ExpertServer:
             forward_handle(self.config.uid), self._rpc_forward, runtime_pb2.ExpertRequest
         )
         await self.p2p.add_protobuf_handler(info_handle(self.config.uid), self._rpc_info, runtime_pb2.ExpertUID)
+        if self.serves_sessions:
+            await self.p2p.add_protobuf_handler(
+                inference_handle(self.config.uid), self._rpc_forward, runtime_pb2.ExpertRequest
+            )
+            asyncio.ensure_future(self._sweep_sessions())  # cancelled with the loop
         if self.config.direct_host is not None:
             max_request = self.config.max_tokens * max(self.config.d_in, 1) * 8 + 1024
             self.direct = _PeerDirectServer(
@@ -331,7 +362,7 @@ class ExpertServer:
                 if self.direct is not None:
                     await self.direct.stop()
                 uid = self.config.uid
-                for handle in (forward_handle(uid), info_handle(uid), session_handle(uid)):
+                for handle in (forward_handle(uid), info_handle(uid), session_handle(uid), inference_handle(uid)):
                     try:
                         await p2p.remove_protobuf_handler(handle)
                     except Exception as e:  # the daemon may already be gone
@@ -380,6 +411,7 @@ class ExpertServer:
         spare = 1 - self._active
         with self._locks[spare], torch.no_grad():  # waits only for a forward still running on the old weights
             self._buffers[spare].load_state_dict(state_dict, strict=True)
+        self._buffer_versions[spare] = self.version + 1
         self._active = spare
         self.version += 1
 
@@ -396,8 +428,9 @@ class ExpertServer:
     async def _process_async(self, raw: bytes, remote: Hashable = "direct") -> bytes:
         """Validate and compute off the loop, in `remote`'s turn. Raises ServerBusy at once when `remote` or the server
         is over a cap, ValueError for a bad request (both sent back as error replies)."""
+        gate = self.session_gate if is_session_message(raw) else self.gate
         try:
-            async with self.gate.slot(remote):
+            async with gate.slot(remote):
                 payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, raw, remote)
         except ServerBusy as e:
             self.busy += 1
@@ -426,15 +459,38 @@ class ExpertServer:
     def _serve(self, raw: bytes, remote: Hashable) -> bytes:
         """The reply payload: the computed reply behind the serving hotkey's receipt for it (moe.net.receipt), or a
         plain reply while no hotkey is proven."""
-        reply = self._process(raw)
+        if is_session_message(raw):
+            if not self.serves_sessions:
+                raise WireError(f"this {self.config.kind} expert serves no inference sessions")
+            reply, positions = serve_session_message(self.sessions, raw, remote, self._lease)
+        else:
+            reply, positions = self._process(raw), None
         if not self._identities:
             return frame_reply(reply, None)
         caller = remote.to_bytes() if isinstance(remote, PeerID) else str(remote).encode()
-        positions = request_positions(raw)
+        positions = request_positions(raw) if positions is None else positions
         receipt = sign_receipt(
             self._identities[0], caller_digest(caller), int(get_dht_time() * 1000), positions, raw, reply
         )
         return frame_reply(reply, receipt)
+
+    @property
+    def serves_sessions(self) -> bool:
+        return self.config.kind == "lm" and isinstance(self._buffers[0], ByteLM)
+
+    @contextmanager
+    def _lease(self) -> Iterator[tuple[ByteLM, int]]:
+        """The served model and its weights version, held (under inference mode) for one session computation."""
+        i = self._active
+        with self._locks[i], torch.inference_mode():
+            yield self._buffers[i], self._buffer_versions[i]
+
+    async def _sweep_sessions(self) -> None:
+        """Free the caches of idle sessions even when no message comes to trigger it."""
+        interval = max(0.05, self.config.sessions.idle_timeout_seconds / 2)
+        while True:
+            await asyncio.sleep(interval)
+            self.sessions.expire()
 
     def _formats(self) -> tuple[str, ...]:
         return DIST_FORMATS if self.config.kind == "lm" else ACT_FORMATS

@@ -104,7 +104,7 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             tokens, dc.seq_len, dc.batch_size, cfg.seed + Stream.DISTILL, weights=dc.blend or None
         )
 
-        tracker = Tracker(cfg.wandb, layout.root, name, {"distill": dataclasses.asdict(dc)}, group=cfg.run_id)
+        tracker = Tracker.for_node(cfg, layout.root, name)
 
         def report(wait: bool) -> None:
             """Publish who taught the student so far: signed in the DHT and, with a ledger, as a ledger record."""
@@ -164,6 +164,8 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         )
         tracker.summary({f"eval/bpb/{k}": v for k, v in scores["eval_bpb"].items()})
         tracker.summary({f"shifted/bpb/{k}": v for k, v in scores["shifted_bpb"].items()})
+        tracker.summary({"distill/final_kl": result.final_kl, "distill/teacher_bytes": teacher.positions_paid})
+        tracker.summary({"params": student.num_params(), "active_params": student.active_params()})
         tracker.finish()
         status.update(phase="done", eval_bpb=scores["eval_bpb"]["all"])
         logger.info("%s student: %s", kind, " ".join(f"{k}={v:.3f}" for k, v in scores["eval_bpb"].items()))

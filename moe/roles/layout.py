@@ -7,7 +7,7 @@
       experts/<subnet>/          serving.json (marker: trained and serving), result.json, checkpoint/
       adversaries/<kind>/        result.json
       baselines/<solo|dense>/    result.json, checkpoint/
-      router/          gate.safetensors, gate.json (marker: the gate is trained), result.json
+      router/          gate.safetensors, gate.json (marker: the gate is trained), result.json, routing.json
       students/<dense|btx>/      checkpoint/, result.json;   students/teacher_cache/ (shared by the distillers)
       validators/<name>/         result.json
 
@@ -31,6 +31,9 @@ TRAFFIC = "traffic.json"
 """Written by the router once its first sample of traffic is in the DHT (validators can check it)."""
 GATE = "gate.json"
 """Written by the router once its gate is trained (distillers start from it), beside gate.safetensors."""
+ROUTING = "routing.json"
+"""Written by the router after its final evaluation: {"eval"|"shifted": {input subnet: {hotkey: share of the gate's
+top-k selections}}} (moe.routing.usage)."""
 CHECKPOINT = "checkpoint"
 """A trained model's checkpoint directory (moe.training.checkpoint)."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +85,7 @@ def run_lm_job(
     if init is not None:
         init(model)
     evals = validation_sets(cfg, subnets, train)
-    tracker = Tracker(cfg.wandb, layout.root, name, asdict(cfg), group=cfg.run_id)
+    tracker = Tracker.for_node(cfg, layout.root, name)  # job_type: seed, expert or baseline (cfg.role)
 
     def step_hook(step: int, m: torch.nn.Module) -> None:
         if step % train.log_interval_steps == 0 or step == train.steps:
@@ -110,6 +109,7 @@ def run_lm_job(
     shifted = shifted_scores(model, shifted_sets(cfg, subnets, train.seq_len, train.batch_size))
     tracker.summary({f"eval/bpb/{k}": v for k, v in eval_bpb.items()})
     tracker.summary({f"shifted/bpb/{k}": v for k, v in shifted["shifted_bpb"].items()})
+    tracker.summary({"train/final_loss": result.final_loss, "train/flops": result.flops, "params": model.num_params()})
     tracker.finish()
     record = {
         "name": name,

@@ -247,6 +247,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
         _stop_network(nodes, host, dht, tm, interrupted)
     summary = build_summary(cfg, layout, wall_seconds=time.time() - t0)
     write_json(layout.summary, summary)
+    _write_report_and_wandb(cfg, layout, summary)
     print_summary(summary, console)
     console.print(f"summary: {layout.summary}")
     return 0
@@ -274,6 +275,21 @@ def _wait_for_distill_credits(layout: RunLayout, host, kinds: list[str], timeout
 
     if not host.wait(recorded, timeout):
         logger.warning("the ledger did not record every distiller's last credits within %.0f s", timeout)
+
+
+def _write_report_and_wandb(cfg: RunConfig, layout: RunLayout, summary: dict) -> None:
+    """The run's plots and report.html, then the network's own wandb runs (ledger history, tables, plot images).
+    A problem here is logged and never fails a run whose results are already written."""
+    from moe.report import write_plots, write_report
+    from moe.training.run_tables import log_network_summary
+
+    plots: list[Path] = []
+    try:
+        plots = write_plots(layout.root)
+        logger.info("report: %s", write_report(layout.root))
+    except Exception:
+        logger.warning("report not written", exc_info=True)
+    log_network_summary(cfg, layout, summary, plots)
 
 
 def _stop_network(nodes: Nodes, host, dht, tm: PhaseTimeouts, interrupted: bool) -> None:

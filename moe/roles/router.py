@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,12 +20,14 @@ from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.metrics import score_sets
 from moe.model.transformer import ByteLM, config_dict
-from moe.roles.layout import RESULT, TRAFFIC, RunLayout
+from moe.roles.layout import RESULT, ROUTING, TRAFFIC, RunLayout
 from moe.roles.lm_job import shifted_sets
 from moe.roles.node import StatusBoard, Stream
 from moe.routing.remote import Mixture
 from moe.routing.traffic import publish_traffic
+from moe.routing.usage import RoutingTally
 from moe.training.checkpoint import load_model_bytes
+from moe.training.network_metrics import routing_metrics
 from moe.training.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -48,24 +50,28 @@ class MixtureScores:
     """The highest single-window score."""
     calls_per_byte: float
     """Remote expert distributions requested per byte scored."""
+    routing: dict[str, dict[str, float]]
+    """Input subnet → {expert hotkey: share of the gate's top-k selections} (moe.routing.usage)."""
 
 
 def evaluate_mixture(mixture: Mixture, windows_by_subnet) -> MixtureScores:
     """The mixture as it serves, on each subnet's windows (the same windows every model of the run is scored on)."""
     answered, wanted, positions, calls = 0, 0, 0, 0
+    tally = RoutingTally()
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         nonlocal answered, wanted, positions, calls
-        mix = mixture.mix(x)
+        mix = tally.add(mixture.mix(x))
         answered += int(mix.answered[:, -1].sum())
         wanted += int(mix.chosen.sum())
         positions += x.numel()
         calls += mix.expert_positions
         return mix.logp
 
-    bpb, worst = score_sets(predict, windows_by_subnet)
+    bpb, worst = score_sets(predict, tally.track(windows_by_subnet))
     logger.info("chosen experts that answered: %d of %d", answered, wanted)
-    return MixtureScores(bpb=bpb, worst_window_bpb=worst, calls_per_byte=calls / max(1, positions))
+    calls_per_byte = calls / max(1, positions)
+    return MixtureScores(bpb=bpb, worst_window_bpb=worst, calls_per_byte=calls_per_byte, routing=tally.shares())
 
 
 def load_generalist(cfg: RunConfig, dht) -> ByteLM:
@@ -127,7 +133,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             _wait_for(layout.validated, publish)
             if rc.follow_validators and cfg.ledger.enabled:
                 mixture.follow_ledger(cfg.ledger.host)
-        tracker = Tracker(cfg.wandb, layout.root, "router", {"router": asdict(rc)}, group=cfg.run_id)
+        tracker = Tracker.for_node(cfg, layout.root, "router")
         status.update(phase="training gate")
         t0 = time.perf_counter()
         losses = mixture.train_gate(
@@ -142,9 +148,12 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         in_dist = evaluate_mixture(mixture, eval_windows(val, t.seq_len, t.batch_size, t.eval_batches))
         shifted = evaluate_mixture(mixture, shifted_sets(cfg, subnets, t.seq_len, t.batch_size))
         eval_bpb = in_dist.bpb
-        tracker.summary({f"eval/bpb/mixture/{k}": v for k, v in eval_bpb.items()})
-        tracker.summary({f"shifted/bpb/mixture/{k}": v for k, v in shifted.bpb.items()})
+        tracker.log(routing_metrics(in_dist.routing), step=rc.steps)  # router/load/<hotkey>, once gate is trained
+        tracker.summary({f"eval/bpb/{k}": v for k, v in eval_bpb.items()})  # the same keys as every model's run
+        tracker.summary({f"shifted/bpb/{k}": v for k, v in shifted.bpb.items()})
+        tracker.summary({"router/calls_per_byte": in_dist.calls_per_byte, "router/train_seconds": train_seconds})
         tracker.finish()
+        write_json(layout.router / ROUTING, {"eval": in_dist.routing, "shifted": shifted.routing})
         write_json(
             layout.router / RESULT,
             {

@@ -1,12 +1,13 @@
 """`summary.json` of a local network run, and the table printed at its end.
 
 Schema: run_id, config, experts [{uid, hotkey, subnet, peer_id, params, train_steps, eval_bpb, shifted_bpb,
-worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte}, best_single {eval_bpb, subnet,
-hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb, worst_window_bpb, params, train_flops},
+worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte, routing}, best_single {eval_bpb,
+subnet, hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb, worst_window_bpb, params, train_flops},
 students and distill_traffic (moe.roles.students_summary), checks. `eval_bpb` is in distribution (each subnet's
 validation split), `shifted_bpb` on each subnet's shifted set (same domain, another source; never trained on),
 `worst_window_bpb` the highest single window on the shifted sets. `all` is the plain mean over subnets, so every
-domain weighs the same.
+domain weighs the same. `mixture.routing` is the router's routing.json: {"eval"|"shifted": {input subnet: {hotkey:
+share of the gate's top-k selections}}} ({} for runs from before it existed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moe.config_loader import to_dict
-from moe.roles.layout import RESULT, RunLayout
+from moe.roles.layout import RESULT, ROUTING, RunLayout
 from moe.roles.students_summary import students_checks, students_summary
 from moe.roles.validation_summary import validation_checks, validation_summary
 
@@ -57,6 +58,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
     router = _read(layout.router / RESULT) or {}
     mixture = {"eval_bpb": router.get("eval_bpb", {}), **_generalisation(router)}
     mixture["calls_per_byte"] = router.get("calls_per_byte", {})
+    mixture["routing"] = _read(layout.router / ROUTING) or {}
     honest = [e for e in experts if not e.get("adversary")]
     best = min(honest, key=lambda e: e["eval_bpb"]["all"]) if honest else None
     summary: dict[str, Any] = {

@@ -62,6 +62,8 @@ from moe.roles.layout import RESULT, RunLayout
 from moe.roles.node import StatusBoard
 from moe.routing.traffic import fetch_request, read_traffic
 from moe.routing.window_query import query_windows
+from moe.training.network_metrics import validator_epoch_metrics
+from moe.training.tracking import Tracker, hotkey_key
 
 if TYPE_CHECKING:
     from moe.corpus import Subnet
@@ -193,6 +195,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     dht = mixture.dht
     stake_rao = int(round(vc.stake_tao * RAO_PER_TAO))
     epochs: list[dict] = []
+    tracker = Tracker.for_node(cfg, layout.root, name)
     try:
         my_uid, head = None, None
         if lc.enabled:
@@ -244,6 +247,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             for impostor in mixture.impostors():
                 score.flags.setdefault(impostor, []).append("identity")
             weights: dict[int, int] = {}
+            weight_of: dict[str, int] = {}  # the same weights by hotkey, for the tracker
             if lc.enabled and head is not None:
                 # weights name the epoch they land in: scoring may outlast the epoch the windows were drawn in
                 head = _wait_for_fresh_epoch(dht, lc.host, last_weights_epoch, timeout, LATE_WEIGHTS_FRACTION)
@@ -254,7 +258,10 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 last_weights_epoch = head.epoch
                 publish_weights(dht, hotkey, [sub])
                 weights = dict(zip(sub.uids, sub.weights, strict=True))
-            publish_commit(dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds, flags=score.flags)
+                weight_of = {hk: weights.get(head.uids[hk][0], 0) for hk in scored}
+            publish_commit(
+                dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds, flags=score.flags, bpb=score.bpb
+            )
             epochs.append(
                 {
                     "epoch": epoch,
@@ -292,10 +299,16 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 {hk[:8]: r for hk, r in score.flags.items()},
             )
             write_json(out / RESULT, _result(hotkey, my_uid, vc, epochs))
+            tracker.log(validator_epoch_metrics(score, weight_of, time.monotonic() - t0), step=epoch)
             i += 1
             time.sleep(max(0.0, vc.epoch_interval_seconds - (time.monotonic() - t0)))
         status.update(phase="done", step=i)
+        final = _result(hotkey, my_uid, vc, epochs)  # contributions averaged over epochs, as result.json has them
+        mean = final["contribution"]
+        tracker.summary({f"validator/mean_contribution/{hotkey_key(hk)}": c for hk, c in mean.items()})
+        tracker.summary({"validator/epochs": len(epochs), "validator/flagged": len(final["flags"])})
     finally:
+        tracker.finish()
         mixture.shutdown()
     return 0
 

@@ -2,7 +2,7 @@
 
     mix = Mixture.from_dht(["/ip4/127.0.0.1/tcp/31337/p2p/12D3Koo..."], netuids=[1, 2])
     logp = mix.log_probs(byte_batch)          # (B, T, 256)
-    text = mix.generate("To be, or ", 64)
+    text = mix.generate("To be, or ", 64)     # routes once, then steps the experts' KV-cached sessions
 
 Experts come from a directory refreshed in the background (never a DHT lookup on the hot path). Calls go out in
 parallel with per-call timeouts; experts that fail, time out or reply with anything but a proper distribution are
@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 from moe.config_checks import require_at_least, require_between, require_positive
 from moe.fileio import write_json
 from moe.metrics import byte_log_probs
-from moe.model.tokenizer import encode
 from moe.net.client import ClientConfig, FaultReport, SyncExpertClient
 from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
@@ -38,7 +37,9 @@ from moe.net.join import NetworkConfig
 from moe.net.receipt import Receipt
 from moe.poi.causality import NONCAUSAL, AuditConfig, audited_query
 from moe.routing.gate import Gate
-from moe.routing.mixing import ExpertEntry, ExpertSlots, MixOutput, gate_loss, route_and_mix
+from moe.routing.generation import generate_bytes, generate_stateless
+from moe.routing.mixing import Caller, ExpertEntry, ExpertSlots, MixOutput, gate_loss, route_and_mix
+from moe.routing.remote_sessions import RemoteSessions
 from moe.routing.signature import SIGNATURE_DIM
 from moe.routing.traffic import TrafficLog
 from moe.routing.window_query import query_windows
@@ -115,6 +116,42 @@ class RouterConfig:
         require_positive(self, ["lr"])
         if not self.switch_alpha < 1:
             raise ValueError(f"switch_alpha must be below 1, got {self.switch_alpha}")
+
+
+def serve_mix(
+    gate: Gate,
+    x: torch.Tensor,
+    entries: list[ExpertEntry],
+    call: Caller,
+    rc: RouterConfig,
+    generalist: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MixOutput:
+    """Route and mix (B, T) byte ids exactly as a router configured by `rc` serves them (probe, gate, top-k, then
+    byte-level switching with the generalist): shared by `Mixture.mix` and offline evaluation of a saved run."""
+    return route_and_mix(
+        gate,
+        x,
+        entries,
+        call,
+        rc.k_best,
+        rc.probe_len,
+        switch_alpha=rc.switch_alpha,
+        generalist=generalist,
+        gate_weight=rc.switch_gate_weight,
+        generalist_share=rc.generalist_share,
+        escalate_bits=rc.escalate_bits,
+        escalate_window=rc.escalate_window,
+    )
+
+
+def relative_log_trust(trust: dict[str, float], active: set[str]) -> dict[str, float]:
+    """Log of each scored expert's share over the mean share of the scored experts routed to, floored at 5% of
+    the mean (a zero share is an opinion, not a verdict), capped at 20 times it; {} when none has a positive share."""
+    scored = {hk: trust[hk] for hk in active if hk in trust}
+    mean = sum(scored.values()) / len(scored) if scored else 0.0
+    if mean <= 0:
+        return {}
+    return {hk: math.log(min(20.0, max(0.05, share / mean))) for hk, share in scored.items()}
 
 
 class Mixture:
@@ -245,11 +282,7 @@ class Mixture:
     def _log_trust(self, active: set[str]) -> dict[str, float]:
         """Log of each scored expert's share over the mean share of the scored experts routed to, floored at 5% of
         the mean (a zero share is an opinion, not a verdict), capped at 20 times it."""
-        scored = {hk: self.trust[hk] for hk in active if hk in self.trust}
-        mean = sum(scored.values()) / len(scored) if scored else 0.0
-        if mean <= 0:
-            return {}
-        return {hk: math.log(min(20.0, max(0.05, share / mean))) for hk, share in scored.items()}
+        return relative_log_trust(self.trust, active)
 
     def audit_causality(self, x: torch.Tensor, donors: torch.Tensor, seed: int = 0) -> dict[str, str]:
         """Send the routable experts `x` with `rc.audit_twins` spliced twins (continued from `donors`) shuffled in;
@@ -310,43 +343,60 @@ class Mixture:
     def mix(self, x: torch.Tensor) -> MixOutput:
         """Route and mix (B, T) byte ids: probe, gate, top-k, then byte-level switching with the generalist."""
         entries = self._wait_for_entries(ENTRIES_WAIT_SECONDS)
-        rc = self.rc
         generalist = self._generalist_log_probs if self.generalist is not None else None
-        return route_and_mix(
-            self.gate,
-            x,
-            entries,
-            self.call,
-            rc.k_best,
-            rc.probe_len,
-            switch_alpha=rc.switch_alpha,
-            generalist=generalist,
-            gate_weight=rc.switch_gate_weight,
-            generalist_share=rc.generalist_share,
-            escalate_bits=rc.escalate_bits,
-            escalate_window=rc.escalate_window,
-        )
+        return serve_mix(self.gate, x, entries, self.call, self.rc, generalist)
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) byte ids -> (B, T, 256) next-byte log-probs of the mixture."""
         return self.mix(x).logp
 
+    def generate(self, prompt: str | bytes, max_new_bytes: int, **kwargs) -> bytes:
+        """All of `stream`'s bytes at once (same arguments)."""
+        return bytes(self.stream(prompt, max_new_bytes, **kwargs))
+
     @torch.no_grad()
-    def generate(
-        self, prompt: str, max_new_bytes: int, temperature: float = 1.0, seed: int = 0, context_bytes: int = 128
-    ) -> bytes:
-        """Sample bytes after `prompt`, one mixture call per byte (each call re-routes on the last `context_bytes`,
-        which must not exceed the experts' max_seq_len: servers refuse longer sequences)."""
-        g = torch.Generator().manual_seed(seed)
-        ids = encode(prompt).astype("int64").tolist() or [ord("\n")]
-        out = []
-        for _ in range(max_new_bytes):
-            x = torch.tensor([ids[-context_bytes:]], dtype=torch.long)
-            logp = self.log_probs(x)[0, -1] / max(temperature, 1e-6)
-            nxt = int(torch.multinomial(torch.softmax(logp, -1), 1, generator=g))
-            ids.append(nxt)
-            out.append(nxt)
-        return bytes(out)
+    def stream(
+        self,
+        prompt: str | bytes,
+        max_new_bytes: int,
+        temperature: float = 1.0,
+        seed: int = 0,
+        context_bytes: int = 128,
+        reroute_every: int = 64,
+        sessions: bool = True,
+    ) -> Iterator[int]:
+        """Yield sampled bytes after `prompt` as they come. With `sessions` (moe.routing.generation): route once per
+        `reroute_every` bytes on the last `context_bytes` and step each chosen expert's KV-cached session one byte at
+        a time; an expert whose session fails drops out and the mixture renormalises. Without: one full mixture call
+        per byte on the last `context_bytes` bytes. `context_bytes` must not exceed the experts' max_seq_len (servers
+        refuse longer windows and sessions)."""
+        ids = list(prompt.encode() if isinstance(prompt, str) else bytes(prompt))
+        if not sessions:
+            yield from generate_stateless(
+                self.log_probs, ids, max_new_bytes, context_bytes=context_bytes, temperature=temperature, seed=seed
+            )
+            return
+        rc = self.rc
+        remote = RemoteSessions(
+            self.client,
+            lambda: {r.hotkey: r.peer_id for r in self.records() if self.routable(r.hotkey)},
+            generalist=self.generalist,
+            on_unreceipted=self.unreceipted.add,
+            max_context=context_bytes,
+        )
+        yield from generate_bytes(
+            self.mix,
+            remote,
+            ids,
+            max_new_bytes,
+            context_bytes=context_bytes,
+            reroute_every=reroute_every,
+            temperature=temperature,
+            seed=seed,
+            switch_alpha=rc.switch_alpha,
+            gate_weight=rc.switch_gate_weight,
+            generalist_share=rc.generalist_share if self.generalist is not None else None,
+        )
 
     def train_gate(
         self, batches: Iterable, steps: int, on_step: Callable[[int, float], None] | None = None

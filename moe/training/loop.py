@@ -129,7 +129,8 @@ def train_lm(
     `batches_from(step)` yields micro-batches starting at optimizer step `step` (so resuming skips nothing and
     repeats nothing). A checkpoint in `checkpoint_dir` that does not fit raises CheckpointError; it is never
     silently discarded. `on_step(step, model)` runs after every optimizer step (an expert node refreshes its
-    served weights from it).
+    served weights from it). `tracker` gets `train/loss`, `train/lr`, `train/tokens_per_s`, `train/tokens` (this
+    session's) every log interval and `eval/bpb/<subnet>` at each evaluation; `tag` names the job in log lines only.
     """
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
@@ -198,9 +199,8 @@ def train_lm(
                 rate,
             )
             if tracker is not None:
-                tracker.log(
-                    {f"{tag}/loss": loss_value, f"{tag}/lr": lr_at(step, cfg), f"{tag}/tokens_per_s": rate}, step=done
-                )
+                metrics = {"train/loss": loss_value, "train/lr": lr_at(step, cfg), "train/tokens_per_s": rate}
+                tracker.log({**metrics, "train/tokens": tokens}, step=done)
         if cfg.eval_interval_steps and done % cfg.eval_interval_steps == 0 and done != cfg.steps:
             eval_bpb = evaluate()
             _log_eval(tag, done, eval_bpb, tracker)
@@ -226,4 +226,4 @@ def train_lm(
 def _log_eval(tag: str, step: int, eval_bpb: dict[str, float], tracker) -> None:
     logger.info("[%s] step %d eval bpb %s", tag, step, " ".join(f"{k}={v:.4f}" for k, v in eval_bpb.items()))
     if tracker is not None:
-        tracker.log({f"{tag}/eval/bpb/{k}": v for k, v in eval_bpb.items()}, step=step)
+        tracker.log({f"eval/bpb/{k}": v for k, v in eval_bpb.items()}, step=step)

@@ -67,20 +67,6 @@ def test_module_entry_point_exits_with_main_status():
     assert proc.returncode == 2 and USAGE in proc.stderr
 
 
-def test_generate_refuses_unknown_subnet_before_joining(capsys):
-    """generate with a subnet nobody declared returns 2 naming it and the known ones, without touching the network."""
-    rc = main(["generate", "hi", "--peers", "/ip4/127.0.0.1/tcp/1/p2p/x", "--subnets", "code,klingon"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "unknown subnet(s) klingon" in err and "code" in err.split("known:")[1]
-
-
-def test_generate_reports_a_bad_peer_address(capsys):
-    """generate with a malformed peer multiaddr returns 1 with a one-line error, before starting any process."""
-    assert main(["generate", "hi", "--peers", "not-a-multiaddr", "--subnets", "code"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: bad initial peer 'not-a-multiaddr'") and "\n" not in err
-
-
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """A subnet plugin package selected by $HIVEMOE_SUBNETS, whose fetch records its arguments."""

@@ -1,0 +1,1 @@
+"""Offline evaluation of a finished run: its saved experts, gate, seed, baselines and students on any text."""
