@@ -3,11 +3,11 @@
 Every message is a request payload on an expert's direct connection or its `hivemoe.expert.inference` P2P handler,
 told apart from a stateless forward request (moe.net.wire, magic HMQ1) by its magic. Little-endian:
 
-    open  = HMS1 | 1 | format u8 | topk u8 | max_context u32 | prompt frame (T,) ids
+    open  = HMI1 | 1 | format u8 | topk u8 | max_context u32 | prompt frame (T,) ids
             reply: session id (16) | capacity u32 | distributions of the T prompt positions (1, T, 256) in format
-    step  = HMS1 | 2 | session id (16) | ids frame (n,)
+    step  = HMI1 | 2 | session id (16) | ids frame (n,)
             reply: distributions of the n new positions (1, n, 256) in the session's format
-    close = HMS1 | 3 | session id (16)
+    close = HMI1 | 3 | session id (16)
             reply: empty
 
 An id frame is a moe.net.wire frame of uint8 (bytes) or int32 (special ids too). A reply is framed with the
@@ -23,7 +23,7 @@ import torch
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.wire import DIST_FORMATS, WireError, decode_frames, encode_frame
 
-SESSION_MAGIC = b"HMS1"
+SESSION_MAGIC = b"HMI1"
 OPEN, STEP, CLOSE = 1, 2, 3
 SESSION_ID_BYTES = 16
 _OPEN = struct.Struct("<BBI")

@@ -250,7 +250,7 @@ def test_weights_update_mid_session_recomputes_the_window():
 def test_serve_session_message_refuses_garbage_with_wire_errors():
     """Bytes that are no session message raise WireError (a ValueError the server sends back as one line)."""
     table, lease = SessionTable(), Lease(byte_lm())
-    for raw in (b"", b"HMS1", b"HMQ1\x01", SESSION_MAGIC + b"\x01\x09\x00\x00\x00\x00\x00"):
+    for raw in (b"", b"HMI1", b"HMQ1\x01", SESSION_MAGIC + b"\x01\x09\x00\x00\x00\x00\x00"):
         with pytest.raises(WireError):
             serve_session_message(table, raw, "a", lease)
 

@@ -205,6 +205,7 @@ def test_a_joining_expert_loads_only_the_seed_the_ledger_host_pins(tmp_path):
         "stakes": {},
         "incentive": {},
         "seed_sha256": hashlib.sha256(honest).hexdigest(),
+        "total_issuance": 0,
     }
     layout = RunLayout.create(cfg.out_dir, cfg.run_id)
     expert = start_bootstrap_dht()  # the joining expert's peer; the seed publishers each have their own

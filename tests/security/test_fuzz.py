@@ -108,6 +108,7 @@ def head_payload() -> dict:
         "stakes": {ATTACKER.address: 1000},
         "incentive": {ATTACKER.address: 0.75},
         "seed_sha256": "cd" * 32,
+        "total_issuance": 0,
     }
 
 
