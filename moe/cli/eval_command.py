@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 
+from moe.cli.console import table_console
 from moe.evaluation.text_windows import DEFAULT_MAX_BYTES
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(scores.to_json(), allow_nan=False))
     else:
-        Console().print(_table(scores, args.run_dir, args.data))
+        table_console().print(_table(scores, args.run_dir, args.data))
         print(f"  mixture's worst window: {scores.worst_window_bpb:.2f} bits per byte ({scores.windows} windows)")
     return 0
 

@@ -14,6 +14,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from moe.cli.console import table_console
 from moe.ledger.emission import RAO_PER_TAO
 from moe.ledger.verify import verify_ledger
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("show", help="print balances, stakes and the latest epoch").add_argument("path")
     args = parser.parse_args(argv)
-    console = Console()
+    console = table_console()
     if args.command == "verify":
         report = verify_ledger(args.path, genesis_hash=args.genesis_hash)
         if report.ok:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from moe.cli.console import table_console
 from moe.net.join import NetworkConfig
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,10 @@ def _show(view, as_json: bool) -> None:
     if as_json:
         print(json.dumps(view.to_json(), sort_keys=True), flush=True)
         return
-    from rich.console import Console
 
     from moe.cli.status_table import render
 
-    Console().print(render(view))
+    table_console().print(render(view))
 
 
 def _watch(read, interval: float, as_json: bool) -> int:
