@@ -58,6 +58,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
     p.add_argument("--json", action="store_true", help="print the view as one JSON object (a line per refresh)")
     p.add_argument(
+        "--probe",
+        type=int,
+        default=3,
+        metavar="N",
+        help="forwards sent to each expert to measure its latency p50 from here (0: none)",
+    )
+    p.add_argument(
         "--announce-ttl",
         type=float,
         default=defaults.announce_ttl_seconds,
@@ -108,20 +115,33 @@ def _run(args: argparse.Namespace, netuids: dict[int, str], host: str | None) ->
     except (BadMultiaddr, JoinError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    client = None
     try:
-        read = lambda: _read(dht, netuids, host, args.announce_ttl)
+        if args.probe > 0:
+            from moe.net.client import SyncExpertClient
+
+            client = SyncExpertClient(dht=dht)
+        read = lambda: _read(dht, netuids, host, args.announce_ttl, client, args.probe)
         if args.watch:
             return _watch(read, args.interval, args.json)
         _show(read(), args.json)
     finally:
+        if client is not None:
+            client.shutdown()
         dht.shutdown()
     return 0
 
 
-def _read(dht, netuids: dict[int, str], host: str | None, announce_ttl: float):
+def _read(dht, netuids: dict[int, str], host: str | None, announce_ttl: float, client, probe_calls: int):
+    from moe.net.latency_probe import probe_latency_ms
     from moe.net.network_view import read_network_view
 
-    return read_network_view(dht, netuids, ledger_host=host, announce_ttl=announce_ttl)
+    view = read_network_view(dht, netuids, ledger_host=host, announce_ttl=announce_ttl)
+    if client is not None:
+        latency = probe_latency_ms(client, [e.peer_id for e in view.experts], calls=probe_calls)
+        for e in view.experts:
+            e.latency_p50_ms = latency.get(e.peer_id)
+    return view
 
 
 def _show(view, as_json: bool) -> None:

@@ -130,7 +130,25 @@ def _end_process(group: int | None, grace_seconds: float = 3.0) -> None:
     if group is not None:
         targets += [p for p in psutil.process_iter() if p.pid != me.pid and p not in targets and _in_group(p, group)]
     terminate(targets, kill_after_seconds=grace_seconds)
+    _release_shared_locks(timeout_seconds=grace_seconds)
     os._exit(0)
+
+
+def _release_shared_locks(timeout_seconds: float) -> None:
+    """hivemind's MPFuture locks are shared by every process forked from one parent, and one still held when this
+    process exits stays held for all of them: every DHT started after it would hang sending its first result. The
+    frame a signal interrupted may hold one (drop it: that frame never resumes); another thread may be mid-send (wait
+    for it, up to `timeout_seconds`)."""
+    from hivemind.utils.mpfuture import MPFuture
+
+    for lock in (MPFuture._update_lock, MPFuture._initialization_lock):
+        try:
+            if lock._semlock._is_mine():
+                lock.release()
+            elif lock.acquire(timeout=timeout_seconds):
+                lock.release()
+        except (AttributeError, ValueError, OSError) as e:  # a hivemind without these locks, or one already released
+            logger.debug("shared lock not checked at exit: %r", e)
 
 
 def _in_group(p: psutil.Process, group: int) -> bool:

@@ -7,8 +7,9 @@ verify, and a head counts only when signed by the pinned ledger host. Whatever f
 counted in `NetworkView.rejected` by key; nothing read can raise out of `read_network_view`.
 
 Keys read: `hivemoe/<netuid>/experts` (one per netuid asked for), `hivemoe/validators/weights`,
-`hivemoe/validators/commits`, `hivemoe/ledger/head`. What no record carries yet is None: an expert's latency and
-price, and (until a validator reveals its verdict with its `bpb` map) the measured bits per byte.
+`hivemoe/validators/commits`, `hivemoe/ledger/head`. What no record carries is None: an expert's latency (the
+status command measures it with moe.net.latency_probe) and price, and (until a validator reveals its verdict with
+its `bpb` map) the measured bits per byte.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class ExpertRow:
     measured_bpb: float | None
     """Median over validators that revealed a measurement of this expert (None until validators publish one)."""
     latency_p50_ms: float | None
-    """Median reply latency in milliseconds; no record carries it yet, so always None."""
+    """Median reply latency in milliseconds as measured by the reader (moe.net.latency_probe); None until probed or
+    when the expert never answered: no record carries it."""
     price: float | None
     """Reserved for the marketplace's price per megabyte; always None."""
     stake_tao: float | None

@@ -188,3 +188,27 @@ def test_retry_succeeds_when_bootstrap_appears_later(tmp_path, dhts, caplog):
     assert "join attempt 1/8 failed" in caplog.text, "the first attempt should have found nobody"
     assert result["dht"].peer_id.to_base58() != peer
     assert visible_maddrs(dhts[0])[0].endswith(peer)
+
+
+def test_a_dht_process_ended_while_holding_hivemind_s_shared_lock_releases_it():
+    """A DHT process told to end (SIGTERM, or its owner gone) at a moment it holds hivemind's MPFuture update lock,
+    which every process forked from one parent shares, releases it before exiting: otherwise every DHT started after
+    it hangs forever sending its first result."""
+    import multiprocessing as mp
+
+    from hivemind.utils.mpfuture import MPFuture
+
+    from moe.net.join import _end_process
+
+    lock = MPFuture._update_lock
+
+    def child() -> None:
+        lock.acquire()  # where a signal can land: inside `with MPFuture._update_lock:` of a send
+        _end_process(group=None, grace_seconds=0.5)
+
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert lock.acquire(timeout=5), "the ended process left hivemind's shared lock held"
+    lock.release()

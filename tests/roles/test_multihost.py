@@ -12,13 +12,14 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import Procs
+from .conftest import ROOT, Procs
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +98,22 @@ def test_three_host_network_over_namespaces(hosts, procs: Procs, tmp_path: Path)
     experts = {s: json.loads((run_dir / "experts" / s / "result.json").read_text()) for s in ("english", "code")}
     for r in experts.values():
         assert r["branched_from"].startswith("network seed")  # fetched over hivemind from ns1, sha256-verified
+
+    # `hivemoe status` from the third host sees both experts through the bootstrap on the first, and reaches them
+    status = subprocess.run(
+        ["ip", "netns", "exec", ns3, sys.executable, "-m", "moe.cli.main", "status", "--initial-peers", *peers]
+        + ["--subnets", "english,code", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=procs.env(),
+        cwd=ROOT,
+    )
+    assert status.returncode == 0, status.stderr[-2000:]
+    view = json.loads(status.stdout.strip().splitlines()[-1])
+    assert sorted(e["subnet"] for e in view["experts"]) == ["code", "english"]
+    assert {e["hotkey"] for e in view["experts"]} == {e["hotkey"] for e in experts.values()}
+    assert all(e["latency_p50_ms"] > 0 for e in view["experts"])  # probed from the third host across the bridge
 
     router = [*joined, "role=router", f"network.host={a1}", "router.steps=5"]
     r = procs.run(router, timeout=240.0, netns=ns1, env={"HIVEMOE_LOG_LEVEL": "DEBUG"})
