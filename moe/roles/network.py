@@ -280,11 +280,12 @@ def _wait_for_distill_credits(layout: RunLayout, host, kinds: list[str], timeout
 def _write_report_and_wandb(cfg: RunConfig, layout: RunLayout, summary: dict) -> None:
     """The run's plots and report.html, then the network's own wandb runs (ledger history, tables, plot images).
     A problem here is logged and never fails a run whose results are already written."""
-    from moe.report import write_plots, write_report
     from moe.training.run_tables import log_network_summary
 
     plots: list[Path] = []
     try:
+        from moe.report import write_plots, write_report  # matplotlib: a broken install costs the report only
+
         plots = write_plots(layout.root)
         logger.info("report: %s", write_report(layout.root))
     except Exception:
