@@ -81,11 +81,13 @@ def test_default_yaml_changes_only_cpu_threads():
     assert load_yaml(CONFIGS / "default.yaml") == {
         "seed_train": {"cpu_threads": 2},
         "expert_train": {"cpu_threads": 1},
+        "distill": {"cpu_threads": 1},
     }
     from_file = parse_args(RunConfig, [str(CONFIGS / "default.yaml")])
     defaults = RunConfig()
     defaults.seed_train = dataclasses.replace(defaults.seed_train, cpu_threads=2)
     defaults.expert_train = dataclasses.replace(defaults.expert_train, cpu_threads=1)
+    defaults.distill = dataclasses.replace(defaults.distill, cpu_threads=1)
     assert from_file == defaults
     assert from_file.subnets == DEFAULT_SUBNETS and from_file.role == "network"
 
