@@ -39,7 +39,8 @@ from moe.metrics import byte_log_probs, evaluate_model_bpb, macro_bpb  # noqa: E
 from moe.net.wire import decode_logp, encode_logp  # noqa: E402
 from moe.roles.layout import RunLayout  # noqa: E402
 from moe.roles.run_config import RunConfig  # noqa: E402
-from moe.routing.mixing import local_caller, route_and_mix  # noqa: E402
+from moe.routing.mixing import local_caller  # noqa: E402
+from moe.routing.remote import serve_mix  # noqa: E402
 from moe.training.loop import lr_at, make_optimizer  # noqa: E402
 from subnets import all_subnets  # noqa: E402
 
@@ -51,20 +52,7 @@ def teacher_fn(cfg: RunConfig, experts, seed, entries, gate):
 
     @torch.no_grad()
     def teach(x: torch.Tensor) -> torch.Tensor:
-        return route_and_mix(
-            gate,
-            x,
-            entries,
-            call,
-            rc.k_best,
-            rc.probe_len,
-            switch_alpha=rc.switch_alpha,
-            generalist=lambda z: byte_log_probs(seed(z)),
-            gate_weight=rc.switch_gate_weight,
-            generalist_share=rc.generalist_share,
-            escalate_bits=rc.escalate_bits,
-            escalate_window=rc.escalate_window,
-        ).logp
+        return serve_mix(gate, x, entries, call, rc, lambda z: byte_log_probs(seed(z))).logp
 
     return teach
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from moe.cli.subnet_plugin import declared_subnets
@@ -102,13 +100,12 @@ def _live(args: argparse.Namespace, netuids: list[int]) -> int:
 def _offline(args: argparse.Namespace, names: list[str]) -> int:
     """Generate in-process from RUN_DIR's experts (of `names`), its seed as the generalist and its router's gate."""
     import torch
-    from safetensors.torch import load_file
 
-    from moe.roles.run_models import RunModelError, load_run_model
-    from moe.routing.gate import Gate
+    from moe.evaluation.saved_run import load_saved_run
+    from moe.roles.run_models import RunModelError
     from moe.routing.generation import GENERALIST, LocalSessions, generate_bytes, generate_stateless
-    from moe.routing.mixing import ExpertEntry, local_caller
-    from moe.routing.remote import RouterConfig, serve_mix
+    from moe.routing.mixing import local_caller
+    from moe.routing.remote import serve_mix
 
     run = Path(args.run)
     gate_dir = Path(args.gate) if args.gate else run / "router"
@@ -118,22 +115,16 @@ def _offline(args: argparse.Namespace, names: list[str]) -> int:
     if not (gate_dir / "gate.json").is_file():
         print(f"error: {gate_dir} holds no saved gate (gate.json); the run's router never finished", file=sys.stderr)
         return 1
-    meta = json.loads((gate_dir / "gate.json").read_text())
-    rc = _router_config(run, RouterConfig, fields, int(meta.get("d_gate", RouterConfig.d_gate)))
-    gate = Gate(rc.d_gate)
-    gate.load_state_dict(load_file(gate_dir / "gate.safetensors"))
-    slots = {str(k): int(v) for k, v in meta.get("slots", {}).items()}
-    entries, models = [], {}
     try:
-        for r in meta.get("records", []):
-            subnet, hotkey = str(r.get("subnet", "")), str(r.get("hotkey", ""))
-            if subnet in names and hotkey in slots and hotkey not in models:
-                models[hotkey] = load_run_model(run, f"expert:{subnet}")
-                entries.append(ExpertEntry(hotkey, slots[hotkey], list(r["signature_centroid"]), subnet))
-        seed = load_run_model(run, "seed") if rc.generalist else None
+        saved = load_saved_run(run, gate_dir, baselines_and_students=False)
     except RunModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    rc, gate = saved.router, saved.gate
+    entries = [e for e in saved.entries if e.subnet in names]
+    routed = {e.key for e in entries}
+    models = {x.hotkey: x.model for x in saved.experts if x.hotkey in routed}
+    seed = saved.seed if saved.generalist else None
     if not entries:
         print(f"error: the gate in {gate_dir} routes to no expert of {', '.join(names)}", file=sys.stderr)
         return 1
@@ -174,16 +165,3 @@ def _offline(args: argparse.Namespace, names: list[str]) -> int:
             )
         _stream(args.prompt, stream)
     return 0
-
-
-def _router_config(run: Path, RouterConfig, fields, d_gate: int):
-    """The run's router settings (its config.yaml `router:` scalars), with the saved gate's width."""
-    import yaml
-
-    saved = {}
-    path = run / "config.yaml"
-    if path.is_file():
-        section = (yaml.safe_load(path.read_text()) or {}).get("router") or {}
-        scalars = {f.name for f in fields(RouterConfig) if f.name != "client"}
-        saved = {k: v for k, v in section.items() if k in scalars}
-    return RouterConfig(**(saved | {"d_gate": d_gate}))

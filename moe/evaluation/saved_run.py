@@ -93,19 +93,20 @@ def _experts(layout: RunLayout) -> list[SavedExpert]:
     return out
 
 
-def _gate(layout: RunLayout, experts: list[SavedExpert]) -> tuple[Gate, list[ExpertEntry], bool]:
-    """The trained gate and the router's expert entries at its evaluation (routed experts whose checkpoints the run
-    lacks, e.g. an adversary nobody flagged, are left out with a warning: the mixture then differs from the run's)."""
-    meta = _read_json(layout.router / GATE, "trained gate")
+def _gate(layout: RunLayout, experts: list[SavedExpert], gate_dir: Path) -> tuple[Gate, list[ExpertEntry], bool]:
+    """The trained gate (from `gate_dir`) and the router's expert entries at its evaluation (routed experts whose
+    checkpoints the run lacks, e.g. an adversary nobody flagged, are left out with a warning: the mixture then differs
+    from the run's)."""
+    meta = _read_json(gate_dir / GATE, "trained gate")
     result = _read_json(layout.router / RESULT, "router result (the router did not finish)")
     try:
         gate = Gate(int(meta["d_gate"]))
-        gate.load_state_dict(load_file(layout.router / GATE_WEIGHTS))
+        gate.load_state_dict(load_file(gate_dir / GATE_WEIGHTS))
         slots = {str(k): int(v) for k, v in meta["slots"].items()}
         centroids = {r["hotkey"]: r["signature_centroid"] for r in meta.get("records", [])}
         routed = [str(k) for k in result["experts"]]
     except Exception as e:  # safetensors, shape and key errors alike mean a damaged gate
-        raise RunModelError(f"gate in {layout.router} is unreadable: {type(e).__name__}: {e}") from None
+        raise RunModelError(f"gate in {gate_dir} is unreadable: {type(e).__name__}: {e}") from None
     log_trust = relative_log_trust(result.get("trust") or {}, set(routed))
     subnet_of = {e.hotkey: e.subnet for e in experts}
     entries = []
@@ -119,8 +120,13 @@ def _gate(layout: RunLayout, experts: list[SavedExpert]) -> tuple[Gate, list[Exp
     return gate.eval(), entries, bool(result.get("generalist", True))
 
 
-def load_saved_run(run_dir: str | Path) -> SavedRun:
-    """Read a finished run (CPU, eval mode); RunModelError (one line) when it is missing, unfinished or corrupt."""
+def load_saved_run(
+    run_dir: str | Path, gate_dir: str | Path | None = None, baselines_and_students: bool = True
+) -> SavedRun:
+    """Read a finished run (CPU, eval mode); RunModelError (one line) when it is missing, unfinished or corrupt.
+
+    `gate_dir` takes the gate from another router directory than the run's own; without `baselines_and_students`
+    only the mixture's models are loaded (what generation needs)."""
     layout = RunLayout(Path(run_dir))
     if not layout.root.is_dir():
         raise RunModelError(f"no run directory at {layout.root}")
@@ -128,10 +134,12 @@ def load_saved_run(run_dir: str | Path) -> SavedRun:
         raise RunModelError(f"{layout.root} is not a run directory ({layout.config.name} missing)")
     router, train = _configs(layout)
     experts = _experts(layout)
-    gate, entries, generalist = _gate(layout, experts)
-    kept_baselines = [k for k in BASELINES if (layout.baseline(k) / CHECKPOINT).is_dir()]
-    baselines = {k: load_run_model(layout.root, f"baseline:{k}") for k in kept_baselines}
-    students = {k: load_run_model(layout.root, k) for k in STUDENTS if (layout.student(k) / CHECKPOINT).is_dir()}
+    gate, entries, generalist = _gate(layout, experts, Path(gate_dir) if gate_dir else layout.router)
+    baselines, students = {}, {}
+    if baselines_and_students:
+        kept_baselines = [k for k in BASELINES if (layout.baseline(k) / CHECKPOINT).is_dir()]
+        baselines = {k: load_run_model(layout.root, f"baseline:{k}") for k in kept_baselines}
+        students = {k: load_run_model(layout.root, k) for k in STUDENTS if (layout.student(k) / CHECKPOINT).is_dir()}
     return SavedRun(
         root=layout.root,
         router=router,
