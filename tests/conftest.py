@@ -56,16 +56,22 @@ class TinyRun:
     procs: object
 
 
+TINY_MINERS = "english,english@10,code,math,persian"
+"""The tiny run's miners: English is a market of two, the second trained 10 steps against the others' 30."""
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Iterator[TinyRun]:
-    """The tiny local network run once per test session (seed, four experts, router, validators, ledger, students,
-    wandb offline; no baselines), as real OS processes over loopback; tests only read its directory."""
+    """The tiny local network run once per test session (seed, five experts: two competing on English, one trained a
+    third as long; router, validators, ledger, students, wandb offline; no baselines), as real OS processes over
+    loopback; tests only read its directory."""
     from roles.conftest import Procs
 
     out = tmp_path_factory.mktemp("tiny-run")
     procs = Procs(out / "proc-logs")
     try:
         args = [f"out_dir={out}", "run_id=t", "baselines=false", "wandb.enabled=true", "wandb.mode=offline"]
+        args.append(f"miners={TINY_MINERS}")
         result = procs.run(args, timeout=TINY_RUN_TIMEOUT)
         leftovers = procs.wait_gone(timeout=15.0)  # the network must stop all its nodes and daemons itself
         summary_path = out / "t" / "summary.json"

@@ -2,13 +2,14 @@
 
 python -m moe.cli.ledger_commands verify ledger.db   # exit 1 and name the first bad block on tampering
 python -m moe.cli.ledger_commands verify ledger.db --genesis-hash HEX   # also pin block 0
-python -m moe.cli.ledger_commands show ledger.db     # balances, stakes and the latest epoch as tables
+python -m moe.cli.ledger_commands show ledger.db     # balances, stakes, per-subnet tables and the emission split
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from moe.cli.console import table_console
 from moe.ledger.emission import RAO_PER_TAO
+from moe.ledger.state import LedgerState
 from moe.ledger.verify import verify_ledger
 
 logger = logging.getLogger(__name__)
@@ -44,29 +46,81 @@ def _show(path: str, console: Console) -> int:
     for addr in sorted(set(st.balances) | set(st.stakes), key=lambda a: (-held(a), a)):
         accounts.add_row(addr[:16], _tao(st.balances.get(addr, 0)), _tao(st.stakes.get(addr, 0)))
     console.print(accounts)
-    for netuid, sub in sorted(st.subnets.items()):
-        ep = sub.latest_epoch
-        if ep is None:
-            console.print(f"netuid {netuid}: no epoch yet ({len(sub.registry.slots)} uids)")
-            continue
-        table = Table(title=f"netuid {netuid} epoch {ep['epoch']} (emission {_tao(ep['emission'])} TAO)")
-        for col in ("uid", "hotkey", "consensus", "incentive", "dividends", "paid (TAO)"):
-            table.add_column(col)
-        div = dict(zip(ep["validators"], ep["dividends"], strict=True))
-        vpay = dict(zip(ep["validators"], ep["validator_payouts"], strict=True))
-        for i, uid in enumerate(ep["uids"]):
-            hk = ep["hotkeys"][i]
-            paid = ep["miner_payouts"][i] + vpay.get(hk, 0)
-            table.add_row(
-                str(uid),
-                hk[:16],
-                f"{ep['consensus'][i]:.4f}",
-                f"{ep['incentive'][i]:.4f}",
-                f"{div.get(hk, 0.0):.4f}",
-                _tao(paid),
-            )
-        console.print(table)
+    for netuid in sorted(st.subnets):
+        _subnet_table(st, netuid, console)
+    console.print(_split_line(st))
     return 0 if report.ok else 1
+
+
+def _subnet_table(st: LedgerState, netuid: int, console: Console) -> None:
+    """The subnet's rules in one line, then a table with one row per uid of its latest epoch (none before one)."""
+    sub, p = st.subnets[netuid], st.params(netuid)
+    cr = f"on, reveal after {p.reveal_period_epochs} epoch(s)" if p.commit_reveal else "off"
+    pending = sum(len(c) for c in sub.commits.values())
+    console.print(
+        f"netuid {netuid}: owner {p.owner[:16] if p.owner else 'none'}  tempo {st.config.tempo}  "
+        f"yuma v{p.yuma_version}{' (liquid alpha)' if p.liquid_alpha else ''}  commit-reveal {cr}"
+        + (f"  pending commits {pending}" if p.commit_reveal else "")
+    )
+    ep = sub.latest_epoch
+    if ep is None:
+        console.print(f"netuid {netuid}: no epoch yet ({len(sub.registry.slots)} uids)")
+        return
+    owner = f", owner {_tao(ep['owner_payout'])} TAO" if "owner" in ep else ""
+    table = Table(title=f"netuid {netuid} epoch {ep['epoch']} (emission {_tao(ep['emission'])} TAO{owner})")
+    for col in ("uid", "hotkey", "incentive", "dividends", "trust", "vtrust", "emission (TAO)", "stake (TAO)"):
+        table.add_column(col, justify="left" if col == "hotkey" else "right")
+    div = dict(zip(ep["validators"], ep["dividends"], strict=True))
+    vpay = dict(zip(ep["validators"], ep["validator_payouts"], strict=True))
+    for i, uid in enumerate(ep["uids"]):
+        hk = ep["hotkeys"][i]
+        paid = ep["miner_payouts"][i] + vpay.get(hk, 0) + (ep["owner_payout"] if ep.get("owner") == hk else 0)
+        vtrust = sub.validator_trust.get(hk)
+        table.add_row(
+            str(uid),
+            hk[:16],
+            f"{ep['incentive'][i]:.4f}",
+            f"{div.get(hk, 0.0):.4f}",
+            f"{sub.trust.get(uid, 0.0):.4f}",
+            "" if vtrust is None else f"{vtrust:.4f}",
+            _tao(paid),
+            _tao(st.stakes.get(hk, 0)),
+        )
+    console.print(table)
+
+
+def _split_line(st: LedgerState) -> str:
+    """How the next block's emission is divided between subnets, and where that split came from."""
+    split = st.latest_split
+    if split is None:
+        shares, source = dict(st.config.subnet_shares), f"{st.config.emission_split}, genesis shares"
+    else:
+        shares = dict(zip(split["netuids"], split["shares"], strict=True))
+        source = (
+            f"{split['mode']}, from epoch {split['epoch']} root weights of {len(split['validators'])} validator(s)"
+        )
+    total = sum(shares.values())
+    parts = "  ".join(f"{n}: {100 * x / total:.1f}%" for n, x in sorted(shares.items()))
+    return f"emission split ({source}): {parts}"
+
+
+def _replayed_counts(path: str) -> str:
+    """How many commit, reveal and split records the file holds (read with SQLite's JSON functions), or ""."""
+    kinds = ("commit", "reveal", "split")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT json_extract(r.value, '$.kind'), COUNT(*) FROM blocks, json_each(blocks.records) AS r "
+                "WHERE json_extract(r.value, '$.kind') IN (?, ?, ?) GROUP BY 1",
+                kinds,
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # e.g. an SQLite without JSON functions: the counts are a nicety
+        return ""
+    counts = dict(rows)
+    return "; replayed " + ", ".join(f"{counts.get(k, 0)} {k}s" for k in kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         report = verify_ledger(args.path, genesis_hash=args.genesis_hash)
         if report.ok:
-            console.print(f"{report} ({report.seconds:.2f} s)")
+            console.print(f"{report} ({report.seconds:.2f} s{_replayed_counts(args.path)})")
             return 0
         console.print(f"[red]FAILED[/red] {report}")
         return 1

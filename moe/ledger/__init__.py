@@ -8,6 +8,8 @@ Typical use by nodes (all amounts are integer rao, 1 TAO = 10**9 rao)::
     ledger.register(hotkey, netuid=1)                 # proof of work (or burn=rao); False if rejected
     ledger.add_stake(validator_key, 100 * RAO_PER_TAO)  # balance -> stake, signed
     ledger.set_weights(validator_key, 1, uids, scores)  # u16-normalized, signed, for ledger.current_epoch
+    salt = ledger.commit_weights(validator_key, 2, uids, scores)  # commit-reveal subnet: only a hash now,
+    ledger.reveal_weights(validator_key, 2, epoch, uids, scores, salt)  # the weights reveal_period_epochs later
     block = ledger.produce_block()                    # queued records + emission + epoch results, one transaction
     ledger.balance(hotkey.address), ledger.stake_of(addr), ledger.uid(1, addr)
     ledger.height, ledger.head_hash, ledger.total_issuance, ledger.state.subnets[1].latest_epoch
@@ -21,6 +23,9 @@ crafted content (NaN, huge or deeply nested values, wrong types) is a named bad 
 exception. A file cannot vouch for its own genesis: pin it with `verify_ledger(path, genesis=...)` or
 `genesis_hash=genesis_block(config).hash` (`Ledger.open` takes the same pins).
 `ledger.state` is a live object updated in place by later blocks; `ledger.state.copy()` keeps a snapshot.
+Subnet rules (Yuma version, commit-reveal, uid limits, owners and their cut) are per netuid
+(`LedgerConfig.subnet_params`, `subnet_owners`), and `emission_split` lets validators' root weights on netuid 0 divide
+emission between subnets (moe.ledger.root).
 """
 
 from moe.ledger.chain import Block, Ledger, LedgerError, genesis_block

@@ -18,6 +18,10 @@ from moe.strict_json import StrictJSONError, loads_strict
 HEX_DIGITS = "0123456789abcdef"
 U16_MAX = 0xFFFF
 U64_MAX = 2**64 - 1
+_INT_ONLY = {int}
+_FLAT_TYPES = frozenset({int, str, bool, type(None)})
+"""Types compared by list equality in `exactly_equal` (not float: a list's == takes a NaN as equal to itself)."""
+_CONTAINER_TYPES = frozenset({list, dict})
 
 FieldCheck = Callable[[object, str], object]
 """check(value, where): returns the value or raises RecordError naming `where`."""
@@ -92,8 +96,9 @@ def int_list(value: object, where: str, lo: int, hi: int) -> list[int]:
     """`value` if it is a list of ints in [lo, hi]; raises RecordError naming the first bad item."""
     if type(value) is not list:
         raise RecordError(f"{where} must be a list, got {describe(value)}")
-    for i, item in enumerate(value):
-        exact_int(item, f"{where}[{i}]", lo, hi)
+    if value and (set(map(type, value)) != _INT_ONLY or min(value) < lo or max(value) > hi):
+        for i, item in enumerate(value):  # some item is bad: find and name the first
+            exact_int(item, f"{where}[{i}]", lo, hi)
     return value
 
 
@@ -119,9 +124,11 @@ def check_object(
 ) -> dict:
     """`value` if it is a dict with all `required` keys, no others but `optional` ones, each passing its check;
     raises RecordError naming the first problem (as "<where> field '<key>' ...")."""
-    optional = optional or {}
-    exact_keys(exact_dict(value, where), where, set(required), set(optional))
-    for key, check in (*required.items(), *optional.items()):
+    if type(value) is not dict or value.keys() != required.keys():  # else exactly the required keys: nothing to name
+        exact_keys(exact_dict(value, where), where, set(required), set(optional or ()))
+    for key, check in required.items():
+        check(value[key], f"{where} field {key!r}")
+    for key, check in (optional or {}).items():
         if key in value:
             check(value[key], f"{where} field {key!r}")
     return value
@@ -155,9 +162,22 @@ def exactly_equal(got: object, want: object) -> bool:
     Recurses only as deep as `want` (a record the ledger built itself), never into the depth of `got`.
     """
     if type(want) is list:
-        return type(got) is list and len(got) == len(want) and all(map(exactly_equal, got, want))
+        if type(got) is not list or len(got) != len(want):
+            return False
+        if set(map(type, want)) <= _FLAT_TYPES:  # flat: compare the types item by item, then the values, in C
+            return list(map(type, got)) == list(map(type, want)) and got == want
+        return all(map(exactly_equal, got, want))
     if type(want) is dict:
-        return type(got) is dict and got.keys() == want.keys() and all(exactly_equal(got[k], want[k]) for k in want)
+        if type(got) is not dict or got.keys() != want.keys():
+            return False
+        for key, w in want.items():
+            g = got[key]
+            if type(w) in _CONTAINER_TYPES:
+                if not exactly_equal(g, w):
+                    return False
+            elif type(g) is not type(w) or g != w:
+                return False
+        return True
     return type(got) is type(want) and got == want
 
 

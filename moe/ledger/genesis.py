@@ -4,6 +4,11 @@ Block 0 may come from a file someone else wrote, so `GenesisConfig.from_record` 
 ranges (an int tempo, finite shares, address keys, non-negative integer allocations, no unknown keys) and raises
 RecordError otherwise. Nothing inside a file can show that its genesis is the intended one: callers pin it by
 passing the expected `GenesisConfig` or genesis block hash to `Ledger.open` and `verify_ledger`.
+
+Subnet hyperparameters (Yuma version, liquid alpha, commit-reveal, uid limits...) are global defaults that
+`subnet_params` overrides per netuid, as subtensor keeps them per subnet; `LedgerConfig.params(netuid)` resolves
+them. Fields added after the first chains were written appear in the genesis record only when they differ from
+their defaults, so those chains keep their genesis hash.
 """
 
 from __future__ import annotations
@@ -47,6 +52,63 @@ INT_LIMITS = {
     "weights_rate_limit": 0,
 }
 """Smallest value of each integer LedgerConfig field (all are at most I64_MAX; max_uids at most MAX_UIDS)."""
+MAX_REVEAL_PERIOD = 100
+"""Upper bound of reveal_period_epochs (subtensor's MAX_COMMIT_REVEAL_PEROIDS)."""
+EMISSION_SPLITS = ("static", "contribution", "root")
+"""How block emission is divided between subnets (LedgerConfig.emission_split)."""
+ROOT_NETUID = 0
+"""Netuid on which validators weigh subnets when the split is not static (subtensor's root network)."""
+SUBNET_PARAMS = (
+    "kappa",
+    "bond_alpha",
+    "bond_penalty",
+    "yuma_version",
+    "liquid_alpha",
+    "alpha_low",
+    "alpha_high",
+    "alpha_sigmoid_steepness",
+    "max_uids",
+    "immunity_period",
+    "commit_reveal",
+    "reveal_period_epochs",
+    "target_registrations",
+)
+"""LedgerConfig fields a subnet may override in `subnet_params`."""
+LATER_FIELDS = (
+    "yuma_version",
+    "liquid_alpha",
+    "alpha_low",
+    "alpha_high",
+    "alpha_sigmoid_steepness",
+    "commit_reveal",
+    "reveal_period_epochs",
+    "owner_cut",
+    "subnet_owners",
+    "emission_split",
+    "subnet_params",
+)
+"""Fields written into the genesis record only when not at their default (older chains keep their hash)."""
+
+
+@dataclass(frozen=True)
+class SubnetParams:
+    """One subnet's resolved hyperparameters: its `subnet_params` overrides over the global LedgerConfig values."""
+
+    kappa: float
+    bond_alpha: float
+    bond_penalty: float
+    yuma_version: int
+    liquid_alpha: bool
+    alpha_low: float
+    alpha_high: float
+    alpha_sigmoid_steepness: float
+    max_uids: int
+    immunity_period: int
+    commit_reveal: bool
+    reveal_period_epochs: int
+    target_registrations: int
+    owner: str | None
+    """Hex address paid `owner_cut` of the subnet's emission, or None (no cut taken)."""
 
 
 @dataclass
@@ -95,6 +157,31 @@ class LedgerConfig:
     """How many recent blocks a registration's block hash may be from."""
     weights_rate_limit: int = 0
     """Minimum blocks between two weight submissions of one validator on one subnet (on top of one per epoch)."""
+    yuma_version: int = 1
+    """Yuma consensus version per epoch: 1 (subtensor's original) or 3 (Yuma 3 bonds)."""
+    liquid_alpha: bool = False
+    """Bond EMA alpha per (validator, miner) from consensus, between alpha_low and alpha_high (subtensor's liquid
+    alpha); off: bond_alpha for all."""
+    alpha_low: float = 0.7
+    """Lower bound of the liquid alpha."""
+    alpha_high: float = 0.9
+    """Upper bound of the liquid alpha."""
+    alpha_sigmoid_steepness: float = 1000.0
+    """Steepness of the sigmoid that maps consensus to the liquid alpha."""
+    commit_reveal: bool = False
+    """Validators commit a hash of their weights and reveal them `reveal_period_epochs` later; plain weights
+    records are then refused (weight copiers only ever see stale weights)."""
+    reveal_period_epochs: int = 1
+    """Epochs between a weight commit and its reveal (1..MAX_REVEAL_PERIOD); a commit not revealed then expires."""
+    owner_cut: float = 0.18
+    """Fraction of a subnet's emission paid to its owner, when it has one (subtensor's default 18%)."""
+    subnet_owners: dict[int, str] = field(default_factory=dict)
+    """Netuid -> owner's hex address; a subnet without an owner pays no cut."""
+    emission_split: str = "static"
+    """"static": subnet_shares always; "contribution": the stake-weighted mean of validators' root weights (netuid
+    0); "root": the Yuma incentive of those root weights. Recomputed at every epoch end."""
+    subnet_params: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Netuid -> overrides of any of SUBNET_PARAMS for that subnet."""
 
     def __post_init__(self) -> None:
         """Raise ValueError (a RecordError) naming the first field of the wrong type or out of range."""
@@ -109,10 +196,56 @@ class LedgerConfig:
         if self.max_difficulty < self.min_difficulty or self.max_burn < self.min_burn:
             raise RecordError("max_difficulty and max_burn must not be below min_difficulty and min_burn")
         self.subnet_shares = _subnet_shares(self.subnet_shares)
+        for name in SUBNET_PARAMS:
+            if name not in INT_LIMITS and name not in FRACTIONS:
+                _check_param(name, getattr(self, name), "ledger config")
+        _check_alphas(self.alpha_low, self.alpha_high, "ledger config")
+        finite_number(self.owner_cut, "ledger config 'owner_cut'", 0.0, 1.0)
+        if type(self.emission_split) is not str or self.emission_split not in EMISSION_SPLITS:
+            raise RecordError(
+                f"ledger config 'emission_split' must be one of {', '.join(EMISSION_SPLITS)}, "
+                f"got {describe(self.emission_split)}"
+            )
+        if self.emission_split != "static" and ROOT_NETUID in self.subnet_shares:
+            raise RecordError(
+                f"netuid {ROOT_NETUID} is the root network under emission_split {self.emission_split!r}, "
+                "so subnet_shares may not name it"
+            )
+        self.subnet_owners = self._per_subnet("subnet_owners", self.subnet_owners, _owner)
+        self.subnet_params = self._per_subnet("subnet_params", self.subnet_params, _overrides)
+        for netuid, overrides in self.subnet_params.items():
+            p = {name: overrides.get(name, getattr(self, name)) for name in ("alpha_low", "alpha_high")}
+            _check_alphas(p["alpha_low"], p["alpha_high"], f"subnet_params[{netuid}]")
+
+    def _per_subnet(self, name: str, value: object, parse: Any) -> dict[int, Any]:
+        """{netuid: parse(item)} from int or decimal-string keys, each a netuid of subnet_shares."""
+        exact_dict(value, f"ledger config {name!r}")
+        out: dict[int, Any] = {}
+        for key, item in value.items():
+            netuid = _netuid(key)
+            if netuid is None or netuid not in self.subnet_shares:
+                raise RecordError(f"{name} key {describe(key)} is not a netuid of subnet_shares")
+            if netuid in out:
+                raise RecordError(f"{name} names netuid {netuid} twice")
+            out[netuid] = parse(item, f"{name}[{netuid}]")
+        return dict(sorted(out.items()))
+
+    def params(self, netuid: int) -> SubnetParams:
+        """The hyperparameters in force on `netuid`: its `subnet_params` overrides, else the global values."""
+        overrides = self.subnet_params.get(netuid, {})
+        values = {name: overrides.get(name, getattr(self, name)) for name in SUBNET_PARAMS}
+        return SubnetParams(**values, owner=self.subnet_owners.get(netuid))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for name in LATER_FIELDS:
+            default = LATER_DEFAULTS[name]
+            if type(d[name]) is type(default) and d[name] == default:
+                del d[name]
         d["subnet_shares"] = {str(k): v for k, v in self.subnet_shares.items()}
+        for name in ("subnet_owners", "subnet_params"):
+            if name in d:
+                d[name] = {str(k): v for k, v in d[name].items()}
         return d
 
     @classmethod
@@ -144,11 +277,65 @@ def _subnet_shares(shares: object) -> dict[int, float]:
     return out
 
 
+def _check_param(name: str, value: object, where: str) -> object:
+    """`value` if it is a valid value of the subnet hyperparameter `name`; raises RecordError naming it otherwise."""
+    where = f"{where} {name!r}"
+    if name in ("liquid_alpha", "commit_reveal"):
+        if type(value) is not bool:
+            raise RecordError(f"{where} must be true or false, got {describe(value)}")
+    elif name == "yuma_version":
+        if type(value) is not int or value not in (1, 3):
+            raise RecordError(f"{where} must be 1 or 3, got {describe(value)}")
+    elif name == "reveal_period_epochs":
+        exact_int(value, where, 1, MAX_REVEAL_PERIOD)
+    elif name == "max_uids":
+        exact_int(value, where, 1, MAX_UIDS)
+    elif name in INT_LIMITS:
+        exact_int(value, where, INT_LIMITS[name], I64_MAX)
+    elif name == "alpha_sigmoid_steepness":
+        finite_number(value, where, 0.0, float(I64_MAX))
+    else:  # kappa, bond_alpha, bond_penalty, alpha_low, alpha_high
+        finite_number(value, where, 0.0, 1.0)
+    return value
+
+
+def _check_alphas(low: object, high: object, where: str) -> None:
+    """Liquid alpha bounds: each in [0, 1] and low <= high."""
+    _check_param("alpha_low", low, where)
+    _check_param("alpha_high", high, where)
+    if low > high:
+        raise RecordError(f"{where} alpha_low {low} is above alpha_high {high}")
+
+
+def _owner(value: object, where: str) -> str:
+    if not is_address(value):
+        raise RecordError(f"{where} must be a hex address, got {describe(value)}")
+    return value
+
+
+def _overrides(value: object, where: str) -> dict[str, Any]:
+    """A subnet's overrides: only SUBNET_PARAMS keys, each valid; raises RecordError naming an unknown key."""
+    exact_dict(value, where)
+    unknown = sorted(describe(k) for k in value if k not in SUBNET_PARAMS)
+    if unknown:
+        raise RecordError(f"unknown {where} key(s): {', '.join(unknown)}")
+    for name, item in value.items():
+        _check_param(name, item, where)
+    return dict(sorted(value.items()))
+
+
 def _netuid(key: object) -> int | None:
     """An int netuid in 0..65535, or its plain decimal string ("1", never "01" or "+1"); None for anything else."""
     if type(key) is str and len(key) <= 5 and key.isascii() and key.isdigit() and key == str(int(key)):
         key = int(key)
     return key if type(key) is int and 0 <= key <= MAX_NETUID else None
+
+
+LATER_DEFAULTS = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(LedgerConfig)
+    if f.name in LATER_FIELDS
+}
 
 
 @dataclass

@@ -1,16 +1,22 @@
 """Ledger record kinds as plain JSON dicts, their canonical bytes, and signing.
 
-Signed records (register, stake, transfer, weights, distill) come from peers and carry an Ed25519 signature by the
-hotkey that acts; derived records (genesis, emission, epoch) are written by the ledger itself and re-derived by every
-replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key compact JSON, so the
-same record hashes and signs identically everywhere. A malformed or forged record is rejected, never repaired:
-`check_signed` refuses any signed record whose fields are not exactly `SIGNED_FIELDS` with their exact JSON types
-before its signature or the state is looked at.
+Signed records (register, stake, transfer, weights, distill, commit, reveal) come from peers and carry an Ed25519
+signature by the hotkey that acts; derived records (genesis, emission, epoch, split) are written by the ledger itself
+and re-derived by every replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key
+compact JSON, so the same record hashes and signs identically everywhere. A malformed or forged record is rejected,
+never repaired: `check_signed` refuses any signed record whose fields are not exactly `SIGNED_FIELDS` with their exact
+JSON types before its signature or the state is looked at.
+
+A commit carries only `commit_hash` of a validator's weights; the matching reveal, `reveal_period_epochs` later,
+carries the weights and the salt (see state.py for the rules).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from moe.identity import Hotkey, verify_signature
@@ -23,9 +29,12 @@ from moe.ledger.fields import (
     check_object,
     describe,
     exact_int,
+    hex_str,
     is_address,
+    is_hex,
     signature,
     u16,
+    u16_list,
     u64,
 )
 from moe.ledger.registration import registration_prefix, solve_pow
@@ -34,8 +43,11 @@ from moe.ledger.weights import WEIGHTS_FIELDS, WeightSubmission, canonical_json
 logger = logging.getLogger(__name__)
 
 RECORD_DOMAIN = "hivemoe/ledger/v1"
-SIGNED_KINDS = ("register", "stake", "transfer", "weights", "distill")
-DERIVED_KINDS = ("genesis", "emission", "epoch")
+SIGNED_KINDS = ("register", "stake", "transfer", "weights", "distill", "commit", "reveal")
+DERIVED_KINDS = ("genesis", "emission", "epoch", "split")
+COMMIT_DOMAIN = "hivemoe/commit/v1"
+SALT_BYTES = (16, 64)
+"""Smallest and largest salt of a weight commit, in bytes (at least 128 bits, so weights cannot be guessed)."""
 
 Record = dict[str, Any]
 
@@ -72,12 +84,35 @@ def _credits(value: object, where: str) -> list:
     return value
 
 
+def _salt(value: object, where: str) -> str:
+    """A commit's salt: lowercase hex of SALT_BYTES[0]..SALT_BYTES[1] bytes."""
+    lo, hi = SALT_BYTES
+    if type(value) is not str or not 2 * lo <= len(value) <= 2 * hi or len(value) % 2 or not is_hex(value, len(value)):
+        raise RecordError(f"{where} must be {lo}..{hi} bytes as lowercase hex, got {describe(value)}")
+    return value
+
+
+def _hash(value: object, where: str) -> str:
+    return hex_str(value, where, 64)
+
+
 SIGNED_FIELDS: dict[str, dict[str, FieldCheck]] = {
     "register": {"kind": _kind, "netuid": u16, "hotkey": address, "block_hash": address, "signature": signature},
     "stake": {"kind": _kind, "hotkey": address, "amount": rao, "nonce": u64, "signature": signature},
     "transfer": {"kind": _kind, "src": address, "dst": address, "amount": rao, "nonce": u64, "signature": signature},
     "weights": {"kind": _kind, **WEIGHTS_FIELDS},
     "distill": {"kind": _kind, "hotkey": address, "epoch": u64, "credits": _credits, "signature": signature},
+    "commit": {"kind": _kind, "hotkey": address, "netuid": u16, "epoch": u64, "hash": _hash, "signature": signature},
+    "reveal": {
+        "kind": _kind,
+        "hotkey": address,
+        "netuid": u16,
+        "epoch": u64,
+        "uids": u16_list,
+        "weights": u16_list,
+        "salt": _salt,
+        "signature": signature,
+    },
 }
 """Required fields of each signed kind and their checks."""
 OPTIONAL_FIELDS: dict[str, dict[str, FieldCheck]] = {"register": {"nonce": u64, "burn": rao}}
@@ -112,6 +147,8 @@ SIGNER_FIELD = {
     "transfer": "src",
     "weights": "validator",
     "distill": "hotkey",
+    "commit": "hotkey",
+    "reveal": "hotkey",
 }
 """The field of each signed kind that names the hotkey whose signature it needs."""
 
@@ -199,6 +236,57 @@ def distill_record(hotkey: Hotkey, epoch: int, positions: dict[str, int], credit
         if positions[k] > 0
     ]
     return _sign(hotkey, {"kind": "distill", "hotkey": hotkey.address, "epoch": int(epoch), "credits": credits})
+
+
+def commit_hash(
+    hotkey: str, netuid: int, epoch: int, uids: Sequence[int], weights: Sequence[int], salt: bytes | str
+) -> str:
+    """sha256 hex of the weights a validator commits to, bound to its hotkey, subnet and commit epoch.
+
+    `salt` is bytes or their lowercase hex (as a reveal record carries it). Unlike subtensor's BlakeTwo256 over
+    (hotkey, netuid, uids, values, salt, version_key), the commit epoch is hashed too, so a reveal names exactly one
+    commit and an old commit's weights cannot be revealed against a newer commit.
+    """
+    body = {
+        "domain": COMMIT_DOMAIN,
+        "hotkey": hotkey,
+        "netuid": int(netuid),
+        "epoch": int(epoch),
+        "uids": [int(u) for u in uids],
+        "weights": [int(w) for w in weights],
+        "salt": salt.hex() if isinstance(salt, bytes | bytearray) else salt,
+    }
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def new_salt() -> bytes:
+    """A fresh random 32-byte salt for a weight commit."""
+    return os.urandom(32)
+
+
+def commit_record(
+    hotkey: Hotkey, netuid: int, epoch: int, uids: Sequence[int], weights_u16: Sequence[int], salt: bytes
+) -> Record:
+    """A signed commit to u16 `weights_u16` on `uids` for `netuid` in `epoch`, hidden behind `salt` until revealed."""
+    digest = commit_hash(hotkey.address, netuid, epoch, uids, weights_u16, salt)
+    rec = {"kind": "commit", "hotkey": hotkey.address, "netuid": int(netuid), "epoch": int(epoch), "hash": digest}
+    return _sign(hotkey, rec)
+
+
+def reveal_record(
+    hotkey: Hotkey, netuid: int, epoch: int, uids: Sequence[int], weights_u16: Sequence[int], salt: bytes
+) -> Record:
+    """A signed reveal of the weights committed in `epoch` (the commit's epoch, not the current one)."""
+    rec = {
+        "kind": "reveal",
+        "hotkey": hotkey.address,
+        "netuid": int(netuid),
+        "epoch": int(epoch),
+        "uids": [int(u) for u in uids],
+        "weights": [int(w) for w in weights_u16],
+        "salt": bytes(salt).hex(),
+    }
+    return _sign(hotkey, rec)
 
 
 def parse_weights(record: Record) -> WeightSubmission:

@@ -7,6 +7,13 @@ Invalid records raise RecordError (one line naming the reason) and leave the sta
 Every change goes through an undo journal (`put`, `drop`, `assign`), so the producer applies records to the live
 state and rolls back a rejected record or a failed block write in O(changes), instead of copying the whole state
 per block. Objects too rich to journal field by field (a subnet's uid table, its bonds) are replaced, not mutated.
+
+Per-subnet rules come from `LedgerConfig.params(netuid)`. A subnet with an owner accrues `owner_cut` of every mint
+in `owner_pending` and pays it in its epoch record (subtensor's PendingOwnerCut; paid to the owner's free balance
+here, where subtensor stakes it to the owner's hotkey). On a commit-reveal subnet validators send `commit` records
+(a hash) and, exactly `reveal_period_epochs` later, `reveal` records that set the weights as a weights record would;
+commits not revealed by then are dropped at the end of their reveal epoch. With a non-static `emission_split`,
+weights records on netuid 0 are root weights over netuids, and each epoch end records a `split` (moe.ledger.root).
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import numpy as np
 
 from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
 from moe.ledger.fields import describe, exactly_equal
-from moe.ledger.genesis import GenesisConfig, LedgerConfig
+from moe.ledger.genesis import ROOT_NETUID, GenesisConfig, LedgerConfig, SubnetParams
 from moe.ledger.records import (
     Record,
     RecordError,
     check_signed,
+    commit_hash,
     is_address,
     parse_weights,
     require_int,
@@ -42,11 +50,23 @@ from moe.ledger.registration import (
     registration_prefix,
     seal_meets_difficulty,
 )
+from moe.ledger.root import check_split, split_shares
+from moe.ledger.weights import WeightSubmission
 from moe.ledger.yuma import yuma_epoch
 
 logger = logging.getLogger(__name__)
 
 FLOAT_TOLERANCE = 1e-9
+MAX_PENDING_COMMITS = 10
+"""Unrevealed weight commits one validator may hold on one subnet (subtensor's limit)."""
+YUMA1 = {
+    "yuma_version": 1,
+    "liquid_alpha": False,
+    "alpha_low": 0.7,
+    "alpha_high": 0.9,
+    "alpha_sigmoid_steepness": 1000.0,
+}
+"""Yuma settings under which `yuma_epoch` is called exactly as before these settings existed."""
 _MISSING = object()
 
 
@@ -69,6 +89,14 @@ class SubnetState:
     """Validator -> (max_uids,) column-normalized bonds from the last epoch."""
     last_epoch_height: int = -1
     latest_epoch: Record | None = None
+    owner_pending: int = 0
+    """Rao of the owner's cut minted since the last epoch (paid at the end of each epoch)."""
+    commits: dict[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+    """Validator -> its unrevealed weight commits as (commit epoch, hash), oldest first."""
+    trust: dict[int, float] = field(default_factory=dict)
+    """Uid -> share of its stake-weighted weight that survived consensus clipping in the latest epoch."""
+    validator_trust: dict[str, float] = field(default_factory=dict)
+    """Validator -> sum of its normalized weights left after consensus clipping in the latest epoch."""
 
 
 @dataclass
@@ -91,6 +119,14 @@ class LedgerState:
     distill: dict[str, tuple[int, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     """Distiller hotkey -> (epoch, {expert: (positions served, gate-weighted credit in thousandths)}): each
     distiller's latest signed totals of who taught its student (records.distill_record)."""
+    root_weights: dict[str, tuple[int, dict[int, int]]] = field(default_factory=dict)
+    """Validator -> (height set, {netuid: u16 weight}) on the root netuid (non-static emission_split only)."""
+    root_last_set: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Validator -> (epoch, height) of its latest root weights, for the rate limit."""
+    latest_split: Record | None = None
+    """The latest split record; until one exists the genesis subnet_shares apply."""
+    split: tuple[tuple[int, float], ...] | None = None
+    """(netuid, share) pairs of `latest_split`, which each block's mint follows."""
     recent_hashes: dict[str, int] = field(default_factory=dict)
     """Block hash -> height for the registration window."""
     _recent_order: deque = field(default_factory=deque)
@@ -101,6 +137,8 @@ class LedgerState:
 
     _undo: list[tuple[Callable[..., Any], tuple]] = field(default_factory=list, repr=False, compare=False)
     """Undo journal since the last `commit`: (function, args) calls that restore what changed, newest last."""
+    _params: dict[int, SubnetParams] = field(default_factory=dict, repr=False, compare=False)
+    """Cache of `params`: the config is fixed at genesis."""
 
     def copy(self) -> LedgerState:
         """A deep, independent snapshot (with an empty journal)."""
@@ -148,6 +186,13 @@ class LedgerState:
     def epoch_of(self, height: int) -> int:
         return height // self.config.tempo
 
+    def params(self, netuid: int) -> SubnetParams:
+        """The subnet's resolved hyperparameters (`LedgerConfig.params`), cached."""
+        p = self._params.get(netuid)
+        if p is None:
+            p = self._params[netuid] = self.config.params(netuid)
+        return p
+
     def credit(self, address: str, amount: int) -> None:
         self.put(self.balances, address, self.balances.get(address, 0) + amount)
         self._touch(address)
@@ -158,16 +203,34 @@ class LedgerState:
             self._undo.append((self.dirty.discard, (address,)))
 
     def remember_hash(self, height: int, block_hash: str) -> None:
-        self.assign(self, "height", height)
-        self.assign(self, "head_hash", block_hash)
-        self.put(self.recent_hashes, block_hash, height)
-        order = self._recent_order
+        """Make `block_hash` the head at `height` and a recent hash, forgetting those past the registration window.
+
+        Once a block, so one journal entry (`_forget_hash`) takes all of it back.
+        """
+        order, recent = self._recent_order, self.recent_hashes
+        evicted: list[tuple[str, Any]] = []
+        was = recent.get(block_hash, _MISSING)
+        self._undo.append((self._forget_hash, (self.height, self.head_hash, block_hash, was, evicted)))
+        self.height, self.head_hash = height, block_hash
+        recent[block_hash] = height
         order.append(block_hash)
-        self._undo.append((order.pop, ()))
         while len(order) > self.config.registration_window:
-            old = order.popleft()
-            self._undo.append((order.appendleft, (old,)))
-            self.drop(self.recent_hashes, old)
+            gone = order.popleft()
+            evicted.append((gone, recent.pop(gone, _MISSING)))
+
+    def _forget_hash(self, height: int, head_hash: str, block_hash: str, was: Any, evicted: list) -> None:
+        """Undo one `remember_hash`: its steps inverted, newest first."""
+        order, recent = self._recent_order, self.recent_hashes
+        for gone, value in reversed(evicted):
+            if value is not _MISSING:
+                recent[gone] = value
+            order.appendleft(gone)
+        order.pop()
+        if was is _MISSING:
+            del recent[block_hash]
+        else:
+            recent[block_hash] = was
+        self.height, self.head_hash = height, head_hash
 
 
 def genesis_state(record: Record) -> LedgerState:
@@ -184,8 +247,9 @@ def genesis_state(record: Record) -> LedgerState:
             st.total_issuance += v
             st.dirty.add(addr)
     for n in sorted(cfg.subnet_shares):
+        p = st.params(n)
         st.subnets[n] = SubnetState(
-            registry=SubnetRegistry(cfg.max_uids, cfg.immunity_period),
+            registry=SubnetRegistry(p.max_uids, p.immunity_period),
             difficulty=cfg.initial_difficulty,
             burn=cfg.initial_burn,
         )
@@ -262,6 +326,7 @@ def _apply_register(st: LedgerState, rec: Record, height: int) -> None:
     if pruned is not None:
         st.drop(sub.weights, pruned)
         st.drop(sub.last_set, pruned)
+        st.drop(sub.commits, pruned)
     if sub.bonds:  # the uid's new holder inherits no bonds; fresh arrays, as the old ones stay in the journal
         st.assign(sub, "bonds", {hk: _zero_column(b, uid) for hk, b in sub.bonds.items() if hk != pruned})
     if burn:
@@ -316,7 +381,20 @@ def _apply_transfer(st: LedgerState, rec: Record, height: int) -> None:
 
 def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
     sub_rec = parse_weights(rec)
+    if sub_rec.netuid == ROOT_NETUID and st.config.emission_split != "static":
+        _apply_root_weights(st, sub_rec, height)
+        return
     netuid, sub = _subnet(st, rec)
+    if st.params(netuid).commit_reveal:
+        raise RecordError(f"netuid {netuid} uses commit-reveal: commit a hash of the weights and reveal it later")
+    _set_weights(st, netuid, sub, sub_rec, height, check_epoch=True)
+
+
+def _set_weights(
+    st: LedgerState, netuid: int, sub: SubnetState, sub_rec: WeightSubmission, height: int, *, check_epoch: bool
+) -> None:
+    """Make `sub_rec` the validator's weights on `netuid` from `height` on (a weights record, or a reveal, whose
+    epoch is its commit's and is checked by the caller instead)."""
     try:
         sub_rec.validate_shape()
     except ValueError as e:
@@ -327,18 +405,114 @@ def _apply_weights(st: LedgerState, rec: Record, height: int) -> None:
     if st.stakes.get(v, 0) <= 0:
         raise RecordError(f"validator {v[:16]} has no stake")
     epoch = st.epoch_of(height)
-    if sub_rec.epoch != epoch:
+    if check_epoch and sub_rec.epoch != epoch:
         raise RecordError(f"stale epoch {sub_rec.epoch}: current epoch is {epoch}")
     unknown = [u for u in sub_rec.uids if u not in sub.registry.slots]
     if unknown:
         raise RecordError(f"unknown uid {unknown[0]} on netuid {netuid}")
-    last = sub.last_set.get(v)
+    _rate_limit(st, sub.last_set.get(v), v, netuid, epoch, height)
+    st.put(sub.weights, v, (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True))))
+    st.put(sub.last_set, v, (epoch, height))
+
+
+def _rate_limit(st: LedgerState, last: tuple[int, int] | None, v: str, netuid: int, epoch: int, height: int) -> None:
+    """Raise RecordError if `v` set weights on `netuid` this epoch or fewer than weights_rate_limit blocks ago."""
     if last is not None and last[0] == epoch:
         raise RecordError(f"rate limit: {v[:16]} already set weights on netuid {netuid} in epoch {epoch}")
     if last is not None and height - last[1] < st.config.weights_rate_limit:
         raise RecordError(f"rate limit: {v[:16]} set weights {height - last[1]} blocks ago")
-    st.put(sub.weights, v, (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True))))
-    st.put(sub.last_set, v, (epoch, height))
+
+
+def _apply_root_weights(st: LedgerState, sub_rec: WeightSubmission, height: int) -> None:
+    """Root weights: uids are subnet netuids. Any staked hotkey may set them, no registration (subtensor required
+    a root registration, which only its top-staked hotkeys kept); commit-reveal never applies on root, as in
+    subtensor, whose root weights (set_root_weights) were always plain."""
+    try:
+        sub_rec.validate_shape()
+    except ValueError as e:
+        raise RecordError(f"bad root weights: {e}") from None
+    v = sub_rec.validator
+    if st.stakes.get(v, 0) <= 0:
+        raise RecordError(f"validator {v[:16]} has no stake")
+    epoch = st.epoch_of(height)
+    if sub_rec.epoch != epoch:
+        raise RecordError(f"stale epoch {sub_rec.epoch}: current epoch is {epoch}")
+    unknown = [n for n in sub_rec.uids if n not in st.subnets]
+    if unknown:
+        raise RecordError(f"root weights name netuid {unknown[0]}, which is not a subnet")
+    _rate_limit(st, st.root_last_set.get(v), v, ROOT_NETUID, epoch, height)
+    st.put(st.root_weights, v, (height, dict(zip(sub_rec.uids, sub_rec.weights, strict=True))))
+    st.put(st.root_last_set, v, (epoch, height))
+
+
+def _commit_reveal_subnet(st: LedgerState, rec: Record) -> tuple[int, SubnetState, SubnetParams]:
+    netuid, sub = _subnet(st, rec)
+    p = st.params(netuid)
+    if not p.commit_reveal:
+        raise RecordError(f"commit-reveal is off on netuid {netuid}: set weights with a weights record")
+    return netuid, sub, p
+
+
+def _apply_commit(st: LedgerState, rec: Record, height: int) -> None:
+    """Store a validator's weight commit for the current epoch; the weights stay hidden until its reveal.
+
+    Stricter than subtensor, whose commits need only a registration and are rate-limited by blocks: here the
+    committer needs stake (only staked validators' weights count) and commits at most once an epoch, and each
+    commit is revealed or expires on its own (subtensor's reveal also drops every older commit before it).
+    """
+    netuid, sub, _ = _commit_reveal_subnet(st, rec)
+    v, epoch = rec["hotkey"], st.epoch_of(height)
+    if sub.registry.uid_of(v) is None:
+        raise RecordError(f"validator {v[:16]} is not registered on netuid {netuid}")
+    if st.stakes.get(v, 0) <= 0:
+        raise RecordError(f"validator {v[:16]} has no stake")
+    if rec["epoch"] != epoch:
+        raise RecordError(f"stale epoch {rec['epoch']}: current epoch is {epoch}")
+    pending = sub.commits.get(v, ())
+    if any(e == epoch for e, _ in pending):
+        raise RecordError(f"rate limit: {v[:16]} already committed weights on netuid {netuid} in epoch {epoch}")
+    if len(pending) >= MAX_PENDING_COMMITS:
+        raise RecordError(f"too many unrevealed commits: {v[:16]} holds {len(pending)} on netuid {netuid}")
+    st.put(sub.commits, v, (*pending, (epoch, rec["hash"])))
+
+
+def _apply_reveal(st: LedgerState, rec: Record, height: int) -> None:
+    """Set the weights a pending commit hid, exactly `reveal_period_epochs` after the commit's epoch; the commit is
+    consumed, so the reveal cannot be replayed."""
+    netuid, sub, p = _commit_reveal_subnet(st, rec)
+    v, epoch, now = rec["hotkey"], rec["epoch"], st.epoch_of(height)
+    due = epoch + p.reveal_period_epochs
+    if now < due:
+        raise RecordError(f"reveal too early: the commit of epoch {epoch} may be revealed in epoch {due}, not {now}")
+    if now > due:
+        raise RecordError(f"reveal too late: the commit of epoch {epoch} expired at the end of epoch {due}")
+    pending = sub.commits.get(v, ())
+    if not any(e == epoch for e, _ in pending):
+        raise RecordError(f"no pending commit of {v[:16]} on netuid {netuid} for epoch {epoch} (or already revealed)")
+    digest = commit_hash(v, netuid, epoch, rec["uids"], rec["weights"], rec["salt"])
+    if (epoch, digest) not in pending:
+        raise RecordError(f"reveal does not match the commit of epoch {epoch} (wrong salt or altered weights)")
+    sub_rec = WeightSubmission(netuid, epoch, v, list(rec["uids"]), list(rec["weights"]))
+    _set_weights(st, netuid, sub, sub_rec, height, check_epoch=False)
+    rest = tuple(c for c in pending if c[0] != epoch)
+    if rest:
+        st.put(sub.commits, v, rest)
+    else:
+        st.drop(sub.commits, v)
+
+
+def _drop_expired_commits(st: LedgerState, epoch: int) -> None:
+    """At the end of `epoch`, forget commits whose reveal epoch it was (commit epoch + reveal period <= epoch)."""
+    for netuid, sub in st.subnets.items():
+        if not sub.commits:
+            continue
+        period = st.params(netuid).reveal_period_epochs
+        for v, pending in list(sub.commits.items()):
+            live = tuple(c for c in pending if c[0] + period > epoch)
+            if not live:
+                st.drop(sub.commits, v)
+            elif len(live) < len(pending):
+                st.put(sub.commits, v, live)
 
 
 def _apply_distill(st: LedgerState, rec: Record, height: int) -> None:
@@ -366,6 +540,8 @@ _HANDLERS = {
     "transfer": _apply_transfer,
     "distill": _apply_distill,
     "weights": _apply_weights,
+    "commit": _apply_commit,
+    "reveal": _apply_reveal,
 }
 
 
@@ -375,15 +551,16 @@ def _close(a: list, b: list) -> bool:
     return all(isinstance(x, float) and math.isclose(x, y, abs_tol=FLOAT_TOLERANCE) for x, y in zip(a, b, strict=True))
 
 
-def _epoch(st: LedgerState, netuid: int, height: int) -> tuple[Record, dict[str, np.ndarray]]:
-    """Run Yuma on the subnet's latest signed weights and stakes; the epoch record and the new bonds per validator."""
-    cfg, sub = st.config, st.subnets[netuid]
+def _epoch(st: LedgerState, netuid: int, height: int) -> tuple[Record, dict[str, np.ndarray], tuple[dict, dict]]:
+    """Run Yuma on the subnet's latest signed weights and stakes with the subnet's settings; the epoch record, the
+    new bonds per validator, and the (per uid, per validator) trust."""
+    cfg, sub, p = st.config, st.subnets[netuid], st.params(netuid)
     reg = sub.registry
     uids = sorted(reg.slots)
     staked = [(reg.slots[u].hotkey, u) for u in uids if st.stakes.get(reg.slots[u].hotkey, 0) > 0]
     staked.sort(key=lambda hu: (-st.stakes[hu[0]], hu[1]))
     vals = sorted(staked[: cfg.max_validators], key=lambda hu: hu[1])  # validator rows in uid order
-    V, M = len(vals), cfg.max_uids
+    V, M = len(vals), p.max_uids
     W = np.zeros((V, M))  # (V, M)
     B = np.zeros((V, M))  # (V, M)
     S = np.array([float(st.stakes[h]) for h, _ in vals])  # (V,)
@@ -398,7 +575,7 @@ def _epoch(st: LedgerState, netuid: int, height: int) -> tuple[Record, dict[str,
                     W[i, u] = w  # weights set before a uid's (re)registration or on oneself do not count
         if hk in sub.bonds:
             B[i] = np.where(recent, 0.0, sub.bonds[hk])
-    res = yuma_epoch(W, S, B, kappa=cfg.kappa, bond_alpha=cfg.bond_alpha, bond_penalty=cfg.bond_penalty)
+    res = yuma_epoch(W, S, B, **_yuma_kwargs(p))
     rec: Record = {
         "kind": "epoch",
         "netuid": netuid,
@@ -413,7 +590,32 @@ def _epoch(st: LedgerState, netuid: int, height: int) -> tuple[Record, dict[str,
         "emission": sub.pending,
     }
     rec.update(_payouts(sub.pending, cfg.miner_share, rec["incentive"], rec["dividends"], rec["validator_stakes"]))
-    return rec, {h: res.bonds[i].copy() for i, (h, _) in enumerate(vals)}
+    if p.owner is not None:
+        rec.update(owner=p.owner, owner_payout=sub.owner_pending)
+    trust = _trust(W, S, res.consensus)
+    trusts = ({u: float(trust[u]) for u in uids}, {h: float(res.validator_trust[i]) for i, (h, _) in enumerate(vals)})
+    return rec, {h: res.bonds[i].copy() for i, (h, _) in enumerate(vals)}, trusts
+
+
+def _yuma_kwargs(p: SubnetParams) -> dict[str, Any]:
+    """The subnet's Yuma settings as `yuma_epoch` keywords; the version-3 and liquid-alpha ones only when set, so a
+    subnet on the defaults calls Yuma exactly as ledgers written before per-subnet settings did."""
+    kw: dict[str, Any] = {"kappa": p.kappa, "bond_alpha": p.bond_alpha, "bond_penalty": p.bond_penalty}
+    extra = {name: getattr(p, name) for name in YUMA1}
+    if extra != YUMA1:
+        kw.update(extra)
+    return kw
+
+
+def _trust(W: np.ndarray, S: np.ndarray, consensus: np.ndarray) -> np.ndarray:
+    """(M,) per miner, the share of its stake-weighted normalized weight left after clipping at consensus
+    (subtensor's Trust); 0 for a miner nobody weighs. Shown by `hivemoe ledger show`, never recorded."""
+    s = S / S.sum() if S.sum() > 0 else np.zeros_like(S)  # (V,)
+    t = W.sum(axis=1, keepdims=True)  # (V, 1)
+    Wn = np.divide(W, t, out=np.zeros_like(W), where=t > 0)  # (V, M)
+    rank = s @ Wn  # (M,)
+    clipped = s @ np.minimum(Wn, consensus[None, :])  # (M,)
+    return np.divide(clipped, rank, out=np.zeros_like(rank), where=rank > 0)
 
 
 def _payouts(pending: int, miner_share: float, incentive: list, dividends: list, stakes: list) -> dict[str, Any]:
@@ -429,8 +631,13 @@ def _payouts(pending: int, miner_share: float, incentive: list, dividends: list,
     return {"miner_payouts": zeros_m, "validator_payouts": zeros_v}
 
 
-def _apply_epoch(st: LedgerState, rec: Record, bonds: dict[str, np.ndarray], height: int) -> None:
+def _apply_epoch(
+    st: LedgerState, rec: Record, bonds: dict[str, np.ndarray], height: int, trusts: tuple[dict, dict] = ({}, {})
+) -> None:
     sub = st.subnets[rec["netuid"]]
+    if "owner" in rec and rec["owner_payout"]:
+        st.credit(rec["owner"], rec["owner_payout"])
+        st.assign(sub, "owner_pending", sub.owner_pending - rec["owner_payout"])
     paid = 0
     for hk, amt in [
         *zip(rec["hotkeys"], rec["miner_payouts"], strict=True),
@@ -448,6 +655,8 @@ def _apply_epoch(st: LedgerState, rec: Record, bonds: dict[str, np.ndarray], hei
     _writable_registry(st, sub).set_scores(scores)
     st.assign(sub, "last_epoch_height", height)
     st.assign(sub, "latest_epoch", rec)
+    st.assign(sub, "trust", trusts[0])
+    st.assign(sub, "validator_trust", trusts[1])
 
 
 def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None) -> list[Record]:
@@ -460,30 +669,46 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
     out: list[Record] = []
     expected: list[tuple[Record, Any]] = []
     minted = block_emission(st.total_issuance)
-    per = _subnet_split(minted, tuple(cfg.subnet_shares.items()))
+    per = _subnet_split(minted, st.split or tuple(cfg.subnet_shares.items()))
     expected.append(({"kind": "emission", "minted": minted, "subnets": {str(n): a for n, a in per.items()}}, None))
-    if (height + 1) % cfg.tempo == 0:  # epochs run after the mint, so they pay out this block's emission too
+    epoch_end = (height + 1) % cfg.tempo == 0
+    if epoch_end:  # epochs run after the mint, so they pay out this block's emission too
         expected.extend((None, n) for n in sorted(st.subnets))
+        split = _split(st, height) if cfg.emission_split != "static" else None
+        if split is not None:  # epochs change neither stakes nor root weights: computed up front all the same
+            expected.append((split, "split"))
     if recorded is not None and len(recorded) != len(expected):
         raise RecordError(f"expected {len(expected)} derived records, found {len(recorded)}")
     for i, (rec, netuid) in enumerate(expected):
+        if netuid == "split":
+            rec = rec if recorded is None else check_split(recorded[i], rec)
+            st.assign(st, "latest_split", rec)
+            st.assign(st, "split", tuple(zip(rec["netuids"], rec["shares"], strict=True)))
+            out.append(rec)
+            continue
         if rec is not None:  # emission
             if recorded is not None and not exactly_equal(recorded[i], rec):
                 raise RecordError(f"emission record differs from replay, which gives {rec}")
             st.assign(st, "total_issuance", st.total_issuance + minted)
+            owners = cfg.subnet_owners
             for n, a in per.items():
                 sub = st.subnets[n]
-                st.assign(sub, "pending", sub.pending + a)
+                cut = _owner_part(a, cfg.owner_cut) if n in owners else 0
+                st.assign(sub, "pending", sub.pending + a - cut)
+                if cut:
+                    st.assign(sub, "owner_pending", sub.owner_pending + cut)
             out.append(rec)
             continue
-        rec, bonds = _epoch(st, netuid, height)
+        rec, bonds, trusts = _epoch(st, netuid, height)
         if recorded is not None:
             rec = _check_epoch(recorded[i], rec, cfg.miner_share)
-        _apply_epoch(st, rec, bonds, height)
+        _apply_epoch(st, rec, bonds, height, trusts)
         out.append(rec)
+    if epoch_end:
+        _drop_expired_commits(st, st.epoch_of(height))
     if (height + 1) % cfg.adjustment_interval == 0:
-        for sub in st.subnets.values():
-            args = (sub.registrations, cfg.target_registrations)
+        for n, sub in st.subnets.items():
+            args = (sub.registrations, st.params(n).target_registrations)
             difficulty = adjust_toward_target(sub.difficulty, *args, cfg.min_difficulty, cfg.max_difficulty)
             st.assign(sub, "difficulty", difficulty)
             st.assign(sub, "burn", adjust_toward_target(sub.burn, *args, cfg.min_burn, cfg.max_burn))
@@ -491,9 +716,40 @@ def end_block(st: LedgerState, height: int, recorded: list[Record] | None = None
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _owner_part(amount: int, owner_cut: float) -> int:
+    """Rao of `amount` that goes to a subnet's owner: floor(amount * owner_cut), the cut read as its decimal."""
+    return split_emission(amount, owner_cut)[0]
+
+
+def _split(st: LedgerState, height: int) -> Record | None:
+    """The split record due at the epoch end `height`: from the root weights of the top `max_validators` staked
+    hotkeys with non-zero root weights; None (the previous split stays) when there are none."""
+    cfg = st.config
+    staked = [(h, st.stakes.get(h, 0)) for h, (_, row) in st.root_weights.items() if any(row.values())]
+    staked = sorted((hs for hs in staked if hs[1] > 0), key=lambda hs: (-hs[1], hs[0]))[: cfg.max_validators]
+    if not staked:
+        return None
+    vals = sorted(staked)
+    netuids = sorted(st.subnets)
+    rows = [st.root_weights[h][1] for h, _ in vals]
+    shares = split_shares(cfg.emission_split, [s for _, s in vals], rows, netuids, cfg.kappa)
+    if not any(shares):
+        return None
+    return {
+        "kind": "split",
+        "epoch": st.epoch_of(height),
+        "mode": cfg.emission_split,
+        "netuids": netuids,
+        "shares": shares,
+        "validators": [h for h, _ in vals],
+        "validator_stakes": [s for _, s in vals],
+    }
+
+
 @functools.lru_cache(maxsize=64)
 def _subnet_split(minted: int, shares: tuple[tuple[int, float], ...]) -> dict[int, int]:
-    """Cached `split_between_subnets`: the shares are fixed at genesis and `minted` changes only at halvings.
+    """Cached `split_between_subnets`: the shares change at most once an epoch and `minted` only at halvings.
 
     Callers must not mutate the returned dict (it is shared between blocks).
     """
@@ -504,7 +760,8 @@ def _check_epoch(got: Record, want: Record, miner_share: float) -> Record:
     """The recorded epoch `got` if it matches the recomputed `want`; raises RecordError naming the first mismatch."""
     if type(got) is not dict or got.keys() != want.keys():
         raise RecordError(f"epoch record has the wrong fields ({describe(got)})")
-    for key in ("kind", "netuid", "epoch", "uids", "hotkeys", "validators", "validator_stakes", "emission"):
+    exact = ("kind", "netuid", "epoch", "uids", "hotkeys", "validators", "validator_stakes", "emission")
+    for key in exact + (("owner", "owner_payout") if "owner" in want else ()):
         if not exactly_equal(got[key], want[key]):
             raise RecordError(f"epoch record field {key!r} differs from replay")
     for key in ("consensus", "incentive", "dividends"):

@@ -83,7 +83,7 @@ def verify_ledger(
     try:
         try:
             sigs = _start_workers(conn, path, workers, chunk_blocks)
-            for blk in read_blocks(conn):
+            for blk in read_blocks(conn, share_repeats=True):
                 expected = 0 if state is None else state.height + 1
                 if type(blk.height) is int and blk.height > expected:
                     return bad(expected, f"block {expected} is missing (next stored block is {blk.height})")

@@ -20,6 +20,7 @@ from moe.ledger.fields import RecordError, address, check_object, describe, sign
 logger = logging.getLogger(__name__)
 
 U16_MAX = 65535
+_PLAIN_INT = {int}
 WEIGHTS_DOMAIN = "hivemoe/weights/v1"
 
 
@@ -68,9 +69,13 @@ def to_u16(uids: Sequence[int], weights: Sequence[float]) -> tuple[list[int], li
     return out_uids, out_vals
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+"""One encoder for every call: `json.dumps` with these options would build a new one each time."""
+
+
 def canonical_json(obj: object) -> bytes:
     """Deterministic JSON bytes (sorted keys, no spaces, no NaN): what gets hashed and signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return _CANONICAL.encode(obj).encode()
 
 
 @dataclass
@@ -140,9 +145,9 @@ class WeightSubmission:
             raise ValueError(f"{len(self.uids)} uids but {len(self.weights)} weights")
         if len(set(self.uids)) != len(self.uids):
             raise ValueError("duplicate uids")
-        if any(not 0 <= u <= U16_MAX for u in self.uids):
+        if self.uids and (min(self.uids) < 0 or max(self.uids) > U16_MAX):
             raise ValueError(f"uid outside 0..{U16_MAX}")
-        if any(not 0 <= w <= U16_MAX for w in self.weights):
+        if self.weights and (min(self.weights) < 0 or max(self.weights) > U16_MAX):
             raise ValueError(f"weight outside 0..{U16_MAX}")
 
 
@@ -156,4 +161,6 @@ def _as_int(x: object) -> int:
 def _as_int_list(xs: object) -> list[int]:
     if not isinstance(xs, list | tuple):
         raise TypeError(f"expected a list of integers, got {type(xs).__name__}")
+    if set(map(type, xs)) <= _PLAIN_INT:  # the common case, checked in C
+        return list(xs)
     return [_as_int(x) for x in xs]

@@ -4,11 +4,13 @@ Keys (each value a `SignedValue` stored under a subkey equal to its signer's hot
 refuses values under someone else's name, of another key's context, or living longer than the key allows; the keys
 and their maximum TTLs are in `moe.net.dht_records.KEY_RULES`):
 
-- `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, every registered hotkey's uid,
-  registration block and stake, and the sha256 of the network's seed), re-published after every block; nodes read
-  their uid, the epoch and the seed they may load from it. Anyone can sign a head, so a node reads only the head of
+- `hivemoe/ledger/head`: the host's signed head (height, hash, epoch, tempo, each subnet's uids with their
+  registration block, incentive, emission share and commit-reveal rule, every staked hotkey's stake, and the sha256
+  of the network's seed), re-published after every block; nodes read their uids, the epoch and the seed they may
+  load from it. Anyone can sign a head, so a node reads only the head of
   the host whose key it was given (`LedgerAccessConfig.host`), and checks every field's type and range.
-- `hivemoe/ledger/inbox`: a node's own signed ledger records (registration by proof of work, stake).
+- `hivemoe/ledger/inbox`: a node's own signed ledger records (registration by proof of work, stake, a validator's
+  weight commits and reveals).
 - `hivemoe/validators/weights`: a validator's signed `WeightSubmission`s for the current epoch.
 - `hivemoe/validators/commits`: a validator's seed commitment (and, after scoring, the revealed seed).
 
@@ -67,6 +69,47 @@ class LedgerAccessConfig:
 
 
 @dataclass
+class SubnetHead:
+    """One ledger subnet as the head shows it."""
+
+    difficulty: int
+    """Current proof-of-work difficulty of a registration on it."""
+    uids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Hotkey → (uid, block it registered at)."""
+    incentive: dict[str, float] = field(default_factory=dict)
+    """Hotkey → its share of the subnet's miner emission at the last epoch (Yuma consensus over the validators'
+    weights; empty before the first epoch). What a router reads to learn whom the validators trust."""
+    emission_share: float = 0.0
+    """The subnet's current share of each block's emission."""
+    commit_reveal: bool = False
+    """Validators commit a hash of their weights and reveal them `reveal_period_epochs` later."""
+    reveal_period_epochs: int = 1
+    """Epochs between a weights commit and its reveal."""
+
+    @classmethod
+    def from_payload(cls, netuid: int, d) -> SubnetHead:
+        where = f"subnet {netuid}"
+        if not isinstance(d, dict):
+            raise MalformedRecord(f"{where} must be a mapping")
+        check_keys(where, d, SUBNET_HEAD_FIELDS)
+        if not isinstance(d["commit_reveal"], bool):
+            raise MalformedRecord(f"{where} commit_reveal must be a bool")
+        return cls(
+            difficulty=check_int(f"{where} difficulty", d["difficulty"], 1, U64_MAX),
+            uids=_by_hotkey(f"{where} uids", d["uids"], _check_registration),
+            incentive=_by_hotkey(f"{where} incentive", d["incentive"], lambda n, v: check_float(n, v, 0.0, 1.0)),
+            emission_share=check_float(f"{where} emission_share", d["emission_share"], 0.0, 1.0),
+            commit_reveal=d["commit_reveal"],
+            reveal_period_epochs=check_int(f"{where} reveal_period_epochs", d["reveal_period_epochs"], 1, U16_MAX),
+        )
+
+
+SUBNET_HEAD_FIELDS = tuple(SubnetHead.__dataclass_fields__)
+MAX_HEAD_SUBNETS = 64
+"""Most subnets a head may list (a node walks all of them)."""
+
+
+@dataclass
 class LedgerHead:
     """What the ledger host last published: enough for nodes to register, weigh and name the epoch."""
 
@@ -77,19 +120,12 @@ class LedgerHead:
     epoch: int
     """Epoch a weight submission must name to enter the next block."""
     tempo: int
-    netuid: int
-    """The ledger subnet the mixture's miners and validators register on."""
-    difficulty: int
-    """Current proof-of-work difficulty of `netuid`."""
     block_interval: float
     """Wall seconds between blocks."""
-    uids: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Hotkey → (uid, block it registered at) on `netuid`."""
+    subnets: dict[int, SubnetHead] = field(default_factory=dict)
+    """Netuid → that ledger subnet's uids, incentive and rules (each domain is its own subnet)."""
     stakes: dict[str, int] = field(default_factory=dict)
     """Hotkey → staked rao, for registered hotkeys with stake."""
-    incentive: dict[str, float] = field(default_factory=dict)
-    """Hotkey → its share of the miners' emission at the last epoch (Yuma consensus over the validators' weights;
-    empty before the first epoch). What a router reads to learn whom the validators trust."""
     seed_sha256: str | None = None
     """Hex sha256 of the network's seed, the only seed a node may load; None until the host has learned it."""
     total_issuance: int = 0
@@ -98,6 +134,23 @@ class LedgerHead:
     def epoch_progress(self) -> float:
         """Fraction of the current epoch's blocks already produced, in [0, 1)."""
         return ((self.height + 1) % self.tempo) / self.tempo
+
+    def uid_on(self, netuid: int, hotkey: str) -> tuple[int, int] | None:
+        """(uid, registration block) of `hotkey` on `netuid`, or None."""
+        sub = self.subnets.get(netuid)
+        return None if sub is None else sub.uids.get(hotkey)
+
+    def registered(self) -> set[str]:
+        """Every hotkey holding a uid on some subnet."""
+        return {hk for sub in self.subnets.values() for hk in sub.uids}
+
+    def incentive(self) -> dict[str, float]:
+        """Hotkey → its incentive on the subnet where it earns most (a miner serves one subnet)."""
+        out: dict[str, float] = {}
+        for sub in self.subnets.values():
+            for hk, v in sub.incentive.items():
+                out[hk] = max(out.get(hk, 0.0), v)
+        return out
 
     @classmethod
     def from_payload(cls, host: str, d: dict) -> LedgerHead:
@@ -112,12 +165,9 @@ class LedgerHead:
                 head_hash=check_address("head_hash", d["head_hash"]),
                 epoch=check_int("epoch", d["epoch"], 0, U64_MAX),
                 tempo=check_int("tempo", d["tempo"], 1, U64_MAX),
-                netuid=check_int("netuid", d["netuid"], 0, U16_MAX),
-                difficulty=check_int("difficulty", d["difficulty"], 1, U64_MAX),
                 block_interval=_check_block_interval(d["block_interval"]),
-                uids=_by_hotkey("uids", d["uids"], _check_registration),
+                subnets=_subnets(d["subnets"]),
                 stakes=_by_hotkey("stakes", d["stakes"], lambda name, v: check_int(name, v, 0, U64_MAX)),
-                incentive=_by_hotkey("incentive", d["incentive"], lambda name, v: check_float(name, v, 0.0, 1.0)),
                 seed_sha256=None if d["seed_sha256"] is None else check_address("seed_sha256", d["seed_sha256"]),
                 total_issuance=check_int("total_issuance", d["total_issuance"], 0, U64_MAX),
             )
@@ -128,6 +178,18 @@ class LedgerHead:
 HEAD_FIELDS = tuple(f for f in LedgerHead.__dataclass_fields__ if f != "host")
 """The keys of a head's payload, exactly, besides the `expiration` every signed DHT value carries (checked by the
 DHT guard, `moe.net.dht_records`); its signer is the host."""
+
+
+def _subnets(d) -> dict[int, SubnetHead]:
+    """{netuid: SubnetHead} from the head's "subnets" mapping, keyed by decimal netuid strings (JSON keys)."""
+    if not isinstance(d, dict) or len(d) > MAX_HEAD_SUBNETS:
+        raise MalformedRecord(f"subnets must map at most {MAX_HEAD_SUBNETS} netuids to subnet heads")
+    out = {}
+    for key, value in d.items():
+        if not isinstance(key, str) or not key.isdigit() or key != str(int(key)) or int(key) > U16_MAX:
+            raise MalformedRecord(f"subnets key {key!r} is not a netuid")
+        out[int(key)] = SubnetHead.from_payload(int(key), value)
+    return out
 
 
 def _check_block_interval(v) -> float:
@@ -182,34 +244,44 @@ def pinned_seed_sha256(dht, ledger: LedgerAccessConfig, timeout: float) -> str |
 
 
 def register_on_ledger(
-    dht, hotkey: Hotkey, stake_rao: int = 0, timeout: float = 60.0, *, host: str, ttl: float = 30.0
-) -> tuple[int, int, LedgerHead]:
-    """Register `hotkey` on the ledger's subnet by proof of work (and stake `stake_rao`) through the DHT inbox.
+    dht,
+    hotkey: Hotkey,
+    stake_rao: int = 0,
+    timeout: float = 60.0,
+    *,
+    host: str,
+    netuids: list[int],
+    ttl: float = 30.0,
+) -> tuple[dict[int, tuple[int, int]], LedgerHead]:
+    """Register `hotkey` on each of `netuids` by proof of work (and stake `stake_rao`) through the DHT inbox.
 
     Posts the node's own signed records, re-posting with a fresh block hash if they have not landed after a few
-    blocks; returns (uid, registration block, head) once `host`'s head shows them. Raises TimeoutError after
-    `timeout`, ValueError without a host.
+    blocks; returns ({netuid: (uid, registration block)}, head) once `host`'s head shows them all. Raises
+    TimeoutError after `timeout` (naming a netuid the ledger does not have), ValueError without a host.
     """
     deadline = time.monotonic() + timeout
     posted_at = -1.0
+    head = None
     while time.monotonic() < deadline:
         head = read_head(dht, host)
         if head is not None:
-            me = head.uids.get(hotkey.address)
-            if me is not None and head.stakes.get(hotkey.address, 0) >= stake_rao:
-                logger.info("registered on ledger netuid %d as uid %d (block %d)", head.netuid, me[0], me[1])
-                return me[0], me[1], head
+            mine = {n: head.uid_on(n, hotkey.address) for n in netuids}
+            if all(mine.values()) and head.stakes.get(hotkey.address, 0) >= stake_rao:
+                logger.info("registered on ledger subnets %s", {n: uid for n, (uid, _) in mine.items()})
+                return mine, head
             if posted_at < 0 or time.monotonic() - posted_at > max(2.0, 8 * head.block_interval):
                 records = []
-                if me is None:
-                    record = pow_registration_record(hotkey, head.netuid, head.head_hash, head.difficulty)
+                for n in (n for n, me in mine.items() if me is None and n in head.subnets):
+                    record = pow_registration_record(hotkey, n, head.head_hash, head.subnets[n].difficulty)
                     records.extend([record] if record is not None else [])
                 if stake_rao > 0 and head.stakes.get(hotkey.address, 0) < stake_rao:
                     records.append(stake_record(hotkey, stake_rao - head.stakes.get(hotkey.address, 0), nonce=0))
                 publish_signed(dht, INBOX_KEY, hotkey, {"records": records}, INBOX_CONTEXT, ttl)
                 posted_at = time.monotonic()
         time.sleep(0.25)
-    raise TimeoutError(f"hotkey {hotkey.address[:16]} not registered on the ledger within {timeout:.0f}s")
+    unknown = [n for n in netuids if head is not None and n not in head.subnets]
+    why = f" (the ledger has no subnet {unknown})" if unknown else ""
+    raise TimeoutError(f"hotkey {hotkey.address[:16]} not registered on the ledger within {timeout:.0f}s{why}")
 
 
 def submit_records(dht, hotkey: Hotkey, records: list[dict], ttl: float = 60.0) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe.config_checks import require_at_least, require_between, require_positive
+from moe.config_checks import require_at_least, require_positive
 from moe.identity import Hotkey
 from moe.ledger import GenesisConfig, Ledger, WeightSubmission
 from moe.ledger.weights import canonical_json
@@ -33,20 +33,38 @@ logger = logging.getLogger(__name__)
 class LedgerHostConfig:
     """The chain a local network hosts: its block clock, epoch length and registration cost."""
 
-    shared_netuid: int = 0
-    """The one ledger subnet every domain's miners register on and validators weigh. Domains keep their own netuids
-    as DHT discovery keys (moe.net.discovery); per-domain ledger subnets are not built yet."""
     block_interval_seconds: float = 0.25
     """Wall seconds between blocks (the accelerated clock of a local run; the chain's own clock is 12 s a block)."""
     tempo: int = 20
     """Blocks per ledger epoch (Yuma consensus and payout at its last block)."""
     difficulty: int = 64
     """Proof-of-work difficulty of a registration (expected hashes)."""
+    emission_split: str = "contribution"
+    """How each block's emission is split across subnets: `contribution` (each subnet's Shapley share of the
+    mixture's loss reduction, as the validators measure and report it on the root subnet), `root` (the validators'
+    root weights through Yuma consensus, as subtensor's root network did) or `static` (equal shares)."""
+    commit_reveal: bool = True
+    """Validators commit a hash of their weights and reveal them later, so nobody can copy them (on, as on
+    subtensor)."""
+    reveal_period_epochs: int = 1
+    """Epochs between a weights commit and its reveal."""
+    yuma_version: int = 1
+    """Yuma consensus version of every subnet: 1 (original bonds) or 3 (absolute bonds, subtensor's Yuma 3)."""
+    liquid_alpha: bool = False
+    """Per-bond EMA rate from its weight's distance to consensus (subtensor applies it with Yuma 3)."""
 
     def __post_init__(self):
-        require_between(self, "shared_netuid", 0, 0xFFFF)
         require_positive(self, ["block_interval_seconds"])
-        require_at_least(self, 1, ["tempo", "difficulty"])
+        require_at_least(self, 1, ["tempo", "difficulty", "reveal_period_epochs"])
+        if self.emission_split not in EMISSION_SPLITS:
+            raise ValueError(
+                f"emission_split must be one of {', '.join(EMISSION_SPLITS)}, got {self.emission_split!r}"
+            )
+        if self.yuma_version not in (1, 3):
+            raise ValueError(f"yuma_version must be 1 or 3, got {self.yuma_version}")
+
+
+EMISSION_SPLITS = ("contribution", "root", "static")
 
 
 class LedgerHost:
@@ -63,19 +81,13 @@ class LedgerHost:
         path: str | Path,
         genesis: GenesisConfig,
         hotkey: Hotkey,
-        netuid: int,
         block_interval: float,
         poll_interval: float = 0.25,
         head_ttl: float = 30.0,
         seed_publisher: str | None = None,
     ):
         self.dht, self.path, self.genesis, self.hotkey = dht, Path(path), genesis, hotkey
-        self.netuid, self.block_interval, self.poll_interval, self.head_ttl = (
-            netuid,
-            block_interval,
-            poll_interval,
-            head_ttl,
-        )
+        self.block_interval, self.poll_interval, self.head_ttl = block_interval, poll_interval, head_ttl
         self.seed_publisher = seed_publisher
         self.seed_sha256: str | None = None
         self.ledger: Ledger | None = None
@@ -151,6 +163,8 @@ class LedgerHost:
                 self._reject(str(rec.get("kind")), address, "record acts for another hotkey")
             elif self.ledger.submit(rec):
                 self.accepted.append((str(rec.get("kind")), address))
+                if rec.get("kind") == "reveal":  # revealed weights count from here, as set weights do
+                    self.last_weights_height = self.ledger.height + 1
             else:
                 self._reject(str(rec.get("kind")), address, "refused by the ledger (see its log line)")
 
@@ -175,19 +189,28 @@ class LedgerHost:
 
     def publish_head(self) -> None:
         st = self.ledger.state
-        sub = st.subnets[self.netuid]
-        uids = {slot.hotkey: [uid, slot.registered_at] for uid, slot in sub.registry.slots.items()}
+        shares = emission_shares(st)
+        subnets, staked = {}, set()
+        for netuid, sub in st.subnets.items():
+            params = st.config.params(netuid)
+            uids = {slot.hotkey: [uid, slot.registered_at] for uid, slot in sub.registry.slots.items()}
+            staked.update(uids)
+            subnets[str(netuid)] = {
+                "difficulty": sub.difficulty,
+                "uids": uids,
+                "incentive": last_incentive(sub.latest_epoch),
+                "emission_share": shares.get(netuid, 0.0),
+                "commit_reveal": params.commit_reveal,
+                "reveal_period_epochs": params.reveal_period_epochs,
+            }
         payload = {
             "height": self.ledger.height,
             "head_hash": self.ledger.head_hash,
             "epoch": self.ledger.current_epoch,
             "tempo": self.ledger.config.tempo,
-            "netuid": self.netuid,
-            "difficulty": sub.difficulty,
             "block_interval": self.block_interval,
-            "uids": uids,
-            "stakes": {hk: st.stakes[hk] for hk in uids if st.stakes.get(hk, 0) > 0},
-            "incentive": last_incentive(sub.latest_epoch),
+            "subnets": subnets,
+            "stakes": {hk: st.stakes[hk] for hk in sorted(staked) if st.stakes.get(hk, 0) > 0},
             "seed_sha256": self.seed_sha256,
             "total_issuance": self.ledger.total_issuance,
         }
@@ -228,20 +251,35 @@ class LedgerHost:
 
 
 def local_genesis(
-    netuid: int, block_interval: float, tempo: int, difficulty: int, balances: dict[str, int]
+    lh: LedgerHostConfig, netuids: list[int], balances: dict[str, int], owners: dict[int, str] | None = None
 ) -> GenesisConfig:
-    """Genesis of a local demo chain: one subnet, 12 s blocks sped up to `block_interval`, cheap proof of work."""
+    """Genesis of a local demo chain: one ledger subnet per domain (`netuids`, each with its `owners` key taking the
+    owner's cut), 12 s blocks sped up to `lh.block_interval_seconds`, cheap proof of work, commit-reveal weights and
+    the emission split `lh` names (`static` keeps equal shares)."""
     from moe.ledger import LedgerConfig
 
     rules = LedgerConfig(
-        time_scale=12.0 / block_interval,
-        tempo=tempo,
-        subnet_shares={netuid: 1.0},
-        initial_difficulty=difficulty,
+        time_scale=12.0 / lh.block_interval_seconds,
+        tempo=lh.tempo,
+        subnet_shares={n: 1.0 for n in netuids},
+        initial_difficulty=lh.difficulty,
         min_difficulty=1,
-        max_difficulty=max(difficulty, 1) * 16,
+        max_difficulty=max(lh.difficulty, 1) * 16,
+        emission_split=lh.emission_split,
+        commit_reveal=lh.commit_reveal,
+        reveal_period_epochs=lh.reveal_period_epochs,
+        yuma_version=lh.yuma_version,
+        liquid_alpha=lh.liquid_alpha,
+        subnet_owners={n: a for n, a in (owners or {}).items()},
     )
     return GenesisConfig(ledger=rules, balances=dict(balances), timestamp=time.time())
+
+
+def emission_shares(st) -> dict[int, float]:
+    """Netuid → its share of each block's emission now (the latest split, else the genesis shares), summing to 1."""
+    shares = dict(st.split or st.config.subnet_shares.items())
+    total = sum(shares.values()) or 1.0
+    return {n: float(v) / total for n, v in shares.items()}
 
 
 def last_incentive(epoch: dict | None) -> dict[str, float]:

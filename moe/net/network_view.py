@@ -35,7 +35,7 @@ from moe.net.dht_records import (
 )
 from moe.net.discovery import parse_entries
 from moe.net.expert_record import ExpertRecord
-from moe.net.ledger_client import LedgerHead
+from moe.net.ledger_client import LedgerHead, SubnetHead
 from moe.net.signed import MalformedRecord, SignedValue, check_address, check_float, check_name
 from moe.poi.commit import SeedCommit
 
@@ -111,8 +111,10 @@ class LedgerView:
     height: int | None = None
     epoch: int | None = None
     head_hash: str | None = None
-    netuid: int | None = None
+    subnets: int | None = None
+    """Ledger subnets the head lists."""
     registered: int | None = None
+    """Hotkeys holding a uid on some subnet."""
     total_stake_tao: float | None = None
     issuance_tao: float | None = None
     """TAO issued so far, from the pinned head; None without one."""
@@ -251,7 +253,7 @@ def _ledger_view(heads: dict[str, dict], host: str | None, counter: _Counter) ->
     view = LedgerView(host=host, found=head is not None, head_signers=sorted(parsed))
     if head is not None:
         view.height, view.epoch, view.head_hash = head.height, head.epoch, head.head_hash
-        view.netuid, view.registered, view.seed_sha256 = head.netuid, len(head.uids), head.seed_sha256
+        view.subnets, view.registered, view.seed_sha256 = len(head.subnets), len(head.registered()), head.seed_sha256
         view.total_stake_tao = sum(head.stakes.values()) / RAO_PER_TAO
         view.issuance_tao = head.total_issuance / RAO_PER_TAO
     return view, head
@@ -323,12 +325,12 @@ def _expert_row(
     for v in verdicts.values():
         for reason in v.flags.get(r.hotkey, []):
             flags[reason] = flags.get(reason, 0) + 1
-    registered = head is not None and r.hotkey in head.uids
+    reg = None if head is None else head.uid_on(r.netuid, r.hotkey)
     expires_in = max(0.0, r.expiration - now)
     return ExpertRow(
         hotkey=r.hotkey,
         uid=r.uid,
-        ledger_uid=head.uids[r.hotkey][0] if registered else None,
+        ledger_uid=None if reg is None else reg[0],
         subnet=r.subnet,
         netuid=r.netuid,
         peer_id=r.peer_id,
@@ -338,7 +340,7 @@ def _expert_row(
         latency_p50_ms=None,
         price=None,
         stake_tao=None if head is None else _tao(head.stakes.get(r.hotkey, 0)),
-        incentive=None if head is None else head.incentive.get(r.hotkey, 0.0),
+        incentive=None if head is None else head.subnets.get(r.netuid, SubnetHead(1)).incentive.get(r.hotkey, 0.0),
         expires_in_seconds=expires_in,
         heartbeat_age_seconds=max(0.0, announce_ttl - expires_in),
         flags=dict(sorted(flags.items())),
@@ -351,11 +353,12 @@ def _validator_rows(
     rows = []
     for address in sorted(set(verdicts) | {a for a, s in submissions.items() if s is not None}):
         sub, verdict = submissions.get(address), verdicts.get(address)
-        registered = head is not None and address in head.uids
+        netuid = None if sub is None else sub.netuid
+        reg = None if head is None or netuid is None else head.uid_on(netuid, address)
         rows.append(
             ValidatorRow(
                 hotkey=address,
-                ledger_uid=head.uids[address][0] if registered else None,
+                ledger_uid=None if reg is None else reg[0],
                 stake_tao=None if head is None else _tao(head.stakes.get(address, 0)),
                 commit_epoch=None if verdict is None else verdict.commit.epoch,
                 revealed=verdict is not None and verdict.revealed,

@@ -39,6 +39,7 @@ from moe.report.run_data import (  # noqa: E402
     model_rows,
     number,
     subnet_names,
+    validator_entries,
 )
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def plot_ledger(run_dir: Path, summary: dict) -> Figure:
     """Total issuance, and each expert's and validator's holdings (balance plus stake), block by block."""
     labels, adversaries = hotkey_labels(summary), adversary_hotkeys(summary)
     experts = [str(e.get("hotkey")) for e in items(summary.get("experts"))]
-    validators = [str(v.get("hotkey")) for v in items(summary.get("validators"))]
+    validators = [str(v.get("hotkey")) for v in validator_entries(summary)]
     history = read_ledger_history(run_dir / "ledger.sqlite", experts + validators)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     top.plot(history.heights, history.issuance_tao, color="black")

@@ -73,6 +73,14 @@ def items(x: Any) -> list[dict]:
     return [e for e in x if isinstance(e, dict)] if isinstance(x, list) else []
 
 
+def validator_entries(summary: dict) -> list[dict]:
+    """summary["validators"] as a list of dicts each with its "hotkey" ({hotkey: {...}} today; a list before)."""
+    v = summary.get("validators")
+    if isinstance(v, dict):
+        return [{"hotkey": hk, **e} for hk, e in v.items() if isinstance(e, dict)]
+    return items(v)
+
+
 # ---- training metrics -----------------------------------------------------------------------------------------------
 
 
@@ -112,8 +120,9 @@ def load_loss_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def expert_label(expert: dict) -> str:
-    """How a report names an expert: its kind (`expert` or the adversary's) and subnet, e.g. `copycat code`."""
-    return f"{expert.get('adversary') or 'expert'} {expert.get('subnet', '?')}"
+    """How a report names an expert: its kind (`expert` or the adversary's) and subnet, e.g. `copycat code`; a
+    subnet's second miner by its miner name, e.g. `expert english-2`."""
+    return f"{expert.get('adversary') or 'expert'} {expert.get('miner') or expert.get('subnet', '?')}"
 
 
 def hotkey_labels(summary: dict) -> dict[str, str]:

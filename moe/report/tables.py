@@ -20,6 +20,7 @@ from moe.report.run_data import (
     model_rows,
     number,
     subnet_names,
+    validator_entries,
 )
 
 FAMILIES = (("eval_bpb", "Bits per byte on held-out data"), ("shifted_bpb", "Bits per byte on shifted text"))
@@ -153,7 +154,7 @@ def students_table(summary: dict) -> str:
 def flags_table(summary: dict) -> str:
     """Every flagged hotkey, why, and which validators flagged it; honest experts flagged stand out."""
     labels, adversaries = hotkey_labels(summary), adversary_hotkeys(summary)
-    validators = items(summary.get("validators"))
+    validators = validator_entries(summary)
     flagged = mapping(summary.get("flags"))
     trs = []
     for hk, reasons in flagged.items():

@@ -225,7 +225,7 @@ def run_adversary(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     dht = join_network(cfg.initial_peers, net)
     client = server = heartbeat = directory = flooder = None
     try:
-        uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid)
+        uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid, subnet.netuid)
         claimed_peer = None
         if kind in ("copycat", "hijack", "flood", "nearcopy"):
             refresh = max(0.5, net.heartbeat_interval_seconds / 2)

@@ -32,6 +32,7 @@ from moe.model.transformer import ByteLM
 from moe.net.ledger_client import submit_records
 from moe.roles.layout import CHECKPOINT, RESULT, RunLayout
 from moe.roles.lm_job import score_model
+from moe.roles.miners import parse_miners
 from moe.roles.node import StatusBoard, Stream
 from moe.routing.remote import Mixture
 from moe.training.tracking import Tracker
@@ -81,7 +82,9 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
     mixture = Mixture.from_dht(cfg.initial_peers, netuids, rc, cfg.network)
     try:
         status.update(phase="discovering")
-        mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.discovery_timeout_seconds)
+        mixture.wait_for_experts(
+            len(parse_miners(cfg.miners, cfg.subnets)), timeout=cfg.network.discovery_timeout_seconds
+        )
         gate = dc.gate_path or (str(layout.router) if (layout.router / "gate.json").is_file() else "")
         if gate:
             mixture.load(gate)

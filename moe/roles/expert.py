@@ -7,6 +7,7 @@ id, model shape, training step, claimed score, domain signature). Without initia
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from moe.model.transformer import ByteLM, config_dict
 from moe.net.join import join_network
 from moe.roles.layout import SERVING, RunLayout
 from moe.roles.lm_job import run_lm_job
+from moe.roles.miners import MinerSpec, parse_miners
 from moe.roles.node import StatusBoard, wait_for_stop
 from moe.roles.serving import (
     close_all,
@@ -100,14 +102,22 @@ def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[
     return (lambda model: None), "scratch"
 
 
+def this_miner(cfg: RunConfig) -> MinerSpec:
+    """Which of the run's miners this node is (`miner=`, else the first on `subnet=`)."""
+    miners = parse_miners(cfg.miners, cfg.subnets) if cfg.subnet in cfg.subnets else []
+    own = [m for m in miners if m.subnet == cfg.subnet and (m.name == cfg.miner or (not cfg.miner and m.index == 0))]
+    return own[0] if own else MinerSpec(cfg.miner or cfg.subnet, cfg.subnet, None, 0)
+
+
 def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     subnet = subnets[cfg.subnet]
-    name = f"expert-{subnet.name}"
-    out = layout.expert(subnet.name)
+    miner = this_miner(cfg)
+    name = f"expert-{miner.name}"
+    out = layout.expert(miner.name)
     status = StatusBoard(layout.status, name)
     hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key(name))
     train_tokens = subnet_tokens(subnet, "train", cfg.data)
-    train = cfg.expert_train
+    train = cfg.expert_train if miner.steps is None else dataclasses.replace(cfg.expert_train, steps=miner.steps)
     centroid = subnet_centroid(train_tokens, train.seq_len, cfg.seed)
 
     dht = server = heartbeat = None
@@ -116,13 +126,14 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         dht = join_network(cfg.initial_peers, cfg.network)
     if cfg.ledger.enabled:
         status.update(phase="registering")
-    uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid)
+    uid, registered_at = register_if_ledger(dht, hotkey, cfg.ledger, cfg.uid, subnet.netuid)
     status.update(phase="fetching seed")
     init, origin = _branch_from_seed(cfg, layout, dht)
     logger.info("%s branches from %s", name, origin)
     progress = {"step": 0, "bpb": None}
     extra = {
         "subnet": subnet.name,
+        "miner": miner.name,
         "netuid": subnet.netuid,
         "uid": uid,
         "hotkey": hotkey.address,
@@ -150,7 +161,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             server.update_weights(model.state_dict())
 
     try:
-        seed = cfg.seed + subnet.netuid  # each subnet's expert draws its own batches
+        seed = cfg.seed + subnet.netuid + 1000 * miner.index  # each miner draws its own batches
         batches = batches_at_step(train_tokens, train.seq_len, train.batch_size, seed, train.grad_accum)
         r = cfg.expert.replay_fraction
         if r > 0:  # the own subnet, then every subnet of the run (its own included) at r between them

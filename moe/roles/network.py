@@ -1,12 +1,14 @@
 """The local network: every role of a decentralized run as its own OS process on this machine.
 
-A bootstrap DHT peer (this process), then the seed node (trains and publishes the shared seed), one expert node per
-subnet (each fetches the seed over hivemind, trains its specialist while serving it), the solo and dense baselines,
-the router (discovers the experts in the DHT and mixes a first sample of traffic, whose signed receipts it publishes),
-the validators, who score the experts and re-check that traffic, and whose weights the ledger hosted here turns into
-consensus and pays out; then the router drops the experts the validators flagged and trains the gate through remote
-calls, and once it is trained one distiller per student learns from the mixture. The nodes talk only over hivemind;
-this process only starts them, shows their progress, and writes the summary from their results.
+A bootstrap DHT peer (this process), then the seed node (trains and publishes the shared seed), the miners (one
+expert node per subnet, or the `miners` list: several on one subnet compete for its emission; each fetches the seed
+over hivemind, trains its specialist while serving it), the solo and dense baselines, the router (discovers the
+experts in the DHT and mixes a first sample of traffic, whose signed receipts it publishes), the validators, who
+score the experts and re-check that traffic, and whose weights (committed, then revealed) the ledger hosted here
+turns into consensus and pays out, each domain on its own ledger subnet; then the router drops the experts the
+validators flagged and trains the gate through remote calls, and once it is trained one distiller per student learns
+from the mixture. The nodes talk only over hivemind; this process only starts them, shows their progress, and writes
+the summary from their results.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
 from moe.fileio import write_json
 from moe.roles.layout import GATE, PUBLISHED, RESULT, SERVING, TRAFFIC, RunLayout
+from moe.roles.miners import parse_miners
 from moe.roles.node import PARENT_PID_VAR, StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
@@ -177,6 +180,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
 
     console = Console(stderr=True)
     cfg.subnets = available_subnets(cfg, subnets)
+    cfg.miners = [m for m in cfg.miners if m.partition("@")[0].strip() in cfg.subnets]
     if len(cfg.subnets) < 2:
         console.print("[red]error:[/red] a mixture needs at least two subnets with data")
         return 2
@@ -191,16 +195,17 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
     peers = visible_maddrs(dht, cfg.network.host)
     write_json(layout.bootstrap, {"initial_peers": peers})
     base = [f"run_id={cfg.run_id}", f"out_dir={cfg.out_dir}", f"initial_peers={','.join(peers)}"]
-    host, validators = _start_ledger(cfg, layout, dht, base)
+    host, validators = _start_ledger(cfg, subnets, layout, dht, base)
     nodes = Nodes(layout, entry, base)
     display = _Display(layout, console)
     interrupted = False
     try:
         nodes.start("seed", ["role=seed"], _child_env(0))
         nodes.wait_for(["seed"], lambda n: (layout.seed / PUBLISHED).exists(), tm.seed_seconds, display)
-        experts = {f"expert-{s}": s for s in cfg.subnets}
-        for i, (name, s) in enumerate(experts.items()):
-            nodes.start(name, ["role=expert", f"subnet={s}", "uid=0"], _child_env(i))
+        miners = parse_miners(cfg.miners, cfg.subnets)
+        experts = {f"expert-{m.name}": m.name for m in miners}
+        for i, m in enumerate(miners):
+            nodes.start(f"expert-{m.name}", ["role=expert", f"subnet={m.subnet}", f"miner={m.name}"], _child_env(i))
         baselines = {}
         if cfg.baselines:
             for kind in ("dense", "solo"):
@@ -310,9 +315,10 @@ def _stop_network(nodes: Nodes, host, dht, tm: PhaseTimeouts, interrupted: bool)
     dht.shutdown()
 
 
-def _start_ledger(cfg: RunConfig, layout: RunLayout, dht, base: list[str]):
-    """Host the ledger in this process when the run has validators: their keys, a genesis funding their stakes, and
-    the DHT host; children are told to register. Returns (host or None, {validator name: (key path, stake TAO)})."""
+def _start_ledger(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, dht, base: list[str]):
+    """Host the ledger in this process when the run has validators: their keys, a genesis with one ledger subnet per
+    domain (each owned by its own key, which takes the owner's cut) funding their stakes, and the DHT host; children
+    are told to register. Returns (host or None, {validator name: (key path, stake TAO)})."""
     if not cfg.validator_stakes_tao:
         return None, {}
     from moe.identity import Hotkey
@@ -326,10 +332,11 @@ def _start_ledger(cfg: RunConfig, layout: RunLayout, dht, base: list[str]):
         balances[Hotkey.load_or_create(key).address] = int(round(stake * RAO_PER_TAO))
         validators[f"validator-{k}"] = (key, stake)
     hotkey = Hotkey.load_or_create(layout.key("ledger"))
-    genesis = local_genesis(lh.shared_netuid, lh.block_interval_seconds, lh.tempo, lh.difficulty, balances)
+    owners = {subnets[s].netuid: Hotkey.load_or_create(layout.key(f"owner-{s}")).address for s in cfg.subnets}
+    genesis = local_genesis(lh, sorted(owners), balances, owners)
     seed_publisher = Hotkey.load_or_create(cfg.hotkey_path or layout.key("seed")).address  # the seed node's key
     host = LedgerHost(
-        dht, layout.ledger, genesis, hotkey, lh.shared_netuid, lh.block_interval_seconds, seed_publisher=seed_publisher
+        dht, layout.ledger, genesis, hotkey, lh.block_interval_seconds, seed_publisher=seed_publisher
     ).start()
     base += ["ledger.enabled=true", f"ledger.host={hotkey.address}"]
     return host, validators

@@ -22,6 +22,7 @@ from moe.metrics import score_sets
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import RESULT, ROUTING, TRAFFIC, RunLayout
 from moe.roles.lm_job import shifted_sets
+from moe.roles.miners import parse_miners
 from moe.roles.node import StatusBoard, Stream
 from moe.routing.remote import Mixture
 from moe.routing.traffic import publish_traffic
@@ -95,7 +96,9 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     mixture = Mixture.from_dht(cfg.initial_peers, netuids, rc, cfg.network)
     try:
         status.update(phase="discovering")
-        mixture.wait_for_experts(len(cfg.subnets), timeout=cfg.network.discovery_timeout_seconds)
+        mixture.wait_for_experts(
+            len(parse_miners(cfg.miners, cfg.subnets)), timeout=cfg.network.discovery_timeout_seconds
+        )
         if rc.generalist:
             mixture.set_generalist(load_generalist(cfg, mixture.dht))
         if rc.follow_validators and cfg.ledger.enabled:

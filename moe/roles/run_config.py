@@ -18,6 +18,7 @@ from moe.net.ledger_host import LedgerHostConfig
 from moe.roles.adversary import ADVERSARIES
 from moe.roles.baseline import BASELINES
 from moe.roles.expert import ExpertConfig
+from moe.roles.miners import parse_miners
 from moe.roles.network import PhaseTimeouts
 from moe.roles.validator import ValidatorConfig
 from moe.routing.remote import RouterConfig
@@ -37,6 +38,12 @@ class RunConfig:
     """The subnet an expert or adversary serves."""
     subnets: list[str] = field(default_factory=lambda: list(DEFAULT_SUBNETS))
     """Subnets of the local network, the router and the validators."""
+    miners: list[str] = field(default_factory=list)
+    """The local network's expert nodes, one `subnet[@steps]` entry each (e.g. english@400,english@150,code,math):
+    several on one subnet compete for its emission; empty starts one per subnet (moe.roles.miners)."""
+    miner: str = ""
+    """The miner a role=expert node is (its name in moe.roles.miners: english, english-2, ...); empty: the subnet's
+    first."""
     run_id: str = ""
     """Name of the run directory under out_dir; empty makes one from the time."""
     out_dir: str = "runs"
@@ -116,6 +123,9 @@ class RunConfig:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if not self.subnets or len(set(self.subnets)) != len(self.subnets):
             raise ValueError(f"subnets must be a non-empty list without repeats, got {self.subnets}")
+        parse_miners(self.miners, self.subnets)  # raises ValueError naming a bad entry
+        if self.miner and self.miner not in [m.name for m in parse_miners(self.miners, self.subnets)]:
+            raise ValueError(f"miner {self.miner!r} is not one of the miners this run starts")
         if any(not s > 0 for s in self.validator_stakes_tao):
             raise ValueError(f"validator_stakes_tao must all be positive, got {self.validator_stakes_tao}")
         if not 0 <= self.uid <= 0xFFFF:

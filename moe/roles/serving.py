@@ -56,8 +56,8 @@ def subnet_centroid(train_tokens: np.ndarray, seq_len: int, run_seed: int) -> li
     return domain_centroid(windows.numpy())
 
 
-def register_if_ledger(dht, hotkey: Hotkey, ledger: LedgerAccessConfig, uid: int) -> tuple[int, int]:
-    """(uid, registration block) from the ledger when the network has one, else (`uid`, 0).
+def register_if_ledger(dht, hotkey: Hotkey, ledger: LedgerAccessConfig, uid: int, netuid: int) -> tuple[int, int]:
+    """(uid, registration block) on ledger subnet `netuid` when the network has a ledger, else (`uid`, 0).
 
     A registration that does not land in time is logged, and the node serves unregistered (validators give an
     unregistered hotkey no weight).
@@ -67,11 +67,13 @@ def register_if_ledger(dht, hotkey: Hotkey, ledger: LedgerAccessConfig, uid: int
     from moe.net.ledger_client import register_on_ledger
 
     try:
-        uid, registered_at, _ = register_on_ledger(dht, hotkey, 0, ledger.register_timeout_seconds, host=ledger.host)
+        mine, _ = register_on_ledger(
+            dht, hotkey, 0, ledger.register_timeout_seconds, host=ledger.host, netuids=[netuid]
+        )
     except TimeoutError as e:
         logger.warning("%s; serving as uid %d, unregistered (validators give it no weight)", e, uid)
         return uid, 0
-    return uid, registered_at
+    return mine[netuid]
 
 
 def start_heartbeat(

@@ -1,13 +1,14 @@
 """`summary.json` of a local network run, and the table printed at its end.
 
-Schema: run_id, config, experts [{uid, hotkey, subnet, peer_id, params, train_steps, eval_bpb, shifted_bpb,
-worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte, routing}, best_single {eval_bpb,
-subnet, hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb, worst_window_bpb, params, train_flops},
-students and distill_traffic (moe.roles.students_summary), checks. `eval_bpb` is in distribution (each subnet's
-validation split), `shifted_bpb` on each subnet's shifted set (same domain, another source; never trained on),
-`worst_window_bpb` the highest single window on the shifted sets. `all` is the plain mean over subnets, so every
-domain weighs the same. `mixture.routing` is the router's routing.json: {"eval"|"shifted": {input subnet: {hotkey:
-share of the gate's top-k selections}}} ({} for runs from before it existed).
+Schema: run_id, config, experts [{uid, netuid, miner, hotkey, subnet, peer_id, params, train_steps, eval_bpb,
+shifted_bpb, worst_window_bpb}], mixture {eval_bpb, shifted_bpb, worst_window_bpb, calls_per_byte, routing},
+best_single {eval_bpb, subnet, hotkey}, seed, solo_baseline and dense_baseline {eval_bpb, shifted_bpb,
+worst_window_bpb, params, train_flops}, students and distill_traffic (moe.roles.students_summary), subnets and
+validators (moe.roles.market_summary), checks. `eval_bpb` is in distribution (each subnet's validation split),
+`shifted_bpb` on each subnet's shifted set (same domain, another source; never trained on), `worst_window_bpb` the
+highest single window on the shifted sets. `all` is the plain mean over subnets, so every domain weighs the same.
+`mixture.routing` is the router's routing.json: {"eval"|"shifted": {input subnet: {hotkey: share of the gate's top-k
+selections}}} ({} for runs from before it existed). An expert's `uid` is its uid on its own ledger subnet `netuid`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from moe.config_loader import to_dict
 from moe.roles.layout import RESULT, ROUTING, RunLayout
+from moe.roles.market_summary import market_checks, market_summary, print_market
+from moe.roles.miners import parse_miners
 from moe.roles.students_summary import students_checks, students_summary
 from moe.roles.validation_summary import validation_checks, validation_summary
 
@@ -33,13 +36,15 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
     seed = _read(layout.seed / RESULT) or {}
     seed_flops = float(seed.get("train_flops", 0.0))
     experts = []
-    for s in cfg.subnets:
-        r = _read(layout.expert(s) / RESULT)
+    for m in parse_miners(cfg.miners, cfg.subnets):
+        r = _read(layout.expert(m.name) / RESULT)
         if r is None:
             continue
         experts.append(
             {
                 "uid": r["uid"],
+                "netuid": r.get("netuid"),
+                "miner": r.get("miner", m.name),
                 "hotkey": r["hotkey"],
                 "subnet": r["subnet"],
                 "peer_id": r["peer_id"],
@@ -53,7 +58,18 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
         )
     adversaries = (_read(p) for p in layout.adversaries.glob(f"*/{RESULT}"))
     for r in sorted(adversaries, key=lambda r: r["adversary"]):
-        keep = ("uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "train_flops", "eval_bpb", "adversary")
+        keep = (
+            "uid",
+            "netuid",
+            "hotkey",
+            "subnet",
+            "peer_id",
+            "params",
+            "train_steps",
+            "train_flops",
+            "eval_bpb",
+            "adversary",
+        )
         experts.append({k: r.get(k) for k in keep})
     router = _read(layout.router / RESULT) or {}
     mixture = {"eval_bpb": router.get("eval_bpb", {}), **_generalisation(router)}
@@ -90,13 +106,21 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
             else None
         )
     summary.update(validation_summary(layout, experts))
+    summary.update(market_summary(layout, _netuids(cfg, experts), experts))
     summary.update(students_summary(layout, cfg.students, summary))
     for e in experts:
         e["flags"] = summary.get("flags", {}).get(e["hotkey"], [])
     summary["checks"] = _checks(summary)
     summary["checks"].update(validation_checks(summary))
     summary["checks"].update(students_checks(summary))
+    summary["checks"].update(market_checks(summary))
     return summary
+
+
+def _netuids(cfg: RunConfig, experts: list[dict]) -> dict[str, int]:
+    """Subnet name → netuid, as the experts' results record it (the run's subnets, in order)."""
+    known = {e["subnet"]: e["netuid"] for e in experts if e.get("netuid") is not None}
+    return {s: known[s] for s in cfg.subnets if s in known}
 
 
 def _generalisation(result: dict) -> dict[str, Any]:
@@ -159,7 +183,7 @@ def print_summary(s: dict[str, Any], console) -> None:
 
     mix = s["mixture"]
     subnets = [k for k in mix["eval_bpb"] if k != "all"] or sorted({e["subnet"] for e in s["experts"]})
-    models = [(f"{e.get('adversary') or 'expert'} {e['subnet']}", e) for e in s["experts"]]
+    models = [(f"{e.get('adversary') or 'expert'} {e.get('miner') or e['subnet']}", e) for e in s["experts"]]
     models.append(("seed", s["seed"]))
     models += [(f"{k} baseline", s[f"{k}_baseline"]) for k in ("solo", "dense") if s.get(f"{k}_baseline")]
     models += [(f"{st['kind']} student", st) for st in s.get("students", [])]
@@ -184,5 +208,6 @@ def print_summary(s: dict[str, Any], console) -> None:
     if mix.get("calls_per_byte"):
         calls = ", ".join(f"{k} {v:.2f}" for k, v in mix["calls_per_byte"].items())
         console.print(f"  mixture expert calls per byte: {calls}")
+    print_market(s, console)
     for k, v in s.get("checks", {}).items():
         console.print(f"  {k}: {v}")

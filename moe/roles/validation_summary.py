@@ -1,12 +1,13 @@
 """The validation part of `summary.json`: what validators measured, what they weighed, and what the ledger paid.
 
-Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `weights` {validator hotkey: {uid:
-u16}}, `rewards` {hotkey: TAO earned by each expert (display float; the ledger holds rao)}, `ledger` {path, height,
-head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators` [{hotkey, stake_tao, flags,
-eval_source}] (where its windows came from: `public`, `salted` or `private`, which decides how a memorising miner
-fares under its weights; see moe.poi.eval_source). Checks: `rewards_rank_like_contributions` (Spearman ≥ 0.9 over
-honest experts) and `adversaries_emission_share` (< 1% of the miners' emission) with the figures behind them. A run
-without validators adds nothing.
+Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `weights` {validator hotkey: {expert
+hotkey: u16 weight on the expert's subnet}}, `rewards` {hotkey: TAO earned by each expert (display float; the ledger
+holds rao)}, `ledger` {path, height, head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators`
+{hotkey: {stake_tao, flags, eval_source}} (where its windows came from: `public`, `salted` or `private`, which decides
+how a memorising miner fares under its weights; see moe.poi.eval_source; moe.roles.market_summary adds what the
+ledger paid it). Checks: `rewards_rank_like_contributions` (Spearman ≥ 0.9 over honest experts) and
+`adversaries_emission_share` (< 1% of the miners' emission) with the figures behind them. A run without validators
+adds nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from moe.roles.layout import RESULT, RunLayout
 logger = logging.getLogger(__name__)
 
 MIN_SPEARMAN = 0.9
+MARKET_VERDICTS = {"redundant"}
+"""Flags that are a market's verdict rather than a cheat: a miner adding nothing beyond one registered before it on
+the validators' windows (moe.poi.novelty) earns nothing, whether it relays a copy or simply lost to a stronger
+competitor of the same subnet."""
 MAX_ADVERSARY_SHARE = 0.01
 
 
@@ -37,10 +42,9 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
     out: dict[str, Any] = {
         "contribution": contribution,
         "weights": {r["hotkey"]: r["weights"] for r in results},
-        "validators": [
-            {"hotkey": r["hotkey"], "stake_tao": r["stake_tao"], "flags": r["flags"], "eval_source": _source(r)}
-            for r in results
-        ],
+        "validators": {
+            r["hotkey"]: {"stake_tao": r["stake_tao"], "flags": r["flags"], "eval_source": _source(r)} for r in results
+        },
         "flags": _flags_by_expert(results),
     }
     if layout.ledger.is_file():
@@ -111,8 +115,10 @@ def validation_checks(s: dict[str, Any]) -> dict[str, Any]:
     adv = sum(s["rewards"].get(hk, 0.0) for hk in adversaries)
     share = adv / miners if miners > 0 else math.nan
     flagged = s.get("flags", {})
+    cheat_flagged = {hk for hk, reasons in flagged.items() if set(reasons) - MARKET_VERDICTS}
     return {
-        "no_honest_expert_flagged": not any(hk in flagged for hk in honest),
+        "no_honest_expert_flagged": not any(hk in cheat_flagged for hk in honest),
+        "honest_redundant": sorted(hk for hk in honest if hk in flagged and hk not in cheat_flagged),
         **({"every_adversary_flagged": all(hk in flagged for hk in adversaries)} if adversaries else {}),
         "rewards_spearman_honest": None if math.isnan(rho) else round(rho, 4),
         "rewards_rank_like_contributions": (not math.isnan(rho)) and round(rho, 9) >= MIN_SPEARMAN,

@@ -11,8 +11,9 @@ flagged `memorised` (`moe.poi.memorisation`); calls the routers sampled with the
 expert whose reply differs from what it signed for the router is flagged `twofaced` (`moe.poi.traffic_check`). From
 the replies `moe.poi.epoch.score_experts` flags cheats (malformed, uninformative, copies of an
 earlier-registered expert, timeouts) and computes exact Shapley contributions of the remaining experts to the
-mixture's bits-per-byte saving; the validator turns them into u16 weights over the experts' ledger uids, publishes a
-signed `WeightSubmission` (`hivemoe/validators/weights`) and reveals the seed, so anyone who can rebuild the pool can
+mixture's bits-per-byte saving; the validator turns them into u16 weights over each subnet's ledger uids, commits
+them and reveals them an epoch later (`moe.roles.validator_weights`), reports each subnet's share on the root
+subnet, and reveals the seed, so anyone who can rebuild the pool can
 re-draw the windows (and twins) and check them with `check_windows`. Experts that never answer are simply absent
 (zero weight); nothing an expert sends can crash the validator. Results go to
 `<run_dir>/validators/<name>/result.json`.
@@ -38,7 +39,7 @@ from moe.config_checks import require_at_least, require_between, require_one_of,
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
-from moe.ledger import RAO_PER_TAO, WeightSubmission
+from moe.ledger import RAO_PER_TAO
 from moe.net.expert_record import ExpertRecord
 from moe.poi.causality import AuditConfig, audited_query
 from moe.poi.cheats import CheatConfig
@@ -179,7 +180,8 @@ def _wait_for_fresh_epoch(dht, host: str, last_epoch: int, timeout: float, deadl
 
 
 def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
-    from moe.net.ledger_client import publish_commit, publish_weights, register_on_ledger
+    from moe.net.ledger_client import publish_commit, register_on_ledger
+    from moe.roles.validator_weights import WeightSetter, root_weights, subnet_weights
     from moe.routing.remote import Mixture
 
     vc, lc = cfg.validator, cfg.ledger
@@ -200,7 +202,12 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         my_uid, head = None, None
         if lc.enabled:
             status.update(phase="registering")
-            my_uid, _, head = register_on_ledger(dht, hotkey, stake_rao, lc.register_timeout_seconds, host=lc.host)
+            netuids = [subnets[s].netuid for s in cfg.subnets]
+            mine, head = register_on_ledger(
+                dht, hotkey, stake_rao, lc.register_timeout_seconds, host=lc.host, netuids=netuids
+            )
+            my_uid = {str(n): uid for n, (uid, _) in mine.items()}
+            setter = WeightSetter(dht, hotkey, lc.host)
         status.update(phase="discovering")
         mixture.wait_for_experts(1, timeout=cfg.network.discovery_timeout_seconds)
         last_epoch = last_weights_epoch = -1
@@ -246,19 +253,20 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             )
             for impostor in mixture.impostors():
                 score.flags.setdefault(impostor, []).append("identity")
-            weights: dict[int, int] = {}
-            weight_of: dict[str, int] = {}  # the same weights by hotkey, for the tracker
+            weights: dict[int, dict[int, int]] = {}  # netuid -> uid -> u16, as sent
+            weight_of: dict[str, int] = {}  # the same weights by hotkey
+            root: dict[int, float] = {}
             if lc.enabled and head is not None:
                 # weights name the epoch they land in: scoring may outlast the epoch the windows were drawn in
                 head = _wait_for_fresh_epoch(dht, lc.host, last_weights_epoch, timeout, LATE_WEIGHTS_FRACTION)
-                scored = [hk for hk in hotkeys if hk in head.uids]  # registered when scored (`scorable`)
-                uids = [head.uids[hk][0] for hk in scored]
-                ws = [score.contribution[hk] for hk in scored]
-                sub = WeightSubmission.create(hotkey, head.netuid, head.epoch, uids, ws)
+                root = root_weights(head, records, score.contribution)
+                weights = setter.set(head, subnet_weights(head, records, score.contribution), root)
                 last_weights_epoch = head.epoch
-                publish_weights(dht, hotkey, [sub])
-                weights = dict(zip(sub.uids, sub.weights, strict=True))
-                weight_of = {hk: weights.get(head.uids[hk][0], 0) for hk in scored}
+                for r in records:
+                    reg = head.uid_on(r.netuid, r.hotkey)
+                    if reg is not None:
+                        weight_of[r.hotkey] = weights.get(r.netuid, {}).get(reg[0], 0)
+                setter.reveal_due(timeout + head.tempo * head.block_interval * 4)
             publish_commit(
                 dht, hotkey, commit.to_json(), seed, vc.commit_ttl_seconds, flags=score.flags, bpb=score.bpb
             )
@@ -286,7 +294,9 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                     "bpb": score.bpb,
                     "answered": score.answered,
                     "mixture_bpb": score.mixture_bpb,
-                    "weights": {str(u): w for u, w in weights.items()},
+                    "weights": weight_of,
+                    "ledger_weights": {str(n): {str(u): w for u, w in row.items()} for n, row in weights.items()},
+                    "root_weights": {str(n): v for n, v in root.items()},
                     "weights_epoch": last_weights_epoch if weights else None,
                     "uids": {hk: r.uid for hk, r in zip(hotkeys, records, strict=True)},
                 }
@@ -355,21 +365,22 @@ def scorable(records: list[ExpertRecord], me: str, head) -> list[ExpertRecord]:
     out = [r for r in records if r.hotkey != me]
     if head is None:
         return out
-    unregistered = [r.hotkey[:16] for r in out if r.hotkey not in head.uids]
+    unregistered = [r.hotkey[:16] for r in out if head.uid_on(r.netuid, r.hotkey) is None]
     if unregistered:
-        logger.info("not scoring experts the ledger does not know: %s", unregistered)
-    return [r for r in out if r.hotkey in head.uids]
+        logger.info("not scoring experts the ledger does not know on their subnet: %s", unregistered)
+    return [r for r in out if head.uid_on(r.netuid, r.hotkey) is not None]
 
 
 def _registration(records: list[ExpertRecord], head) -> list[tuple[float, int]]:
     """(registration block, uid) per expert, from the ledger when the network has one (never from the record's own
     claim, which anyone can backdate); without a ledger, the record's claim is all there is."""
     if head is not None:
-        return [(float(head.uids[r.hotkey][1]), head.uids[r.hotkey][0]) for r in records]
+        regs = [head.uid_on(r.netuid, r.hotkey) for r in records]
+        return [(float(block), uid) for uid, block in regs]
     return [(float(r.registered_at) if r.registered_at else float("inf"), r.uid) for r in records]
 
 
-def _result(hotkey: Hotkey, uid: int | None, vc: ValidatorConfig, epochs: list[dict]) -> dict:
+def _result(hotkey: Hotkey, uid: dict[str, int] | None, vc: ValidatorConfig, epochs: list[dict]) -> dict:
     """The validator's result: every epoch, and the contribution averaged over epochs (what the summary reports)."""
     keys = sorted({hk for e in epochs for hk in e["contribution"]})
     mean = {hk: float(np.mean([e["contribution"].get(hk, 0.0) for e in epochs])) for hk in keys}

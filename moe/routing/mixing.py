@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from moe.metrics import byte_log_probs, target_log_probs
 from moe.model.tokenizer import PAD
 from moe.routing.gate import Gate, balance_loss, mixture_log_probs, prefix_loglik
 from moe.routing.switching import first_loss_jump, gate_prior, switching_mixture
+
+if TYPE_CHECKING:
+    from moe.routing.shortlist import ExpertProfiles
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,9 @@ def route_and_mix(
     generalist_share: float = 0.2,
     escalate_bits: float = 0.0,
     escalate_window: int = 16,
+    shortlist: int = 0,
+    shortlist_prefix: int = 8,
+    profiles: ExpertProfiles | None = None,
 ) -> MixOutput:
     """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
     full counterfactual); the mixing itself is identical either way.
@@ -133,7 +140,30 @@ def route_and_mix(
     With `escalate_bits` > 0 (switching only), a sequence whose last `escalate_window` bytes cost the mixture more than
     that many bits a byte on average also calls the experts it left out, which join from the next byte on, and its
     weights restart from the recent bytes' likelihood: the candidate set is refreshed where the loss jumps.
+    With 0 < `shortlist` < the number of experts (and not `call_all`), each sequence probes only that many, ranked
+    without a call (moe.routing.shortlist.route_shortlisted: same steps, bounded calls). `profiles` learns what each
+    expert predicts from the probes' replies; the shortlist ranks subnets by it.
     """
+    if 0 < shortlist < len(experts) and not call_all:
+        from moe.routing.shortlist import route_shortlisted  # note: a layer over this module, imported on use
+
+        return route_shortlisted(
+            gate,
+            x,
+            experts,
+            call,
+            k_best,
+            probe_len,
+            shortlist,
+            shortlist_prefix,
+            profiles,
+            switch_alpha=switch_alpha,
+            generalist=generalist,
+            gate_weight=gate_weight,
+            generalist_share=generalist_share,
+            escalate_bits=escalate_bits,
+            escalate_window=escalate_window,
+        )
     B, T = x.shape
     J = len(experts)
     P = max(1, min(probe_len, T))
@@ -151,6 +181,8 @@ def route_and_mix(
             r = replies[k]
             logp[:, : r.shape[1], j] = r
             answered[:, : r.shape[1], j] = True
+            if profiles is not None:
+                profiles.observe(k, r[:, :P])
     if not call_all:
         answered[:, P:] = False
     # note: gate scores need the probe likelihoods, so selection waits for the probe round

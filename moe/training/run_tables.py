@@ -109,7 +109,6 @@ def summary_tables(summary: dict[str, Any]) -> dict[str, tuple[list[str], list[l
     subnets = sorted({k for e in experts for k in e.get("eval_bpb") or {}} - {"all"})
     contribution, rewards = summary.get("contribution") or {}, summary.get("rewards") or {}
     distill = summary.get("distill_traffic") or {}
-    by_uid = {str(e.get("uid")): e for e in experts}
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
     columns = ["uid", "hotkey", "subnet", "adversary", "params", "train_steps", "eval_bpb_all"]
     columns += [f"eval_bpb_{s}" for s in subnets] + ["shifted_bpb_all", "worst_window_bpb", "flags"]
@@ -123,16 +122,18 @@ def summary_tables(summary: dict[str, Any]) -> dict[str, tuple[list[str], list[l
             for e in experts
         ],
     )
-    stake = {v["hotkey"]: v.get("stake_tao") for v in summary.get("validators") or []}
+    from moe.report.run_data import validator_entries
+
+    stake = {v["hotkey"]: v.get("stake_tao") for v in validator_entries(summary)}
     weights = summary.get("weights") or {}
     rows = []
-    for validator, row in weights.items():
-        total = sum(row.values()) or 1
-        for uid, w in sorted(row.items(), key=lambda kv: int(kv[0])):
-            e = by_uid.get(str(uid), {})
-            rows.append([validator, stake.get(validator), int(uid), e.get("hotkey"), e.get("subnet"), w, w / total])
+    by_hotkey = {e["hotkey"]: e for e in experts}
+    for validator, row in weights.items():  # {expert hotkey: u16}, each subnet's vector scaled to its own maximum
+        for hk, w in sorted(row.items()):
+            e = by_hotkey.get(hk, {})
+            rows.append([validator, stake.get(validator), e.get("netuid"), e.get("uid"), hk, e.get("subnet"), w])
     if weights:
-        columns = ["validator", "stake_tao", "uid", "hotkey", "subnet", "weight_u16", "weight_share"]
+        columns = ["validator", "stake_tao", "netuid", "uid", "hotkey", "subnet", "weight_u16"]
         tables["weights"] = (columns, rows)
     if rewards or contribution:
         columns = ["hotkey", "subnet", "adversary", "contribution", "reward_tao", "distill_traffic", "flags"]

@@ -130,3 +130,80 @@ def test_verify_with_a_genesis_pin(ledger_path, capsys):
     assert rc == 0, out
     rc, out = run(capsys, "verify", str(ledger_path), "--genesis-hash", "0" * 64)
     assert rc == 1 and "FAILED" in out and "block 0" in out
+
+
+@pytest.fixture
+def subnets_path(tmp_path, keys) -> Path:
+    """Three epochs on two subnets: netuid 1 owned, netuid 2 on commit-reveal and Yuma 3, a contribution split."""
+    cfg = LedgerConfig(
+        tempo=4,
+        max_uids=8,
+        initial_difficulty=4,
+        subnet_shares={1: 1.0, 2: 1.0},
+        emission_split="contribution",
+        subnet_owners={1: keys[3].address},
+        subnet_params={2: {"commit_reveal": True, "yuma_version": 3}},
+    )
+    stakes = {keys[0].address: 300 * TAO, keys[1].address: 100 * TAO}
+    genesis = GenesisConfig(ledger=cfg, balances={k.address: 10 * TAO for k in keys}, stakes=stakes, timestamp=1000.0)
+    path = tmp_path / "subnets.db"
+    t = 1001.0
+    with Ledger.open(path, genesis) as led:
+        for n in (1, 2):
+            for k in keys:
+                assert led.register(k, n)
+        salts = {}
+        for epoch in range(3):
+            for v in keys[:2]:
+                assert led.set_weights(v, 1, [2, 3], [1.0, 3.0])
+                assert led.set_weights(v, 0, [1, 2], [3.0, 1.0])
+                if epoch:
+                    assert led.reveal_weights(v, 2, epoch - 1, [2, 3], [1.0, 1.0], salts[v.address])
+                salts[v.address] = led.commit_weights(v, 2, [2, 3], [1.0, 1.0])
+            for _ in range(4):
+                led.produce_block(t)
+                t += 1
+    return path
+
+
+def test_show_prints_each_subnets_rules_uids_and_the_split(subnets_path, capsys):
+    """show prints per subnet its owner, tempo, Yuma version and commit-reveal, a row per uid with incentive,
+    dividends, trust, emission and stake, and the emission split in force."""
+    with Ledger.open(subnets_path) as led:
+        st = led.state
+        ep1, ep2 = st.subnets[1].latest_epoch, st.subnets[2].latest_epoch
+        owner, split = st.config.subnet_owners[1], st.latest_split
+        stake0 = tao(st.stakes[ep1["hotkeys"][0]])
+    rc, out = run(capsys, "show", str(subnets_path))
+    assert rc == 0, out
+    assert f"netuid 1: owner {owner[:16]}  tempo 4  yuma v1  commit-reveal off" in out
+    assert (
+        "netuid 2: owner none  tempo 4  yuma v3  commit-reveal on, reveal after 1 epoch(s)  pending commits 2" in out
+    )
+    assert f"owner {tao(ep1['owner_payout'])} TAO" in out and ep1["owner_payout"] > 0
+    assert f"netuid 2 epoch {ep2['epoch']}" in out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) == 8 and cells[0].isdigit():
+            rows.setdefault(int(cells[0]), []).append(cells)
+    assert sorted(rows) == [0, 1, 2, 3] and all(len(r) == 2 for r in rows.values())  # a row per uid and subnet
+    uid0 = rows[0][0]
+    assert uid0[1] == ep1["hotkeys"][0][:16] and uid0[7] == stake0 and uid0[5] != ""  # a validator: vtrust shown
+    uid3 = rows[3][0]
+    assert float(uid3[2]) == pytest.approx(ep1["incentive"][3], abs=1e-4) and float(uid3[4]) == pytest.approx(1.0)
+    assert "emission split (contribution, from epoch 2 root weights of 2 validator(s)): 1: 75.0%  2: 25.0%" in out
+    assert split["shares"] == pytest.approx([0.75, 0.25])
+
+
+def test_verify_counts_commits_reveals_and_splits(subnets_path, capsys):
+    """verify of a commit-reveal ledger says how many commits, reveals and splits it replayed."""
+    rc, out = run(capsys, "verify", str(subnets_path))
+    assert rc == 0 and "replayed 6 commits, 4 reveals, 3 splits" in out
+
+
+def test_show_before_any_split_names_the_genesis_shares(ledger_path, capsys):
+    """A static ledger shows its genesis shares as the split in force."""
+    rc, out = run(capsys, "show", str(ledger_path))
+    assert rc == 0 and "emission split (static, genesis shares): 1: 100.0%" in out
+    assert "netuid 1: owner none  tempo 4  yuma v1  commit-reveal off" in out

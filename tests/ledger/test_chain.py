@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from moe.ledger.chain import Block, Ledger, LedgerError, block_hash, block_hash_from_json
+from moe.ledger.chain import Block, Ledger, LedgerError, block_hash, block_hash_from_json, read_blocks
 from moe.ledger.records import registration_record, stake_record, transfer_record, weights_record
 from moe.ledger.registration import registration_prefix, solve_pow
 from moe.ledger.verify import verify_ledger
@@ -252,3 +252,19 @@ def test_hash_from_stored_json_equals_block_hash():
         assert block_hash_from_json(height, prev, ts, canonical_json(recs)) == h
         assert Block(height, prev, ts, recs, h, records_json=json.dumps(recs, indent=1)).hash_ok()  # not canonical
         assert not Block(height + 1, prev, ts, recs, h, records_json=canonical_json(recs).decode()).hash_ok()
+
+
+def test_shared_repeats_read_like_fresh_parses(tmp_path, keys, genesis):
+    """Reading with share_repeats gives the same blocks as fresh parses; only identical consecutive texts share."""
+    led = Ledger.open(tmp_path / "l.db", genesis)
+    t = network(led, keys[:4])
+    for i in range(6):
+        if i == 3:
+            assert led.transfer(keys[2], keys[5].address, 7 * TAO)
+        led.produce_block(t + i)
+    fresh = list(led.blocks())
+    shared = list(read_blocks(led._conn, share_repeats=True))
+    assert [(b.height, b.hash, b.records) for b in fresh] == [(b.height, b.hash, b.records) for b in shared]
+    pairs = list(zip(shared, shared[1:], strict=False))
+    assert all((a.records is b.records) == (a.records_json == b.records_json) for a, b in pairs)
+    assert any(a.records is b.records for a, b in pairs)

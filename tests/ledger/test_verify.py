@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,42 @@ def test_signature_workers_find_what_inline_checks_find(ledger_path, tmp_path):
     reports = [verify_ledger(forged, workers=w, chunk_blocks=2) for w in (0, 2)]
     assert reports[0].bad_height == 3 and "signature" in reports[0].reason
     assert summary(reports[0]) == summary(reports[1])
+
+
+def test_spawned_signature_workers_find_what_forked_ones_find(ledger_path, tmp_path):
+    """With a second thread running, workers are spawned instead of forked, and the report is the same."""
+
+    def forge(records):
+        w = [r for r in records if r["kind"] == "weights"][0]
+        w["signature"] = ("00" if w["signature"][:2] != "00" else "11") + w["signature"][2:]
+
+    forged = tmp_path / "forged.db"
+    shutil.copy(ledger_path, forged)
+    rewrite_from(forged, 3, forge)
+    forked = verify_ledger(forged, workers=2, chunk_blocks=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        spawned = verify_ledger(forged, workers=2, chunk_blocks=2)
+    finally:
+        stop.set()
+        thread.join()
+    assert forked.bad_height == spawned.bad_height == 3 and "signature" in forked.reason
+    assert (forked.blocks, forked.head_hash, forked.reason) == (spawned.blocks, spawned.head_hash, spawned.reason)
+
+
+def test_signature_spelled_with_escapes_is_still_checked(ledger_path, tmp_path):
+    """A worker skips only blocks that cannot hold a signature: one whose keys are spelled with JSON escapes is
+    parsed and its forged signature found; a block of derived records alone counts as checked, with none bad."""
+    path = tmp_path / "escaped.db"
+    shutil.copy(ledger_path, path)
+    (text,) = sqlite3.connect(path).execute("SELECT records FROM blocks WHERE height=3").fetchone()
+    records = json.loads(text)
+    w = next(r for r in records if r["kind"] == "weights")
+    w["signature"] = ("00" if w["signature"][:2] != "00" else "11") + w["signature"][2:]
+    escaped = json.dumps(records).replace('"signature"', '"\\u0073ignature"')
+    assert "signature" not in escaped
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE blocks SET records=? WHERE height=3", (escaped,))
+    assert check_range(str(path), 3, 4) == ([3, 4], {3: [records.index(w)]})

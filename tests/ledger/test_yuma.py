@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe.ledger.yuma import yuma_epoch
+from moe.ledger.yuma import weighted_median_col, yuma_epoch
 
 
 def ref_weighted_median(stake, score, idx, minority, lo, hi):
@@ -177,3 +177,71 @@ def test_bad_input_is_a_clear_value_error(W, S, B, kw, msg):
     with pytest.raises(ValueError, match=msg) as e:
         yuma_epoch(W, S, B, **kw)
     assert "\n" not in str(e.value)
+
+
+def argsort_median(s, W, kappa):
+    """The previous weighted_median_col: a full argsort per column, kept as the reference for the faster one."""
+    voting = s > 0
+    if not voting.any():
+        return np.zeros(W.shape[1])
+    s = s[voting] / s[voting].sum()
+    Wt = np.ascontiguousarray(W[voting].T)  # (M, V')
+    idx = np.argsort(Wt, axis=1)
+    Ws = np.take_along_axis(Wt, idx, axis=1)
+    above = np.cumsum(s[idx], axis=1) > s.sum() - kappa
+    rows = np.arange(Wt.shape[0])
+    return np.where(above.any(axis=1), Ws[rows, above.argmax(axis=1)], Ws[rows, -1])
+
+
+def previous_yuma_v1(W, S, B, kappa, alpha, penalty):
+    """The previous vectorized yuma_epoch (original Yuma only), to show version 1 did not change."""
+    s = S / S.sum() if S.sum() > 0 else np.zeros_like(S)
+    t = W.sum(axis=1, keepdims=True)
+    W = np.divide(W, t, out=np.zeros_like(W), where=t > 0)
+
+    def coln(x):
+        c = x.sum(axis=0, keepdims=True)
+        return np.divide(x, c, out=np.zeros_like(x), where=c > 0)
+
+    C = argsort_median(s, W, kappa)
+    Wc = np.minimum(W, C[None, :])
+    ranks = s @ Wc
+    inc = ranks / ranks.sum() if ranks.sum() > 0 else np.zeros_like(ranks)
+    dB = coln((W + penalty * (Wc - W)) * s[:, None])
+    ema = coln(alpha * dB if B is None else alpha * dB + (1.0 - alpha) * coln(B))
+    d = ema @ inc
+    return C, inc, d / d.sum() if d.sum() > 0 else d, ema, Wc.sum(axis=1)
+
+
+@pytest.mark.parametrize("kind", ["random", "sparse", "ties", "near-equal"])
+def test_large_median_matches_argsort(kind):
+    """At 64x2048 the packed-key median returns exactly the previous argsort median, also for -0.0 and weights that
+    differ only in their last mantissa bits."""
+    rng = np.random.default_rng(7)
+    V, M = 64, 2048
+    W = rng.random((V, M))
+    if kind == "sparse":
+        W *= rng.random((V, M)) > 0.6
+        W[rng.random((V, M)) > 0.9] = -0.0
+    elif kind == "ties":
+        W = np.round(W * 5) / 5
+    elif kind == "near-equal":
+        W = rng.random(M) * (1 + rng.integers(0, 8, (V, M)) * 2.0**-51)
+    S = rng.random(V) * (rng.random(V) > 0.1)
+    for kappa in (0.5, 0.2, 0.0):
+        np.testing.assert_array_equal(weighted_median_col(S, W, kappa), argsort_median(S, W, kappa))
+
+
+def test_large_v1_matches_previous_implementation():
+    """At 64x2048 version 1 gives the previous implementation's consensus exactly and every other output to 1e-12."""
+    rng = np.random.default_rng(8)
+    W = rng.random((64, 2048)) * (rng.random((64, 2048)) > 0.5)
+    S, B = rng.random(64), rng.random((64, 2048))
+    for penalty in (1.0, 0.3):
+        got = yuma_epoch(W, S, B, kappa=0.5, bond_alpha=0.1, bond_penalty=penalty)
+        C, inc, div, ema, trust = previous_yuma_v1(W, S, B, 0.5, 0.1, penalty)
+        np.testing.assert_array_equal(got.consensus, C)
+        np.testing.assert_allclose(got.incentive, inc, atol=1e-12)
+        np.testing.assert_allclose(got.dividends, div, atol=1e-12)
+        np.testing.assert_allclose(got.bonds, ema, atol=1e-12)
+        np.testing.assert_allclose(got.validator_trust, trust, atol=1e-12)

@@ -16,6 +16,7 @@ from moe.net.ledger_client import (
     HEAD_KEY,
     LedgerAccessConfig,
     LedgerHead,
+    SubnetHead,
     flagged_by_validators,
     publish_commit,
     read_head,
@@ -28,23 +29,32 @@ HOST = Hotkey.from_seed(b"h" * 32)
 MINER = Hotkey.from_seed(b"m" * 32)
 
 
+SUBNET_FIELDS = ("uids", "incentive", "difficulty", "emission_share", "commit_reveal", "reveal_period_epochs")
+
+
 def head_payload(height: int = 12, **overrides) -> dict:
-    """A head as `LedgerHost.publish_head` writes it."""
+    """A head as `LedgerHost.publish_head` writes it, with one subnet (netuid 1); overrides of a subnet field (uids,
+    incentive, difficulty, ...) go into that subnet."""
+    subnet = {
+        "difficulty": 2,
+        "uids": {MINER.address: [0, 7]},
+        "incentive": {MINER.address: 0.75},
+        "emission_share": 1.0,
+        "commit_reveal": True,
+        "reveal_period_epochs": 1,
+    } | {k: v for k, v in overrides.items() if k in SUBNET_FIELDS}
     payload = {
         "height": height,
         "head_hash": "ab" * 32,
         "epoch": 3,
         "tempo": 4,
-        "netuid": 1,
-        "difficulty": 2,
         "block_interval": 0.5,
-        "uids": {MINER.address: [0, 7]},
+        "subnets": {"1": subnet},
         "stakes": {MINER.address: 1000},
-        "incentive": {MINER.address: 0.75},
         "seed_sha256": "cd" * 32,
         "total_issuance": 5_000_000_000,
     }
-    return payload | overrides
+    return payload | {k: v for k, v in overrides.items() if k not in SUBNET_FIELDS}
 
 
 def test_from_payload_reads_every_field():
@@ -56,12 +66,18 @@ def test_from_payload_reads_every_field():
         head_hash="ab" * 32,
         epoch=3,
         tempo=4,
-        netuid=1,
-        difficulty=2,
         block_interval=0.5,
-        uids={MINER.address: (0, 7)},
+        subnets={
+            1: SubnetHead(
+                difficulty=2,
+                uids={MINER.address: (0, 7)},
+                incentive={MINER.address: 0.75},
+                emission_share=1.0,
+                commit_reveal=True,
+                reveal_period_epochs=1,
+            )
+        },
         stakes={MINER.address: 1000},
-        incentive={MINER.address: 0.75},
         seed_sha256="cd" * 32,
         total_issuance=5_000_000_000,
     )
@@ -98,6 +114,13 @@ def test_from_payload_refuses_a_missing_field(field):
         dict(incentive=[0.5]),
         dict(total_issuance=-1),
         dict(total_issuance=1.5),
+        dict(subnets=[]),  # not a mapping
+        dict(subnets={"01": {}}),  # a padded netuid
+        dict(subnets={"70000": {}}),  # beyond u16
+        dict(subnets={str(n): {} for n in range(100)}),  # too many to walk
+        dict(commit_reveal=1),  # an int for a bool
+        dict(emission_share=1.5),
+        dict(reveal_period_epochs=0),
     ],
 )
 def test_from_payload_refuses_mistyped_fields(overrides):
@@ -130,7 +153,7 @@ def test_read_head_reads_only_the_pinned_host(module_pair, caplog):
     assert publish_signed(a, HEAD_KEY, other, head_payload(height=9, epoch=4), HEAD_CONTEXT, ttl=30)
     assert not publish_signed(a, HEAD_KEY, stray, head_payload(height=200), "ledger-inbox", ttl=30)  # refused
     mine = read_head(b, host.address)
-    assert (mine.host, mine.height, mine.uids) == (host.address, 5, {MINER.address: (0, 7)})
+    assert (mine.host, mine.height, mine.subnets[1].uids) == (host.address, 5, {MINER.address: (0, 7)})
     assert read_head(b, other.address).height == 9
     assert read_head(b, MINER.address) is None
     assert publish_signed(a, HEAD_KEY, host, {"height": 100}, HEAD_CONTEXT, ttl=30)
@@ -186,8 +209,8 @@ def test_a_forgers_higher_head_cannot_redirect_uids(module_pair):
     assert publish_signed(a, HEAD_KEY, host, head_payload(height=5, uids={MINER.address: [0, 7]}), HEAD_CONTEXT, 30)
     forged = head_payload(height=500, uids={MINER.address: [9, 7], forger.address: [0, 1]})
     assert publish_signed(a, HEAD_KEY, forger, forged, HEAD_CONTEXT, 30)
-    uid, block, head = register_on_ledger(b, MINER, 0, timeout=5, host=host.address)
-    assert (uid, block, head.host) == (0, 7, host.address)
+    mine, head = register_on_ledger(b, MINER, 0, timeout=5, host=host.address, netuids=[1])
+    assert (mine, head.host) == ({1: (0, 7)}, host.address)
     for anyone in ("", None):
         with pytest.raises(ValueError, match="ledger host"):
             read_head(b, anyone)
@@ -217,7 +240,7 @@ def test_ledger_access_needs_the_hosts_key():
         dict(tempo=True),
         dict(difficulty=0),
         dict(difficulty=2.0),
-        dict(netuid=-1),
+        dict(subnets={"-1": {}}),
         dict(head_hash="ab"),
         dict(head_hash=7),
         dict(uids={MINER.address: [0.9, 7]}),  # int() would quietly make it uid 0

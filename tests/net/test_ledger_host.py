@@ -18,7 +18,9 @@ from moe.net.ledger_client import (
     read_head,
     register_on_ledger,
 )
-from moe.net.ledger_host import LedgerHost, local_genesis
+from moe.net.ledger_host import LedgerHost, LedgerHostConfig, local_genesis
+
+NETUID = 1
 
 
 @pytest.fixture
@@ -28,8 +30,9 @@ def ledger_net(tmp_path):
 
     dht = start_bootstrap_dht()
     validator, miner, host = Hotkey.from_seed(b"v" * 32), Hotkey.from_seed(b"m" * 32), Hotkey.from_seed(b"h" * 32)
-    genesis = local_genesis(0, 0.1, 10, 4, {validator.address: 10 * RAO_PER_TAO})
-    feed = LedgerHost(dht, tmp_path / "ledger.sqlite", genesis, host, 0, 0.1, poll_interval=0.05).start()
+    lh = LedgerHostConfig(block_interval_seconds=0.1, tempo=10, difficulty=4, commit_reveal=False)
+    genesis = local_genesis(lh, [NETUID], {validator.address: 10 * RAO_PER_TAO})
+    feed = LedgerHost(dht, tmp_path / "ledger.sqlite", genesis, host, 0.1, poll_interval=0.05).start()
     try:
         yield dht, feed, validator, miner, host
     finally:
@@ -41,14 +44,17 @@ def test_host_accepts_signed_weights_and_rejects_forged_ones(ledger_net, tmp_pat
     """Nodes register through the DHT inbox; genuine weights land in the ledger, forged/tampered ones are logged,
     never stored, and the file verifies."""
     dht, feed, validator, miner, host = ledger_net
-    m_uid, m_block, _ = register_on_ledger(dht, miner, 0, timeout=30, host=host.address)
-    v_uid, _, head = register_on_ledger(dht, validator, 5 * RAO_PER_TAO, timeout=30, host=host.address)
+    m_uid = register_on_ledger(dht, miner, 0, timeout=30, host=host.address, netuids=[NETUID])[0][NETUID][0]
+    mine, head = register_on_ledger(dht, validator, 5 * RAO_PER_TAO, timeout=30, host=host.address, netuids=[NETUID])
+    v_uid = mine[NETUID][0]
     assert m_uid != v_uid and head.stakes[validator.address] == 5 * RAO_PER_TAO
 
     attacker = Hotkey.from_seed(b"a" * 32)
-    tampered = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])
+    tampered = WeightSubmission.create(validator, NETUID, head.epoch, [m_uid], [1.0])
     tampered.weights = [123]  # altered after signing
-    impostor = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])  # genuine, but relayed by another
+    impostor = WeightSubmission.create(
+        validator, NETUID, head.epoch, [m_uid], [1.0]
+    )  # genuine, but relayed by another
     with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
         publish_signed(
             dht, WEIGHTS_KEY, attacker, {"submissions": [impostor.to_dict()]}, WEIGHTS_CONTEXT, 30
@@ -58,14 +64,14 @@ def test_host_accepts_signed_weights_and_rejects_forged_ones(ledger_net, tmp_pat
     assert "signature does not verify" in caplog.text and "names validator" in caplog.text
 
     head = read_head(dht, host.address)
-    good = WeightSubmission.create(validator, 0, head.epoch, [m_uid], [1.0])
+    good = WeightSubmission.create(validator, NETUID, head.epoch, [m_uid], [1.0])
     assert good.verify()
     publish_weights(dht, validator, [good])
     assert feed.wait(lambda f: ("weights", validator.address) in f.accepted, 10)
     tempo = 10
     assert feed.wait(lambda f: f.height >= (f.last_weights_height // tempo + 1) * tempo, 15)
-    assert feed.wait(lambda f: read_head(dht, host.address).incentive.get(miner.address) == 1.0, 10)
-    assert read_head(dht, host.address).incentive[validator.address] == 0.0  # the router learns whom they paid
+    assert feed.wait(lambda f: read_head(dht, host.address).incentive().get(miner.address) == 1.0, 10)
+    assert read_head(dht, host.address).incentive()[validator.address] == 0.0  # the router learns whom they paid
     feed.stop()
 
     with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
@@ -82,12 +88,12 @@ def test_inbox_refuses_records_acting_for_another_hotkey(ledger_net, caplog):
     dht, feed, validator, miner, host = ledger_net
     assert feed.wait(lambda f: read_head(dht, host.address) is not None, 10)
     head = read_head(dht, host.address)
-    rec = registration_record(miner, 0, head.head_hash, nonce=0)
+    rec = registration_record(miner, NETUID, head.head_hash, nonce=0)
     with caplog.at_level(logging.WARNING, logger="moe.net.ledger_host"):
         publish_signed(dht, INBOX_KEY, validator, {"records": [rec]}, INBOX_CONTEXT, 30)
         assert feed.wait(lambda f: len(f.rejected) >= 1, 10)
     assert "acts for another hotkey" in caplog.text
-    assert miner.address not in read_head(dht, host.address).uids
+    assert miner.address not in read_head(dht, host.address).registered()
 
 
 def test_host_pins_the_seed_publishers_seed_in_its_head(tmp_path):
@@ -103,8 +109,8 @@ def test_host_pins_the_seed_publishers_seed_in_its_head(tmp_path):
     feed = None
     try:
         assert announce_seed(dht, SeedRecord(mallory.address, "ee" * 32, 10, peer), mallory, ttl=30)
-        genesis = local_genesis(0, 0.1, 10, 4, {})
-        feed = LedgerHost(dht, tmp_path / "l.sqlite", genesis, host, 0, 0.1, 0.05, seed_publisher=publisher.address)
+        genesis = local_genesis(LedgerHostConfig(block_interval_seconds=0.1, tempo=10, difficulty=4), [NETUID], {})
+        feed = LedgerHost(dht, tmp_path / "l.sqlite", genesis, host, 0.1, 0.05, seed_publisher=publisher.address)
         feed.start()
         assert feed.wait(lambda f: read_head(dht, host.address) is not None, 10)
         assert read_head(dht, host.address).seed_sha256 is None  # the publisher announced nothing yet

@@ -25,7 +25,7 @@ from moe.net.dht_records import (
 from moe.net.discovery import announce
 from moe.net.expert_record import EXPERT_CONTEXT, ExpertRecord
 from moe.net.ledger_client import publish_commit, publish_weights
-from moe.net.ledger_host import LedgerHost, local_genesis
+from moe.net.ledger_host import LedgerHost, LedgerHostConfig, local_genesis
 from moe.net.network_view import read_network_view
 from moe.net.signed import SignedValue
 from moe.poi.commit import make_commit, new_seed
@@ -52,19 +52,25 @@ def expert_record(hotkey: Hotkey, netuid: int, uid: int = 0, step: int = 7, bpb:
     )
 
 
-def head_payload(uids: dict[str, int], stakes: dict[str, int], incentive: dict[str, float]) -> dict:
+def head_payload(uids: dict[str, int], stakes: dict[str, int], incentive: dict[str, float], netuid: int = 7) -> dict:
     """A head as `LedgerHost.publish_head` builds it."""
     return {
         "height": 42,
         "head_hash": "ab" * 32,
         "epoch": 3,
         "tempo": 20,
-        "netuid": 0,
-        "difficulty": 64,
         "block_interval": 0.25,
-        "uids": {hk: [uid, 1] for hk, uid in uids.items()},
+        "subnets": {
+            str(netuid): {
+                "difficulty": 64,
+                "uids": {hk: [uid, 1] for hk, uid in uids.items()},
+                "incentive": incentive,
+                "emission_share": 1.0,
+                "commit_reveal": True,
+                "reveal_period_epochs": 1,
+            }
+        },
         "stakes": stakes,
-        "incentive": incentive,
         "seed_sha256": None,
         "total_issuance": 2_500_000_000,
     }
@@ -77,7 +83,7 @@ def test_view_joins_expert_validator_and_pinned_head(fresh_dht_pair):
     expert, validator, host = key(11), key(12), key(13)
     netuid = 7
     assert announce(a, expert_record(expert, netuid, uid=9, step=120, bpb=2.25), expert, TTL)
-    sub = WeightSubmission.create(validator, 0, 3, [4], [1.0])
+    sub = WeightSubmission.create(validator, netuid, 3, [4], [1.0])
     assert publish_weights(a, validator, [sub])
     seed = new_seed()
     commit = make_commit(validator, seed, 3).to_json()
@@ -103,7 +109,7 @@ def test_view_joins_expert_validator_and_pinned_head(fresh_dht_pair):
     assert (m.hotkey, m.ledger_uid, m.weights_epoch, m.revealed) == (measurer.address, None, None, True)
     assert (v.hotkey, v.ledger_uid, v.stake_tao) == (validator.address, 5, 300.0)
     assert (v.commit_epoch, v.revealed, v.flagged) == (3, True, 1)
-    assert (v.weights_epoch, v.weights_netuid, v.weights) == (3, 0, {4: 65535})
+    assert (v.weights_epoch, v.weights_netuid, v.weights) == (3, netuid, {4: 65535})
     ledger = view.ledger
     assert (ledger.found, ledger.height, ledger.epoch, ledger.registered) == (True, 42, 3, 2)
     assert ledger.total_stake_tao == 300.0 and ledger.issuance_tao == 2.5
@@ -154,8 +160,9 @@ def test_head_counts_only_from_the_pinned_host(tmp_path, fresh_dht_pair):
     signers are only listed."""
     a, b = fresh_dht_pair
     host_key, other = key(41), key(42)
-    genesis = local_genesis(0, 0.25, 20, 4, {host_key.address: 10 * RAO_PER_TAO})
-    host = LedgerHost(a, tmp_path / "ledger.sqlite", genesis, host_key, 0, 0.25)
+    lh = LedgerHostConfig(block_interval_seconds=0.25, tempo=20, difficulty=4)
+    genesis = local_genesis(lh, [1], {host_key.address: 10 * RAO_PER_TAO})
+    host = LedgerHost(a, tmp_path / "ledger.sqlite", genesis, host_key, 0.25)
     try:
         host.step()
     finally:

@@ -198,12 +198,9 @@ def test_a_joining_expert_loads_only_the_seed_the_ledger_host_pins(tmp_path):
         "head_hash": "ab" * 32,
         "epoch": 0,
         "tempo": 10,
-        "netuid": 0,
-        "difficulty": 4,
         "block_interval": 0.1,
-        "uids": {},
+        "subnets": {},
         "stakes": {},
-        "incentive": {},
         "seed_sha256": hashlib.sha256(honest).hexdigest(),
         "total_issuance": 0,
     }

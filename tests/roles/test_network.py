@@ -45,12 +45,13 @@ def test_summary_schema(network_run):
     subnets = s["config"]["subnets"]
     assert s["run_id"] == "t"
     assert len(subnets) >= 2
-    assert sorted(e["subnet"] for e in s["experts"]) == sorted(subnets)
+    assert sorted(e["subnet"] for e in s["experts"]) == sorted([*subnets, "english"])  # English has two miners
+    steps = {"english-2": 10}
     for e in s["experts"]:
-        assert {"uid", "hotkey", "subnet", "peer_id", "params", "train_steps", "eval_bpb"} <= set(e)
+        assert {"uid", "netuid", "miner", "hotkey", "subnet", "peer_id", "params", "train_steps", "eval_bpb"} <= set(e)
         assert len(e["hotkey"]) == 64 and int(e["hotkey"], 16) >= 0
         assert e["peer_id"].startswith("12D3Koo")
-        assert e["params"] > 0 and e["train_steps"] == s["config"]["expert_train"]["steps"]
+        assert e["params"] > 0 and e["train_steps"] == steps.get(e["miner"], s["config"]["expert_train"]["steps"])
         assert set(e["eval_bpb"]) == {*subnets, "all"}
         assert all(math.isfinite(v) and v > 0 for v in e["eval_bpb"].values())
     assert len({e["hotkey"] for e in s["experts"]}) == len(s["experts"])
@@ -78,17 +79,17 @@ def test_checkpoints_gate_and_private_keys(network_run):
     """Every expert's final checkpoint and the router's gate are on disk, and every node key is mode 0600."""
     _ok(network_run)
     run_dir, s = network_run.run_dir, network_run.summary
-    for subnet in s["config"]["subnets"]:
-        ckpt = run_dir / "experts" / subnet / "checkpoint"
+    for e in s["experts"]:
+        ckpt = run_dir / "experts" / e["miner"] / "checkpoint"
         assert (ckpt / "model.safetensors").stat().st_size > 0
         state = json.loads((ckpt / "state.json").read_text())
-        assert state["step"] == s["config"]["expert_train"]["steps"]
+        assert state["step"] == e["train_steps"]
     gate = run_dir / "router"
     assert (gate / "gate.safetensors").stat().st_size > 0
     meta = json.loads((gate / "gate.json").read_text())
     assert set(meta["slots"]) == {e["hotkey"] for e in s["experts"]}
     keys = sorted((run_dir / "keys").glob("*.key"))
-    assert {k.stem for k in keys} >= {"seed", *(f"expert-{n}" for n in s["config"]["subnets"])}
+    assert {k.stem for k in keys} >= {"seed", *(f"expert-{e['miner']}" for e in s["experts"])}
     for k in keys:
         assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
 
@@ -133,7 +134,8 @@ def test_students_learn_from_the_live_mixture(network_run):
     assert students["dense"]["params"] == students["dense"]["active_params"] == s["experts"][0]["params"]
     assert students["btx"]["active_params"] < students["btx"]["params"]
     traffic = s["distill_traffic"]
-    assert set(traffic) == {e["hotkey"] for e in s["experts"]}
+    routed = {e["hotkey"] for e in s["experts"] if not e["flags"]}  # a redundant miner is never routed to
+    assert routed <= set(traffic) <= {e["hotkey"] for e in s["experts"]}
     assert sum(traffic.values()) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -173,3 +175,24 @@ def test_each_student_exports_to_transformers(network_run, tmp_path, kind):
     x = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (hf(x).logits - ours(x)).abs().max() <= 1e-4
+
+
+def test_subnets_are_markets_on_their_own_ledger_subnets(network_run):
+    """Each domain is its own ledger subnet (the expert's netuid is its subnet's, its uid one of that subnet's), the
+    English market holds both its miners and the one trained three times longer earned more, each subnet's emission
+    share follows the contribution the validators reported, and every validator shows stake, dividends and trust."""
+    _ok(network_run)
+    s = network_run.summary
+    netuid = {name: v["netuid"] for name, v in s["subnets"].items()}
+    assert sorted(netuid) == sorted(s["config"]["subnets"]) and len(set(netuid.values())) == len(netuid)
+    for e in s["experts"]:
+        assert e["netuid"] == netuid[e["subnet"]]
+    english = {e["miner"]: e["hotkey"] for e in s["experts"] if e["subnet"] == "english"}
+    assert sorted(s["subnets"]["english"]["miners"]) == sorted(english.values())
+    assert s["rewards"][english["english"]] > s["rewards"][english["english-2"]]
+    assert s["emission_split"] == "contribution" and s["checks"]["subnet_shares_match_contribution"]
+    assert sum(v["emission_share"] for v in s["subnets"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(v["owner"] and v["owner_tao"] > 0 for v in s["subnets"].values())
+    assert len(s["validators"]) == len(s["config"]["validator_stakes_tao"])
+    for v in s["validators"].values():
+        assert v["stake_tao"] > 0 and v["dividends_tao"] > 0 and 0 < v["vtrust"] <= 1

@@ -110,8 +110,8 @@ def test_serving_config_direct_path_only_on_a_concrete_host(host, direct):
 def test_register_without_dht_or_ledger_keeps_uid(dht):
     """Without a DHT, or with the ledger disabled, the node keeps its configured uid at block 0 at once."""
     hk = Hotkey.from_seed(b"\x02" * 32)
-    assert register_if_ledger(None, hk, LedgerAccessConfig(enabled=True, host=hk.address), 7) == (7, 0)
-    assert register_if_ledger(dht, hk, LedgerAccessConfig(enabled=False), 9) == (9, 0)
+    assert register_if_ledger(None, hk, LedgerAccessConfig(enabled=True, host=hk.address), 7, 1) == (7, 0)
+    assert register_if_ledger(dht, hk, LedgerAccessConfig(enabled=False), 9, 1) == (9, 0)
 
 
 def test_registration_that_never_lands_serves_unregistered(dht, caplog):
@@ -121,7 +121,7 @@ def test_registration_that_never_lands_serves_unregistered(dht, caplog):
     host = Hotkey.from_seed(b"\x04" * 32).address
     ledger = LedgerAccessConfig(enabled=True, host=host, register_timeout_seconds=1.0)
     with caplog.at_level(logging.WARNING, logger="moe.roles.serving"):
-        assert register_if_ledger(dht, hk, ledger, 11) == (11, 0)
+        assert register_if_ledger(dht, hk, ledger, 11, 1) == (11, 0)
     assert "serving as uid 11, unregistered" in caplog.text
 
 

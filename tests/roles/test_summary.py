@@ -94,7 +94,8 @@ def test_summary_collects_every_result(run):
         ("code", "noise"),
     ]
     english = s["experts"][0]
-    want = {"shifted_bpb": {}, "flags": [], **expert_result("english", 0, {"english": 2.0, "code": 3.0})}
+    want = {"shifted_bpb": {}, "flags": [], "miner": "english"}
+    want |= expert_result("english", 0, {"english": 2.0, "code": 3.0})
     assert english == {k: want.get(k) for k in english}
     mix = {"eval_bpb": {"english": 2.01, "code": 1.83, "all": 1.92}, "calls_per_byte": {}}
     assert s["mixture"] == {**mix, "shifted_bpb": {}, "worst_window_bpb": None, "routing": {}}

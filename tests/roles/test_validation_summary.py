@@ -88,8 +88,8 @@ def test_contribution_is_stake_weighted(tmp_path):
         {a: (1000 * 0.6 + 300 * 0.2) / 1300, b: (1000 * 0.4 + 300 * 0.3) / 1300, c: 300 * 0.5 / 1300, adv: 0.0}
     )
     assert out["weights"] == {VALIDATORS[0].address: {"2": 100, "5": 0}, VALIDATORS[1].address: {"2": 200, "5": 0}}
-    assert [v["stake_tao"] for v in out["validators"]] == [1000.0, 300.0]
-    assert out["validators"][0]["flags"] == {adv: ["noise"]}
+    assert [v["stake_tao"] for v in out["validators"].values()] == [1000.0, 300.0]
+    assert out["validators"][VALIDATORS[0].address]["flags"] == {adv: ["noise"]}
     assert "rewards" not in out and "ledger" not in out  # no ledger file, no ledger figures
 
 
@@ -261,3 +261,18 @@ def test_rank_check_at_threshold_passes():
     c = checks_for([1, 2, 3, 4, 5], [2, 1, 3, 4, 5], adversary_tao=0.0, miner_tao=10.0)
     assert c["rewards_spearman_honest"] == 0.9
     assert c["rewards_rank_like_contributions"] is True
+
+
+def test_a_redundant_honest_miner_is_a_market_verdict_not_a_cheat(tmp_path):
+    """An honest miner flagged only `redundant` (it added nothing beyond an earlier competitor) keeps
+    no_honest_expert_flagged true and is listed under honest_redundant; any other reason still fails the check."""
+    cfg, layout = write_run(tmp_path, [{h: 1 / 3 for h in HONEST}], ledger_weights=[1.0, 2.0, 3.0, 0.0])
+    path = layout.validator("validator-0") / RESULT
+    write_json(
+        path, {**json.loads(path.read_text()), "flags": {HONEST[2]: ["redundant"], MINERS[3].address: ["noise"]}}
+    )
+    c = build_summary(cfg, layout, 0.0)["checks"]
+    assert c["no_honest_expert_flagged"] is True and c["honest_redundant"] == [HONEST[2]]
+    write_json(path, {**json.loads(path.read_text()), "flags": {HONEST[2]: ["redundant", "timeout"]}})
+    c = build_summary(cfg, layout, 0.0)["checks"]
+    assert c["no_honest_expert_flagged"] is False and c["honest_redundant"] == []

@@ -8,7 +8,7 @@ import pytest
 
 from moe.ledger import verify_ledger
 from moe.net.expert_record import ExpertRecord
-from moe.net.ledger_client import LedgerHead
+from moe.net.ledger_client import LedgerHead, SubnetHead
 from moe.roles.validator import _registration, scorable
 
 
@@ -33,7 +33,7 @@ def test_tiny_network_with_adversaries(procs, tmp_path):
     for weights in s["weights"].values():
         assert weights, "every validator published weights"
         for e in adversaries.values():
-            assert weights.get(str(e["uid"]), 0) == 0
+            assert weights.get(e["hotkey"], 0) == 0
     for e in adversaries.values():
         assert s["contribution"].get(e["hotkey"], 0.0) == 0.0  # the hijacker is never even scored
     assert s["checks"]["adversaries_below_1pct"]
@@ -51,14 +51,14 @@ def _record(hotkey: str, registered_at: float, uid: int = 9) -> ExpertRecord:
 
 
 def test_validators_score_only_ledger_registered_hotkeys_in_ledger_order():
-    """With a ledger, an unregistered record is not scored (however early it claims to have registered) and the
-    order copies are judged by comes from the ledger's registration blocks, never from a record's own claim."""
+    """With a ledger, a record not registered on its own subnet is not scored (however early it claims to have
+    registered) and the order copies are judged by comes from the ledger's registration blocks, never from a record's
+    own claim."""
     me, early, late, stranger = "0" * 64, "a" * 64, "b" * 64, "c" * 64
-    uids = {early: (3, 5), late: (4, 8), me: (1, 2)}
-    head = LedgerHead(
-        host="f" * 64, height=10, head_hash="ab" * 32, epoch=1, tempo=4, netuid=1, difficulty=1, block_interval=0.5
-    )
-    head.uids = uids
+    uids = {early: (3, 5), late: (4, 8), me: (1, 2), stranger: (6, 1)}
+    head = LedgerHead(host="f" * 64, height=10, head_hash="ab" * 32, epoch=1, tempo=4, block_interval=0.5)
+    head.subnets = {1: SubnetHead(difficulty=1, uids={hk: uids[hk] for hk in (early, late, me)}), 2: SubnetHead(1)}
+    head.subnets[2].uids[stranger] = uids[stranger]  # registered, but on another subnet than its record names
     records = [_record(late, registered_at=0.0), _record(stranger, registered_at=0.0), _record(early, 99.0)]
     got = scorable(records + [_record(me, 0.0)], me, head)
     assert [r.hotkey for r in got] == [late, early]

@@ -104,8 +104,10 @@ def test_summary_says_where_each_validator_evaluated(tmp_path):
     layout = RunLayout.create(tmp_path, "r")
     configs = [config(), config(f"validator.data={tmp_path / 'mine.txt'}"), config("validator.eval_source=public")]
     results = [_result(Hotkey.from_seed(bytes([i + 1]) * 32), i, c.validator, []) for i, c in enumerate(configs)]
-    older = {k: v for k, v in results[0].items() if k != "eval_source"}
+    older = {k: v for k, v in results[0].items() if k != "eval_source"} | {
+        "hotkey": Hotkey.from_seed(b"\x09" * 32).address
+    }
     for i, result in enumerate([*results, older]):
         write_json(layout.validator(f"validator-{i}") / RESULT, result)
     s = validation_summary(layout, [])
-    assert [v["eval_source"] for v in s["validators"]] == ["salted", PRIVATE, "public", "public"]
+    assert [v["eval_source"] for v in s["validators"].values()] == ["salted", PRIVATE, "public", "public"]

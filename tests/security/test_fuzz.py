@@ -101,12 +101,18 @@ def head_payload() -> dict:
         "head_hash": "ab" * 32,
         "epoch": 3,
         "tempo": 4,
-        "netuid": 1,
-        "difficulty": 2,
         "block_interval": 0.5,
-        "uids": {ATTACKER.address: [0, 7]},
+        "subnets": {
+            "1": {
+                "difficulty": 2,
+                "uids": {ATTACKER.address: [0, 7]},
+                "incentive": {ATTACKER.address: 0.75},
+                "emission_share": 1.0,
+                "commit_reveal": True,
+                "reveal_period_epochs": 1,
+            }
+        },
         "stakes": {ATTACKER.address: 1000},
-        "incentive": {ATTACKER.address: 0.75},
         "seed_sha256": "cd" * 32,
         "total_issuance": 0,
     }

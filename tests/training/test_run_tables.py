@@ -23,17 +23,17 @@ SUMMARY = {
     "run_id": "n1",
     "wall_seconds": 12.5,
     "experts": [
-        {"uid": 0, "hotkey": A, "subnet": "code", "params": 10, "train_steps": 3, "flags": []}
+        {"uid": 0, "netuid": 2, "hotkey": A, "subnet": "code", "params": 10, "train_steps": 3, "flags": []}
         | {"eval_bpb": {"all": 5.0, "code": 4.0, "math": 6.0}, "shifted_bpb": {"all": 5.5}, "worst_window_bpb": 7.0},
-        {"uid": 1, "hotkey": B, "subnet": "math", "params": 10, "train_steps": 3, "flags": ["noise"]}
+        {"uid": 1, "netuid": 3, "hotkey": B, "subnet": "math", "params": 10, "train_steps": 3, "flags": ["noise"]}
         | {"eval_bpb": {"all": 5.2, "code": 6.2, "math": 4.2}, "shifted_bpb": {"all": 5.6}, "worst_window_bpb": 7.1},
     ],
     "mixture": {"eval_bpb": {"all": 4.5, "code": 4.1, "math": 4.9}, "routing": {"code": {A: 0.8, B: 0.2}}},
     "seed": {"eval_bpb": {"all": 6.0}},
     "students": [{"kind": "dense", "params": 10, "eval_bpb": {"all": 5.4}, "retention": 0.5}],
     "contribution": {A: 0.6, B: 0.4},
-    "weights": {V: {"0": 65535, "1": 0}},
-    "validators": [{"hotkey": V, "stake_tao": 1000.0, "flags": {}}],
+    "weights": {V: {A: 65535, B: 0}},
+    "validators": {V: {"stake_tao": 1000.0, "flags": {}}},
     "rewards": {A: 12.0, B: 0.0},
     "checks": {"mixture_beats_solo": True, "gap_to_solo": -0.3, "note": "text is left out"},
 }
@@ -45,7 +45,7 @@ def _cfg(tmp_path: Path, *extra: str) -> RunConfig:
 
 
 def test_tables_hold_the_summary_rows():
-    """Each table has one row per expert (experts, rewards), per validator and uid (weights), per student and per
+    """Each table has one row per expert (experts, rewards), per validator and expert (weights), per student and per
     routing share, with the summary's values in the named columns."""
     tables = summary_tables(SUMMARY)
     assert set(tables) == {"experts", "weights", "rewards", "students", "routing"}
@@ -54,10 +54,16 @@ def test_tables_hold_the_summary_rows():
     assert [dict(zip(cols, r, strict=True))["flags"] for r in rows] == ["", "noise"]
     cols, rows = tables["weights"]
     assert [dict(zip(cols, r, strict=True)) for r in rows] == [
-        {"validator": V, "stake_tao": 1000.0, "uid": 0, "hotkey": A, "subnet": "code"}
-        | {"weight_u16": 65535, "weight_share": 1.0},
-        {"validator": V, "stake_tao": 1000.0, "uid": 1, "hotkey": B, "subnet": "math"}
-        | {"weight_u16": 0, "weight_share": 0.0},
+        {
+            "validator": V,
+            "stake_tao": 1000.0,
+            "netuid": 2,
+            "uid": 0,
+            "hotkey": A,
+            "subnet": "code",
+            "weight_u16": 65535,
+        },
+        {"validator": V, "stake_tao": 1000.0, "netuid": 3, "uid": 1, "hotkey": B, "subnet": "math", "weight_u16": 0},
     ]
     cols, rows = tables["rewards"]
     assert [(r[cols.index("contribution")], r[cols.index("reward_tao")]) for r in rows] == [(0.6, 12.0), (0.4, 0.0)]

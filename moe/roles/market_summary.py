@@ -1,0 +1,202 @@
+"""The market part of `summary.json`: each subnet's emission against its measured contribution, and each validator's
+stake, dividends and trust, read from the ledger replay and the validators' results.
+
+Keys: `subnets` {name: {netuid, emission_share, contribution_share, miners, owner, owner_tao}} where
+`emission_share` is the subnet's share of the last block's emission (the split in force at the end) and
+`contribution_share` the stake-weighted mean of the validators' last reports of its share of the mixture's loss
+reduction; `validators` {hotkey: {stake_tao, dividends_tao, vtrust, flags, eval_source}} where `dividends_tao` sums
+what the ledger paid it over every subnet and `vtrust` is the mean over subnets of its validator trust at the last
+epoch (the share of its weight that survived consensus clipping). Checks: `subnet_shares_match_contribution`
+(every |emission - contribution| ≤ 0.05, when the split follows contribution) and `stronger_miner_earns_more`
+(within each subnet, the miner with lower validator-measured bits per byte earned more).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from moe.roles.layout import RESULT, RunLayout
+
+logger = logging.getLogger(__name__)
+
+MAX_SHARE_GAP = 0.05
+
+
+def market_summary(layout: RunLayout, subnets: dict[str, int], experts: list[dict]) -> dict[str, Any]:
+    """`subnets` and `validators` for a run whose subnets are {name: netuid}; {} without validators or ledger."""
+    results = [json.loads(p.read_text()) for p in sorted(layout.validators.glob(f"*/{RESULT}"))]
+    if not results or not layout.ledger.is_file():
+        return {}
+    try:
+        chain = _ledger_market(layout.ledger)
+    except Exception as e:  # a ledger that does not open costs this section, never the summary
+        logger.warning("market figures not read from %s: %s", layout.ledger, e)
+        return {}
+    contribution = _contribution_shares(results, subnets)
+    out_subnets = {}
+    for name, netuid in subnets.items():
+        out_subnets[name] = {
+            "netuid": netuid,
+            "emission_share": round(chain["shares"].get(netuid, 0.0), 6),
+            "contribution_share": None if contribution is None else round(contribution.get(netuid, 0.0), 6),
+            "miners": [e["hotkey"] for e in experts if e.get("subnet") == name],
+            "owner": chain["owners"].get(netuid),
+            "owner_tao": chain["owner_paid"].get(netuid, 0) / 1e9,
+        }
+    validators = {}
+    for r in results:
+        hk = r["hotkey"]
+        vtrust = chain["vtrust"].get(hk)
+        validators[hk] = {
+            "stake_tao": r["stake_tao"],
+            "dividends_tao": chain["dividends"].get(hk, 0) / 1e9,
+            "vtrust": None if not vtrust else round(sum(vtrust) / len(vtrust), 6),
+            "flags": r["flags"],
+            "eval_source": r.get("eval_source", "public"),
+        }
+    return {
+        "subnets": out_subnets,
+        "validators": validators,
+        "emission_split": chain["split"],
+        "measured_bpb": _measured_bpb(results),
+    }
+
+
+def _measured_bpb(results: list[dict]) -> dict[str, float]:
+    """Hotkey → the stake-weighted mean of the bits per byte the validators measured for it at their last epoch."""
+    acc: dict[str, list[float]] = {}
+    for r in results:
+        for hk, v in (r.get("bpb") or {}).items():
+            if isinstance(v, int | float):
+                a = acc.setdefault(hk, [0.0, 0.0])
+                a[0] += r["stake_tao"] * v
+                a[1] += r["stake_tao"]
+    return {hk: round(t / w, 6) for hk, (t, w) in sorted(acc.items()) if w > 0}
+
+
+def _contribution_shares(results: list[dict], subnets: dict[str, int]) -> dict[int, float] | None:
+    """Netuid → stake-weighted mean of the validators' last root reports, each normalised to sum 1."""
+    total, acc = 0.0, {n: 0.0 for n in subnets.values()}
+    for r in results:
+        last = next((e for e in reversed(r.get("epochs", [])) if e.get("root_weights")), None)
+        if last is None:
+            continue
+        row = {int(n): max(0.0, float(v)) for n, v in last["root_weights"].items()}
+        mass = sum(row.values())
+        if mass <= 0:
+            continue
+        for n in acc:
+            acc[n] += r["stake_tao"] * row.get(n, 0.0) / mass
+        total += r["stake_tao"]
+    return {n: v / total for n, v in acc.items()} if total > 0 else None
+
+
+def _ledger_market(path: Path) -> dict[str, Any]:
+    """From one read of the blocks: the last emission split, owner payouts, dividends and last validator trust."""
+    from moe.ledger import Ledger
+
+    shares: dict[int, float] = {}
+    owner_paid: dict[int, int] = {}
+    dividends: dict[str, int] = {}
+    last_trust: dict[int, dict[str, float]] = {}
+    with Ledger.open(path) as ledger:
+        cfg = ledger.config
+        for blk in ledger.blocks():
+            for rec in blk.records:
+                kind = rec.get("kind")
+                if kind == "emission" and rec["minted"] > 0:
+                    shares = {int(n): a / rec["minted"] for n, a in rec["subnets"].items()}
+                elif kind == "epoch":
+                    for hk, amt in zip(rec["validators"], rec["validator_payouts"], strict=True):
+                        dividends[hk] = dividends.get(hk, 0) + amt
+                    if rec.get("owner_payout"):
+                        owner_paid[rec["netuid"]] = owner_paid.get(rec["netuid"], 0) + rec["owner_payout"]
+        for netuid, sub in ledger.state.subnets.items():  # the replayed state keeps each subnet's last trust
+            last_trust[netuid] = dict(sub.validator_trust)
+    vtrust: dict[str, list[float]] = {}
+    for per in last_trust.values():
+        for hk, t in per.items():
+            vtrust.setdefault(hk, []).append(float(t))
+    owners = {int(n): a for n, a in cfg.subnet_owners.items()}
+    split = cfg.emission_split
+    return {
+        "shares": shares,
+        "owner_paid": owner_paid,
+        "dividends": dividends,
+        "vtrust": vtrust,
+        "owners": owners,
+        "split": split,
+    }
+
+
+def market_checks(s: dict[str, Any]) -> dict[str, Any]:
+    """Subnet shares against contribution (under the contribution split) and competition within each subnet."""
+    subnets = s.get("subnets") or {}
+    if not subnets:
+        return {}
+    out: dict[str, Any] = {}
+    gaps = {
+        name: round(abs(v["emission_share"] - v["contribution_share"]), 4)
+        for name, v in subnets.items()
+        if v.get("contribution_share") is not None
+    }
+    if s.get("emission_split") == "contribution" and gaps:
+        out["subnet_share_gap"] = gaps
+        out["subnet_shares_match_contribution"] = max(gaps.values()) <= MAX_SHARE_GAP
+    rewards, bpb = s.get("rewards") or {}, s.get("measured_bpb") or {}
+    adversaries = {e["hotkey"] for e in s.get("experts", []) if e.get("adversary")}
+    verdicts = {}
+    for name, v in subnets.items():
+        honest = [hk for hk in v["miners"] if hk in rewards and bpb.get(hk) is not None and hk not in adversaries]
+        if len(honest) < 2:
+            continue
+        by_quality = sorted(honest, key=lambda hk: bpb[hk])
+        verdicts[name] = all(rewards[a] > rewards[b] for a, b in zip(by_quality, by_quality[1:], strict=False))
+    if verdicts:
+        out["stronger_miner_earns_more"] = verdicts
+        out["stronger_miners_earn_more"] = all(verdicts.values())
+    return out
+
+
+def print_market(s: dict[str, Any], console) -> None:
+    """The subnets' emission against contribution, and each miner's and validator's earnings."""
+    from rich.table import Table
+
+    subnets = s.get("subnets") or {}
+    if not subnets:
+        return
+    rewards, bpb = s.get("rewards") or {}, s.get("measured_bpb") or {}
+    miner = {e["hotkey"]: e.get("miner") or e["subnet"] for e in s.get("experts", [])}
+    t = Table(title=f"subnets (emission split: {s.get('emission_split', '?')})")
+    for col in (
+        "subnet",
+        "netuid",
+        "emission share",
+        "contribution share",
+        "miners: TAO (validator bpb)",
+        "owner TAO",
+    ):
+        t.add_column(col)
+    for name, v in subnets.items():
+        contribution = v.get("contribution_share")
+        miners = ", ".join(
+            f"{miner.get(hk, hk[:8])} {rewards.get(hk, 0.0):.2f}" + (f" ({bpb[hk]:.3f})" if hk in bpb else "")
+            for hk in v["miners"]
+        )
+        t.add_row(
+            name,
+            str(v["netuid"]),
+            f"{v['emission_share']:.3f}",
+            "" if contribution is None else f"{contribution:.3f}",
+            miners,
+            f"{v.get('owner_tao', 0.0):.2f}",
+        )
+    console.print(t)
+    for hk, v in (s.get("validators") or {}).items():
+        vtrust = "" if v.get("vtrust") is None else f", vtrust {v['vtrust']:.3f}"
+        console.print(
+            f"  validator {hk[:10]}: stake {v['stake_tao']:.0f} TAO, dividends {v['dividends_tao']:.2f} TAO{vtrust}"
+        )
