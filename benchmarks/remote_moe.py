@@ -1,25 +1,15 @@
 """A top-2 mixture of 4 remote FFN experts on loopback: hivemind's RemoteMixtureOfExperts vs ours vs in-process.
 
-Run:  python3 benchmarks/remote_moe.py [--steps 40] [--skip-hivemind] [--skip-faults]
+Run:  python3 benchmarks/remote_moe.py [--steps 40] [--skip-hivemind]
 
 Experts are hivemind's own "ffn" block (Linear(64, 256) -> GELU -> Linear(256, 64) + LayerNorm, d_model 64), each
 served by its own process. One step = batch (16, 64, 64) -> gate (Linear on the sequence mean) -> per-sequence top-2
 -> weighted sum of the chosen experts' (n, 64, 64) outputs -> backward into the gate (experts frozen for us;
 hivemind's step also runs its experts' backward, as RemoteMixtureOfExperts always does). Measured in one run:
 (i) hivemind's RemoteMixtureOfExperts + 4 hivemind Servers, (ii) our SyncExpertClient + 4 ExpertServers (act32 over
-the direct path), (iii) the same experts in-process, one step of (iii) after each step of (ii) so that both see the
-same load on a shared machine. Then p50/p99 step latency of (ii) with one expert SIGKILLed mid-run, and with one
-expert answering 10x slower (--skip-faults skips both).
-
-Where a step of (ii) goes (`breakdown_ms`, medians over steps; one monotonic clock for all processes of the host):
-caller_local is the gate, mixing and backward around the call; then, for the expert whose forward ended last,
-to_expert (the caller encoding and sending its requests, the expert process waking and reading its request),
-expert_forward (decode, validate, compute, encode in the expert process) and from_expert (its reply back: sending,
-reading, authenticating, decoding, and the caller's threads waking). inprocess_experts_ms is the in-process step's
-time in its four experts.
-
-The last line is one JSON object; `ratio_vs_hivemind` is hivemind_ms / ours_ms, `ratio_vs_inprocess` is ours_ms /
-inprocess_ms and `overhead_vs_inprocess_ms` their difference.
+the direct path), (iii) the same experts in-process. Then p50/p99 step latency of (ii) with one expert SIGKILLed
+mid-run, and with one expert answering 10x slower. The last line is one JSON object; `ratio_vs_hivemind` is
+hivemind_ms / ours_ms.
 """
 
 from __future__ import annotations
@@ -39,9 +29,6 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 B, T, D, N_EXPERTS, K = 16, 64, 64, 4, 2
-WARMUP_SECONDS = 2.0
-"""Untimed steps of a remote mixture first run for this long: a freshly started p2pd daemon spends ~0.3 s of CPU on
-its start-up in its first second, which would otherwise compete with the first timed steps for the host's cores."""
 
 
 def make_expert(seed: int) -> nn.Module:
@@ -58,21 +45,17 @@ def _serve_ours(seed: int, slow_factor: float, conn) -> None:
     torch.set_num_threads(1)
     from moe.net.server import ExpertServer, ServerConfig
 
-    spans: list[tuple[int, int]] = []  # (start, end) ns of each forward, for the breakdown
-
     class Server(ExpertServer):
         def _process(self, raw: bytes) -> bytes:
-            t0 = time.perf_counter_ns()
+            t0 = time.perf_counter()
             out = super()._process(raw)
             if slow_factor > 1:
-                time.sleep((slow_factor - 1) * (time.perf_counter_ns() - t0) / 1e9)
-            spans.append((t0, time.perf_counter_ns()))
+                time.sleep((slow_factor - 1) * (time.perf_counter() - t0))
             return out
 
     srv = Server(make_expert(seed), ServerConfig(kind="hidden", d_in=D, max_tokens=B * T)).start()
     conn.send((srv.peer_id.to_bytes(), srv.maddrs))
-    while conn.recv() == "spans":  # until the parent says stop
-        conn.send(spans)
+    conn.recv()  # wait for the parent to say stop
     srv.shutdown()
 
 
@@ -136,18 +119,6 @@ class Gate(nn.Module):
         return top, idx
 
 
-def timed(call, spans: list[tuple[int, int]]):
-    """`call` recording the (start, end) ns of each of its calls into `spans`."""
-
-    def wrapped(inputs):
-        t0 = time.perf_counter_ns()
-        out = call(inputs)
-        spans.append((t0, time.perf_counter_ns()))
-        return out
-
-    return wrapped
-
-
 def moe_step(gate: Gate, x: torch.Tensor, call) -> float:
     """One forward + backward into the gate; `call(groups)` maps {expert: sample ids} to {expert: (n, T, D)}."""
     t0 = time.perf_counter()
@@ -170,12 +141,8 @@ def moe_step(gate: Gate, x: torch.Tensor, call) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def run_steps(fn, steps: int, warmup: int = 5, on_step=None, warmup_seconds: float = 0.0) -> list[float]:
-    """`steps` timed calls of `fn` after `warmup` untimed ones, and after at least `warmup_seconds`."""
-    until = time.monotonic() + warmup_seconds
+def run_steps(fn, steps: int, warmup: int = 5, on_step=None) -> list[float]:
     for _ in range(warmup):
-        fn()
-    while time.monotonic() < until:
         fn()
     times = []
     for i in range(steps):
@@ -190,34 +157,23 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-class InProcess:
-    """Steps of the same mixture with its experts in this process; `calls` holds the (start, end) ns of their
-    forwards in each step."""
+def bench_inprocess(x: torch.Tensor, steps: int) -> float:
+    experts = [make_expert(i).eval().requires_grad_(False) for i in range(N_EXPERTS)]
+    gate = Gate()
 
-    def __init__(self, x: torch.Tensor):
-        self.x, self.gate, self.calls = x, Gate(), []
-        experts = [make_expert(i).eval().requires_grad_(False) for i in range(N_EXPERTS)]
+    def call(inputs):
+        with torch.no_grad():
+            return {e: experts[e](xi) for e, xi in inputs.items()}
 
-        def call(inputs):
-            with torch.no_grad():
-                return {e: experts[e](xi) for e, xi in inputs.items()}
-
-        self.call = timed(call, self.calls)
-
-    def step(self) -> float:
-        return moe_step(self.gate, self.x, self.call)
+    return statistics.median(run_steps(lambda: moe_step(gate, x, call), steps))
 
 
-def bench_ours(
-    x: torch.Tensor, steps: int, slow: bool = False, kill: bool = False, interleave: InProcess | None = None
-) -> tuple[list[float], dict[str, float], list[float]]:
-    """(step times in ms, their breakdown, the `interleave` step times in ms run after each of ours)."""
+def bench_ours(x: torch.Tensor, steps: int, slow: bool = False, kill: bool = False) -> list[float]:
     from hivemind.p2p import PeerID
 
     from moe.net.client import ClientConfig, SyncExpertClient
 
     procs = [_spawn(_serve_ours, i, 10.0 if (slow and i == 0) else 1.0) for i in range(N_EXPERTS)]
-    warmup, calls, baseline = 5, [], []  # (start, end) ns of each step's call; in-process step times
     try:
         infos = [conn.recv() for _, conn in procs]
         peers = [PeerID(pid) for pid, _ in infos]
@@ -235,43 +191,13 @@ def bench_ours(
                 got = client.call_many(list(by_peer), by_peer, k_min=max(1, len(by_peer) - 1))
                 return {e: got[peers[e]] for e in inputs if peers[e] in got}
 
-            call = timed(call, calls)
-
-            def step():
-                ms = moe_step(gate, x, call)
-                if interleave is not None:
-                    baseline.append(interleave.step())
-                return ms
-
             def on_step(i):
                 if kill and i == steps // 2:
                     os.kill(procs[0][0].pid, signal.SIGKILL)
 
-            times = run_steps(step, steps, warmup=warmup, on_step=on_step, warmup_seconds=WARMUP_SECONDS)
-        forwards = [] if kill else [span for _, conn in procs for span in _ask_spans(conn)]
-        return times, breakdown(times, calls[-steps:], forwards), baseline[-steps:]
+            return run_steps(lambda: moe_step(gate, x, call), steps, on_step=on_step)
     finally:
         _stop(procs)
-
-
-def _ask_spans(conn) -> list[tuple[int, int]]:
-    conn.send("spans")
-    return conn.recv()
-
-
-def breakdown(times: list[float], calls: list[tuple[int, int]], forwards: list[tuple[int, int]]) -> dict[str, float]:
-    """Medians over steps of where each went (see the module docstring); `calls` are the steps' remote calls and
-    `forwards` every expert forward, as (start, end) ns."""
-    parts: dict[str, list[float]] = {"caller_local": [], "to_expert": [], "expert_forward": [], "from_expert": []}
-    for ms, (c0, c1) in zip(times, calls, strict=True):
-        parts["caller_local"].append(ms - (c1 - c0) / 1e6)
-        inside = [f for f in forwards if c0 <= f[0] and f[1] <= c1]
-        if inside:
-            f0, f1 = max(inside, key=lambda f: f[1])  # the forward the call waited for last
-            parts["to_expert"].append((f0 - c0) / 1e6)
-            parts["expert_forward"].append((f1 - f0) / 1e6)
-            parts["from_expert"].append((c1 - f1) / 1e6)
-    return {k: round(statistics.median(v), 2) if v else float("nan") for k, v in parts.items()}
 
 
 def bench_hivemind(x: torch.Tensor, steps: int) -> float:
@@ -297,7 +223,7 @@ def bench_hivemind(x: torch.Tensor, steps: int) -> float:
             loss.backward()
             return (time.perf_counter() - t0) * 1e3
 
-        return statistics.median(run_steps(step, steps, warmup=3, warmup_seconds=WARMUP_SECONDS))
+        return statistics.median(run_steps(step, steps, warmup=3))
     finally:
         _stop(procs)
         dht.shutdown()
@@ -307,21 +233,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip-hivemind", action="store_true")
-    ap.add_argument("--skip-faults", action="store_true", help="skip the killed- and slow-expert runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
 
-    inprocess = InProcess(x)
-    ours, parts, inproc = bench_ours(x, args.steps, interleave=inprocess)
-    ours_ms, inprocess_ms = statistics.median(ours), statistics.median(inproc)
-    inprocess_experts_ms = statistics.median([(c1 - c0) / 1e6 for c0, c1 in inprocess.calls[-len(inproc) :]])
-    print(f"in-process: {inprocess_ms:.2f} ms/step (experts {inprocess_experts_ms:.2f})", flush=True)
-    print(f"ours: {ours_ms:.2f} ms/step (p99 {pct(ours, 0.99):.2f}); breakdown ms {parts}", flush=True)
-    nan = [float("nan")]
-    killed = nan if args.skip_faults else bench_ours(x, args.steps, kill=True)[0]
+    inprocess_ms = bench_inprocess(x, args.steps)
+    print(f"in-process: {inprocess_ms:.2f} ms/step", flush=True)
+    ours = bench_ours(x, args.steps)
+    ours_ms = statistics.median(ours)
+    print(f"ours: {ours_ms:.2f} ms/step (p99 {pct(ours, 0.99):.2f})", flush=True)
+    killed = bench_ours(x, args.steps, kill=True)
     print(f"ours, one expert killed mid-run: p50 {pct(killed, 0.5):.2f} p99 {pct(killed, 0.99):.2f} ms", flush=True)
-    slow = nan if args.skip_faults else bench_ours(x, args.steps, slow=True)[0]
+    slow = bench_ours(x, args.steps, slow=True)
     print(f"ours, one expert 10x slower: p50 {pct(slow, 0.5):.2f} p99 {pct(slow, 0.99):.2f} ms", flush=True)
     hivemind_ms = float("nan") if args.skip_hivemind else bench_hivemind(x, args.steps)
     print(f"hivemind RemoteMixtureOfExperts: {hivemind_ms:.2f} ms/step", flush=True)
@@ -329,16 +252,11 @@ def main() -> None:
         "hivemind_ms": round(hivemind_ms, 2),
         "ours_ms": round(ours_ms, 2),
         "inprocess_ms": round(inprocess_ms, 2),
-        "inprocess_experts_ms": round(inprocess_experts_ms, 2),
-        "breakdown_ms": parts,
         "p50_killed_ms": round(pct(killed, 0.5), 2),
         "p99_killed_ms": round(pct(killed, 0.99), 2),
         "p50_slow_ms": round(pct(slow, 0.5), 2),
         "p99_slow_ms": round(pct(slow, 0.99), 2),
         "ratio_vs_hivemind": round(hivemind_ms / ours_ms, 2),
-        "ratio_vs_inprocess": round(ours_ms / inprocess_ms, 2),
-        "overhead_vs_inprocess_ms": round(ours_ms - inprocess_ms, 2),
-        "ours_within_inprocess_plus_2ms": ours_ms <= inprocess_ms + 2,
         "ours_within_2x_inprocess_plus_5ms": ours_ms <= 2 * inprocess_ms + 5,
         "steps": args.steps,
     }

@@ -41,7 +41,6 @@ from moe.net.wire import (
     VOCAB,
     WIRE_FORMATS,
     MaliciousReply,
-    all_finite,
     decode_activations,
     decode_logp,
     decode_request,
@@ -173,8 +172,6 @@ class ExpertClient:
         """Called with (peer, request bytes, checked receipt or None) for every reply (a router samples its traffic
         and drops experts that send none)."""
         self._no_direct: set[PeerID] = set()
-        self._finishing: dict[PeerID, set[asyncio.Task]] = {}
-        """Direct requests whose callers gave up (a skipped slow expert), finishing on their connections."""
 
     async def call(
         self,
@@ -298,15 +295,8 @@ class ExpertClient:
         `max_reply_bytes`, DirectError or P2PDaemonError when the transport fails. No timeout, no back-off."""
         conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
         if conn is not None:
-            request = asyncio.ensure_future(conn.request(raw, max_reply_bytes=max_reply_bytes))
             try:
-                out = await asyncio.shield(request)
-            except asyncio.CancelledError:
-                if request.done():  # it finished as its caller gave up: settle it as a finished request
-                    self._settle(peer_id, conn, request)
-                else:
-                    self._finish_in_background(peer_id, conn, request)
-                raise
+                out = await conn.request(raw, max_reply_bytes=max_reply_bytes)
             except RemoteError as e:
                 self._idle.setdefault(peer_id, []).append(conn)
                 raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
@@ -317,7 +307,7 @@ class ExpertClient:
                 conn.close()
                 self._no_direct.add(peer_id)  # later calls go over P2P
                 raise
-            except BaseException:  # anything else: the connection state is unknown
+            except BaseException:  # cancelled or timed out mid-request: the connection state is unknown
                 conn.close()
                 raise
             self._idle.setdefault(peer_id, []).append(conn)
@@ -327,38 +317,8 @@ class ExpertClient:
         )
         return reply.metadata
 
-    def _finish_in_background(self, peer_id: PeerID, conn: DirectConnection, request: asyncio.Task) -> None:
-        """Let a direct request whose caller gave up finish on its connection (the reply is read, authenticated and
-        dropped), so that the next call to the peer reuses the connection: keying a new one costs a P2P round trip
-        through the daemons (4-20 ms), long enough for a once-skipped expert to be skipped again and again. The
-        request gets at most `forward_timeout_seconds` more; then, or if it fails, the connection is closed."""
-        finishing = self._finishing.setdefault(peer_id, set())
-        finishing.add(request)
-        deadline = asyncio.get_running_loop().call_later(self.config.forward_timeout_seconds, request.cancel)
-
-        def done(t: asyncio.Task) -> None:
-            deadline.cancel()
-            finishing.discard(t)
-            if not finishing and self._finishing.get(peer_id) is finishing:
-                del self._finishing[peer_id]
-            self._settle(peer_id, conn, t)
-
-        request.add_done_callback(done)
-
-    def _settle(self, peer_id: PeerID, conn: DirectConnection, request: asyncio.Task) -> None:
-        """Pool the connection of a finished request nobody waits for if it is still in step, else close it."""
-        if not request.cancelled() and (request.exception() is None or isinstance(request.exception(), RemoteError)):
-            self._idle.setdefault(peer_id, []).append(conn)
-        else:
-            logger.debug("abandoned direct request to %s ended with %r", peer_id, request)
-            conn.close()
-
     async def _direct_conn(self, peer_id: PeerID) -> DirectConnection | None:
-        """An idle direct connection to the peer, or one a request nobody waits for frees (an expert serves one
-        request at a time, so waiting for it costs nothing a new connection would save), or a new one keyed over
-        P2P; None if the peer offers none."""
-        while not self._idle.get(peer_id) and self._finishing.get(peer_id):
-            await asyncio.wait(self._finishing[peer_id], return_when=asyncio.FIRST_COMPLETED)
+        """An idle direct connection to the peer, or a new one keyed over P2P; None if it offers none."""
         idle = self._idle.get(peer_id)
         if idle:
             return idle.pop()
@@ -376,11 +336,7 @@ class ExpertClient:
             return None
 
     async def aclose(self) -> None:
-        """Close the pooled direct connections (and those still finishing a request nobody waits for)."""
-        for requests in list(self._finishing.values()):
-            for request in list(requests):
-                request.cancel()
-        await asyncio.gather(*(r for rs in list(self._finishing.values()) for r in rs), return_exceptions=True)
+        """Close the pooled direct connections."""
         for conns in self._idle.values():
             for c in conns:
                 c.close()
@@ -528,7 +484,7 @@ def _activation_batch(inputs: torch.Tensor) -> torch.Tensor:
     if inputs.numel() == 0:
         raise ValueError(f"activations {tuple(inputs.shape)} are empty")
     inputs = inputs.detach().cpu()
-    if not all_finite(inputs):
+    if not bool(torch.isfinite(inputs).all()):
         raise ValueError("activations contain NaN or infinity")
     return inputs if inputs.dtype == torch.float16 else inputs.float()
 

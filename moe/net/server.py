@@ -3,8 +3,7 @@
 The server holds its own copy of the weights, so training never waits for a request and a request never sees
 half-updated weights: `update_weights` loads fresh weights into the idle one of two buffers and then flips which
 buffer serves. Forwards run in a small thread pool under `torch.inference_mode`, off the asyncio loop, so slow
-compute never stalls the network; a forward expected to be shorter than a thread hand-off runs on the loop itself
-(`ServerConfig.inline_seconds`). Every request is validated (frame layout, dtype, shape, value range, size); a bad
+compute never stalls the network. Every request is validated (frame layout, dtype, shape, value range, size); a bad
 one gets an error reply and a one-line warning, and the server keeps serving.
 
 Load: a `RequestGate` admits each forward or refuses it at once with a busy reply (`BUSY_REPLY`): per peer a cap on
@@ -29,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -59,7 +58,6 @@ from moe.net.wire import (
     DIST_FORMATS,
     VOCAB,
     WireError,
-    all_finite,
     decode_request,
     encode_activations,
     encode_logp,
@@ -111,11 +109,6 @@ class ServerConfig:
     """Longest T accepted."""
     num_workers: int = 1
     """Threads running forwards; torch already parallelises inside one."""
-    inline_seconds: float = 0.005
-    """A forward expected to take at most this long (at the least seconds per position of the last few) runs on the
-    event loop itself when no other request is in the server: handing it to a worker thread and back costs two
-    thread wake-ups, 0.1-4 ms on a loaded host, more than such a forward. Longer ones, and any forward while others
-    are in flight, go to the workers, so slow compute never stalls the network for long. 0 sends all to the workers."""
     host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     """Where a server without a DHT starts its own P2P daemon."""
     direct_host: str | None = "127.0.0.1"
@@ -140,7 +133,6 @@ class ServerConfig:
         if self.kind == "hidden" and self.d_in <= 0:
             raise ValueError("ServerConfig.d_in must be positive for a 'hidden' expert")
         require_at_least(self, 1, ["max_concurrent_requests_per_peer", "max_queued_requests"])
-        require_at_least(self, 0, ["inline_seconds"])
         require_positive(self, ["max_requests_per_second_per_peer"])
 
 
@@ -311,9 +303,6 @@ class ExpertServer:
         self.sessions = SessionTable(cfg.sessions)
         """Open inference sessions (only a ByteLM `lm` expert serves them)."""
         self.served, self.rejected, self.busy, self.version = 0, 0, 0, 0
-        self._seconds_per_position: deque[float] = deque(maxlen=8)
-        """Wall time per position of the last forwards; their least is the estimate (the others were slowed by a
-        loaded host, not by their work)."""
         self._identities: list[Hotkey] = []
 
     @staticmethod
@@ -439,15 +428,10 @@ class ExpertServer:
     async def _process_async(self, raw: bytes, remote: Hashable = "direct") -> bytes:
         """Validate and compute off the loop, in `remote`'s turn. Raises ServerBusy at once when `remote` or the server
         is over a cap, ValueError for a bad request (both sent back as error replies)."""
-        session = is_session_message(raw)
-        gate = self.session_gate if session else self.gate
+        gate = self.session_gate if is_session_message(raw) else self.gate
         try:
             async with gate.slot(remote):
-                if not session and self._inline(raw):
-                    payload = self._timed_serve(raw, remote)
-                else:
-                    serve = self._serve if session else self._timed_serve
-                    payload = await asyncio.get_running_loop().run_in_executor(self._pool, serve, raw, remote)
+                payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, raw, remote)
         except ServerBusy as e:
             self.busy += 1
             logger.debug("busy for %s: %s", remote, e)
@@ -471,25 +455,6 @@ class ExpertServer:
         if request.uid:  # an identity challenge: its nonce
             info["identity"] = sign_identities(self._identities, request.uid, self.p2p.peer_id.to_bytes())
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
-
-    def _inline(self, raw: bytes) -> bool:
-        """Whether the forward `raw` asks for is short enough to compute on the loop (see `inline_seconds`): the only
-        request in the server (none waits behind it, no worker holds a model), and expected within the budget."""
-        measured = self._seconds_per_position
-        if not measured or self.gate.total_in_flight + self.session_gate.total_in_flight != 1:
-            return False
-        try:
-            positions = request_positions(raw)
-        except Exception:  # a malformed header: let the workers reject it
-            return False
-        return min(measured) * positions <= self.config.inline_seconds
-
-    def _timed_serve(self, raw: bytes, remote: Hashable) -> bytes:
-        """`_serve` of a forward, recording its seconds per position for `_inline`."""
-        t0 = time.perf_counter()
-        payload = self._serve(raw, remote)
-        self._seconds_per_position.append((time.perf_counter() - t0) / max(1, request_positions(raw)))
-        return payload
 
     def _serve(self, raw: bytes, remote: Hashable) -> bytes:
         """The reply payload: the computed reply behind the serving hotkey's receipt for it (moe.net.receipt), or a
@@ -573,5 +538,5 @@ class ExpertServer:
             raise WireError(f"activations must have shape (..., {cfg.d_in}), got {tuple(x.shape)}")
         if x.numel() == 0 or x.numel() // cfg.d_in > cfg.max_tokens:
             raise WireError(f"{x.numel() // max(cfg.d_in, 1)} positions outside limits (max_tokens={cfg.max_tokens})")
-        if not all_finite(x):
+        if not bool(torch.isfinite(x).all()):
             raise WireError("activations contain NaN or infinity")

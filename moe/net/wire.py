@@ -67,26 +67,13 @@ class MaliciousReply(ValueError):
 
 def encode_frame(x: torch.Tensor) -> bytes:
     """One tensor as header + raw little-endian buffer; raises WireError for dtypes the wire does not carry."""
-    return b"".join(_frame_parts(x))
-
-
-def _frame_parts(x: torch.Tensor) -> tuple[bytes, memoryview]:
-    """(header, data) of a frame: joined once by the caller, so the data is copied once (not per concatenation)."""
     if x.dtype not in _CODES:
         raise WireError(f"dtype {x.dtype} cannot be sent on the wire")
     if x.dim() > MAX_NDIM:
         raise WireError(f"tensor has {x.dim()} dims, at most {MAX_NDIM} allowed")
     a = x.detach().cpu().contiguous().numpy()
     header = MAGIC + struct.pack(f"<BB{x.dim()}I", _CODES[x.dtype], x.dim(), *x.shape)
-    return header, memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8))
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """Whether a float tensor holds no NaN or infinity; numpy's check is ~15x faster than torch's on CPU (4 vs 68 µs
-    for 32k float32 on one thread), and every activation batch is checked on both sides of a call."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16, torch.float64):
-        return bool(np.isfinite(x.detach().resolve_neg().numpy()).all())
-    return bool(torch.isfinite(x).all())
+    return header + a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def decode_frame(buf: bytes | memoryview, offset: int = 0, max_bytes: int = 1 << 26) -> tuple[torch.Tensor, int]:
@@ -292,7 +279,7 @@ def decode_activations(payload: bytes | memoryview, wire_format: str, shape: tup
     except WireError as e:
         raise MaliciousReply(f"{wire_format} reply malformed for shape {tuple(shape)}: {e}") from None
     x = x.float()
-    if not all_finite(x):
+    if not bool(torch.isfinite(x).all()):
         raise MaliciousReply("activations contain NaN or infinity")
     return x
 
@@ -309,7 +296,7 @@ def validate_reply(logp: torch.Tensor, batch_shape: tuple[int, int], tol: float 
         raise MaliciousReply(f"reply dtype {logp.dtype}, float32 expected")
     if tuple(logp.shape) != (B, T, VOCAB):
         raise MaliciousReply(f"reply shape {tuple(logp.shape)}, {(B, T, VOCAB)} expected")
-    if not all_finite(logp):
+    if not bool(torch.isfinite(logp).all()):
         raise MaliciousReply("reply contains NaN or infinity")
     lse = torch.logsumexp(logp, dim=-1)  # (B, T)
     worst = _max_abs(lse)
@@ -346,7 +333,7 @@ def encode_request(inputs: torch.Tensor, wire_format: str, topk: int = 16) -> by
         raise WireError(f"unknown wire format {wire_format!r}")
     if not 0 <= topk < VOCAB:
         raise WireError(f"topk must be in 0..{VOCAB - 1}, got {topk}")
-    return b"".join((REQUEST_MAGIC, bytes([WIRE_FORMATS.index(wire_format), topk]), *_frame_parts(inputs)))
+    return REQUEST_MAGIC + bytes([WIRE_FORMATS.index(wire_format), topk]) + encode_frame(inputs)
 
 
 def decode_request(buf: bytes | memoryview, max_bytes: int) -> tuple[torch.Tensor, str, int]:

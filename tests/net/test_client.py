@@ -79,25 +79,6 @@ def test_slow_expert_skipped_after_k_min_and_backoff(servers, clients):
     assert client.health.failures(slow.peer_id) == 0
 
 
-def test_a_skipped_expert_keeps_its_direct_connection(servers, clients):
-    """A direct request skipped after k_min finishes in the background, and its connection serves the next call to
-    that expert: no new one is keyed over P2P (a round trip that could get the expert skipped again)."""
-    good, slow = servers[0], servers[2]
-    client = clients[0]
-    client.health.record_success(slow.peer_id)
-    assert client.call(slow.peer_id, X).shape == (2, 8, 256)
-    pooled = list(client.client._idle[slow.peer_id])
-    slow.delay = 0.3
-    try:
-        out = client.call_many([good.peer_id, slow.peer_id], X, k_min=1, timeout_after_k_min=0.05)
-        assert set(out) == {good.peer_id} and client.health.failures(slow.peer_id) == 0
-        slow.delay = 0.0
-        assert client.call(slow.peer_id, X).shape == (2, 8, 256)  # after the skipped one, on its connection
-    finally:
-        slow.delay = 0.0
-    assert client.client._idle[slow.peer_id] == pooled
-
-
 def test_config_k_min_zero_waits_for_every_peer_and_one_skips_the_slow(servers, clients):
     """With the default ClientConfig (k_min=0) call_many waits for a slow expert that answers in time and includes
     its reply; with k_min=1 it skips that expert once timeout_after_k_min_seconds pass after the first answer."""

@@ -7,7 +7,6 @@ import asyncio
 import json
 import math
 import os
-import threading
 
 import pytest
 import torch
@@ -201,36 +200,6 @@ def test_hidden_expert_serves_activations():
             assert client.info(srv.peer_id)["kind"] == "hidden"
 
 
-class ThreadNoting(nn.Module):
-    """tiny_lm noting the name of the thread each forward runs on."""
-
-    def __init__(self):
-        super().__init__()
-        self.lm, self.threads = tiny_lm(0), []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.threads.append(threading.current_thread().name)
-        return self.lm(x)
-
-    def __deepcopy__(self, memo: dict) -> ThreadNoting:
-        return self  # the server's two weight buffers share the one record
-
-
-@pytest.mark.parametrize("inline_seconds, on_loop", [(1.0, True), (0.0, False)])
-@pytest.mark.parametrize("path", ["direct", "p2p"])
-def test_a_short_forward_runs_on_the_loop_only_when_allowed(inline_seconds, on_loop, path):
-    """After the first forward (on a worker, timing it), a forward expected within `inline_seconds` runs on the
-    server's event loop; with inline_seconds=0 every forward runs on a worker thread. Replies are the same."""
-    module = ThreadNoting()
-    with ExpertServer(module, ServerConfig(inline_seconds=inline_seconds)) as srv:
-        config = ClientConfig(wire_format="fp32", direct=path == "direct")
-        with SyncExpertClient(config, initial_peers=srv.maddrs) as client:
-            outs = [client.call(srv.peer_id, X) for _ in range(3)]
-    assert all(torch.equal(out, outs[0]) for out in outs)
-    assert module.threads[0].startswith("expert-forward")
-    assert all(name.startswith("expert-server" if on_loop else "expert-forward") for name in module.threads[1:])
-
-
 @pytest.mark.parametrize(
     "overrides, field",
     [
@@ -241,7 +210,6 @@ def test_a_short_forward_runs_on_the_loop_only_when_allowed(inline_seconds, on_l
         (dict(max_queued_requests=0), "max_queued_requests"),
         (dict(max_requests_per_second_per_peer=0.0), "max_requests_per_second_per_peer"),
         (dict(max_requests_per_second_per_peer=math.nan), "max_requests_per_second_per_peer"),
-        (dict(inline_seconds=-1.0), "inline_seconds"),
     ],
 )
 def test_bad_server_config_is_refused_naming_the_field(overrides, field):
