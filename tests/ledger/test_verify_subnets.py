@@ -9,24 +9,14 @@ from pathlib import Path
 import pytest
 
 from moe.identity import Hotkey
-from moe.ledger.chain import Ledger, block_hash
+from moe.ledger.chain import Ledger
 from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import reveal_record
 from moe.ledger.verify import verify_ledger
+from tests.ledger.test_subnet_params import OWNER, TAO, to_epoch_end
+from tests.ledger.test_verify import rewrite_from
 
-TAO = 10**9
-OWNER = "ee" * 32
 SALT = bytes(range(32))
-
-
-def step(led: Ledger):
-    return led.produce_block(led.last_timestamp + 1.0)
-
-
-def to_epoch_end(led: Ledger) -> None:
-    step(led)
-    while (led.height + 1) % led.config.tempo:
-        step(led)
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +67,10 @@ def first(path: Path, kind: str, after: int = 0) -> int:
     return next(h for h, recs in stored(path) if h > after and any(r["kind"] == kind for r in recs))
 
 
-def rewrite_from(src: Path, dst: Path, height: int, edit) -> None:
-    """Copy the ledger, apply `edit` to block `height`'s records and re-hash every later block, as a forger would."""
+def copy_and_rewrite(src: Path, dst: Path, height: int, edit) -> None:
+    """A copy of the ledger with block `height` edited and every later block re-hashed, as a forger would."""
     dst.write_bytes(src.read_bytes())
-    with sqlite3.connect(dst) as c:
-        rows = c.execute("SELECT height, prev_hash, hash, timestamp, records FROM blocks ORDER BY height").fetchall()
-        prev = None
-        for h, _, old, ts, recs in rows:
-            if h < height:
-                prev = old
-                continue
-            records = json.loads(recs)
-            if h == height:
-                edit(records)
-            new = block_hash(h, prev, ts, records)
-            c.execute(
-                "UPDATE blocks SET prev_hash=?, hash=?, records=? WHERE height=?", (prev, new, json.dumps(records), h)
-            )
-            prev = new
+    rewrite_from(dst, height, edit)
 
 
 def test_a_ledger_using_every_feature_verifies(chain):
@@ -133,7 +109,7 @@ def test_tampered_records_name_their_block(chain, tmp_path, kind, edit, reason):
     """A stored commit, reveal, split or owner payout edited (and the chain re-hashed) names its block."""
     height = first(chain, kind, after=8)
     bad = tmp_path / "bad.db"
-    rewrite_from(chain, bad, height, with_record(kind, edit))
+    copy_and_rewrite(chain, bad, height, with_record(kind, edit))
     for workers in (0, 2):
         report = verify_ledger(bad, workers=workers, chunk_blocks=4)
         assert not report.ok and report.bad_height == height, (workers, report)
@@ -145,7 +121,7 @@ def test_dropped_split_or_resigned_forged_reveal_is_named(chain, tmp_path):
     named: the first by the derived record count, the second by the commit it no longer matches."""
     height = first(chain, "split", after=8)
     bad = tmp_path / "nosplit.db"
-    rewrite_from(
+    copy_and_rewrite(
         chain, bad, height, lambda recs: recs.pop(next(i for i, r in enumerate(recs) if r["kind"] == "split"))
     )
     report = verify_ledger(bad)
@@ -161,6 +137,6 @@ def test_dropped_split_or_resigned_forged_reveal_is_named(chain, tmp_path):
         records[i] = reveal_record(keys[r["hotkey"]], r["netuid"], r["epoch"], r["uids"], weights, SALT)
 
     bad = tmp_path / "forged.db"
-    rewrite_from(chain, bad, height, forge)
+    copy_and_rewrite(chain, bad, height, forge)
     report = verify_ledger(bad)
     assert report.bad_height == height and "does not match the commit" in report.reason

@@ -49,11 +49,9 @@ def ref_col_normalize(m, V, M):
     return out
 
 
-def reference_yuma(W, S, B, kappa, alpha, penalty):
-    """One epoch with Python lists and loops, step by step as subtensor's run_epoch (original Yuma)."""
+def ref_consensus(W, s, kappa):
+    """Per miner, subtensor's weighted median of the staked validators' weights at `kappa`, one column at a time."""
     V, M = len(W), len(W[0])
-    s = ref_normalize(S)
-    W = [ref_normalize(row) for row in W]
     C = []
     for j in range(M):
         us = [s[i] for i in range(V) if s[i] > 0]
@@ -64,6 +62,15 @@ def reference_yuma(W, S, B, kappa, alpha, penalty):
         us = ref_normalize(us)
         total = sum(us)
         C.append(ref_weighted_median(us, sc, list(range(len(us))), total - kappa, 0.0, total))
+    return C
+
+
+def reference_yuma(W, S, B, kappa, alpha, penalty):
+    """One epoch with Python lists and loops, step by step as subtensor's run_epoch (original Yuma)."""
+    V, M = len(W), len(W[0])
+    s = ref_normalize(S)
+    W = [ref_normalize(row) for row in W]
+    C = ref_consensus(W, s, kappa)
     Wc = [[min(W[i][j], C[j]) for j in range(M)] for i in range(V)]
     ranks = [sum(s[i] * Wc[i][j] for i in range(V)) for j in range(M)]
     inc = ref_normalize(ranks)

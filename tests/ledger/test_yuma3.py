@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moe.ledger.yuma import liquid_alphas, yuma_epoch
-from tests.ledger.test_yuma import ref_col_normalize, ref_normalize, ref_weighted_median
+from tests.ledger.test_yuma import ref_col_normalize, ref_consensus, ref_normalize
 
 
 def ref_alpha(c, w, b, lo, hi, steep):
@@ -20,21 +20,6 @@ def ref_alpha(c, w, b, lo, hi, steep):
     x = min(max(steep / -100.0 * (d - 0.5), -20.0), 20.0)  # exp_safe
     sig = 1.0 / (1.0 + math.exp(x))
     return min(max(lo + sig * (hi - lo), lo), hi)
-
-
-def ref_consensus(W, s, kappa):
-    V, M = len(W), len(W[0])
-    C = []
-    for j in range(M):
-        us = [s[i] for i in range(V) if s[i] > 0]
-        sc = [W[i][j] for i in range(V) if s[i] > 0]
-        if not us:
-            C.append(0.0)
-            continue
-        us = ref_normalize(us)
-        total = sum(us)
-        C.append(ref_weighted_median(us, sc, list(range(len(us))), total - kappa, 0.0, total))
-    return C
 
 
 def reference_yuma3(W, S, B, kappa, alpha, penalty, liquid, lo, hi, steep):

@@ -31,6 +31,7 @@ from moe.net.wire import (
     validate_reply,
 )
 from moe.routing.traffic import PublishedCall, TrafficRecord, parse_index, parse_slot
+from tests.net.test_ledger_client import head_payload as ledger_head_payload
 
 ATTACKER = Hotkey.from_seed(b"z" * 32)
 CASES = 300
@@ -96,25 +97,10 @@ def expert_payload() -> dict:
 
 
 def head_payload() -> dict:
-    return {
-        "height": 12,
-        "head_hash": "ab" * 32,
-        "epoch": 3,
-        "tempo": 4,
-        "block_interval": 0.5,
-        "subnets": {
-            "1": {
-                "difficulty": 2,
-                "uids": {ATTACKER.address: [0, 7]},
-                "incentive": {ATTACKER.address: 0.75},
-                "emission_share": 1.0,
-                "commit_reveal": True,
-                "reveal_period_epochs": 1,
-            }
-        },
-        "stakes": {ATTACKER.address: 1000},
-        "seed_sha256": "cd" * 32,
-        "total_issuance": 0,
+    """A well-formed head whose only registered, staked and rewarded hotkey is the attacker's."""
+    mine = {ATTACKER.address: [0, 7]}
+    return ledger_head_payload(uids=mine, incentive={ATTACKER.address: 0.75}, stakes={ATTACKER.address: 1000}) | {
+        "total_issuance": 0
     }
 
 
