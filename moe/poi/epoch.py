@@ -15,6 +15,7 @@ import torch
 
 from moe.metrics import target_log_probs
 from moe.poi.cheats import CheatConfig, detect_cheats
+from moe.poi.market_credit import subnet_credit
 from moe.poi.novelty import novelty_credit
 from moe.poi.scoring import shapley_weights
 from moe.poi.shapley import ShapleyConfig
@@ -45,6 +46,11 @@ class EpochScore:
     """What each unflagged expert adds to the mixture of the experts registered before it (bits per byte)."""
     redundant: list[str] = field(default_factory=list)
     """Unflagged experts adding less than `min_novelty` of their Shapley value beyond earlier ones (near-copies)."""
+    market_bits: dict[str, float] = field(default_factory=dict)
+    """With `markets`: each expert's credit among its own subnet's miners over the background of the other subnets
+    (moe.poi.market_credit), in bits per byte; a redundant expert keeps its novelty pay, a flagged one 0."""
+    group_bpb: dict[str, dict[int, float]] = field(default_factory=dict)
+    """With `groups`: each expert's bits per byte on the windows of each domain it answered."""
 
 
 def score_experts(
@@ -57,6 +63,7 @@ def score_experts(
     seed: int = 0,
     groups: list[int] | None = None,
     audit_flags: dict[int, str | list[str]] | None = None,
+    markets: list[int] | None = None,
 ) -> EpochScore:
     """Cheats and Shapley contributions from replies: dists (E, W, T, 256) log-probs, y (W, T), present (E, W).
 
@@ -65,7 +72,8 @@ def score_experts(
     specialist is judged on its best domain rather than on all of them pooled. `audit_flags` (expert index →
     reason or reasons) are verdicts reached outside these replies, such as a failed causality audit
     (moe.poi.causality) or replies that differ from what the expert signed for a router (moe.poi.traffic_check);
-    they flag like any detector.
+    they flag like any detector. `markets` gives each expert's subnet, to split a subnet's reward among its own
+    miners (`market_bits`).
     """
     E = dists.shape[0]
     logp, _ = target_log_probs(dists, y)  # (E, W, T); special-token targets (EOS) are not bytes: 0 for everyone
@@ -81,6 +89,7 @@ def score_experts(
     se = torch.zeros(E, dtype=torch.float64)
     novelty: dict[int, float] = {}
     redundant: list[int] = []
+    market = torch.zeros(E, dtype=torch.float64)
     mix_bpb = UNIFORM_BPB
     if players:
         by_registration = sorted(range(len(players)), key=lambda k: rank[players[k]])
@@ -94,6 +103,12 @@ def score_experts(
         novelty = {players[k]: float(nc.novelty[k]) for k in range(len(players))}
         redundant = [players[k] for k in nc.redundant]
         mix_bpb = UNIFORM_BPB - nc.mixture_bits
+        if markets is not None:
+            kept = [k for k in range(len(players)) if k not in nc.redundant]
+            market[players] = nc.credit  # redundant players keep their novelty pay
+            if kept:
+                own = subnet_credit(game_of(kept), [markets[players[k]] for k in kept], ShapleyConfig(seed=seed))
+                market[[players[k] for k in kept]] = own
     for i in redundant:
         if phi[i] <= 0:  # adds nothing beyond an earlier expert: a near-copy, paid nothing, and named as one
             report.add(i, "redundant")
@@ -108,4 +123,21 @@ def score_experts(
         answered={hotkeys[i]: float(pr[i].double().mean()) for i in range(E)},
         novelty_bits={hotkeys[i]: n for i, n in novelty.items()},
         redundant=[hotkeys[i] for i in redundant],
+        market_bits={hotkeys[i]: float(market[i]) for i in range(E)} if markets is not None else {},
+        group_bpb=_group_bpb(hotkeys, lp, pr, groups),
     )
+
+
+def _group_bpb(hotkeys: list[str], lp: torch.Tensor, pr: torch.Tensor, groups: list[int] | None):
+    """Hotkey → {domain group: bits per byte on that domain's windows it answered}; {} without groups."""
+    if groups is None:
+        return {}
+    g = torch.as_tensor(groups)
+    out: dict[str, dict[int, float]] = {hk: {} for hk in hotkeys}
+    for d in sorted(set(groups)):
+        sel = g == d
+        bpb = expert_bpb(lp[:, sel], pr[:, sel])
+        for i, hk in enumerate(hotkeys):
+            if torch.isfinite(bpb[i]):
+                out[hk][d] = float(bpb[i])
+    return out

@@ -6,9 +6,11 @@ Keys: `subnets` {name: {netuid, emission_share, contribution_share, miners, owne
 `contribution_share` the stake-weighted mean of the validators' last reports of its share of the mixture's loss
 reduction; `validators` {hotkey: {stake_tao, dividends_tao, vtrust, flags, eval_source}} where `dividends_tao` sums
 what the ledger paid it over every subnet and `vtrust` is the mean over subnets of its validator trust at the last
-epoch (the share of its weight that survived consensus clipping). Checks: `subnet_shares_match_contribution`
-(every |emission - contribution| ≤ 0.05, when the split follows contribution) and `stronger_miner_earns_more`
-(within each subnet, the miner with lower validator-measured bits per byte earned more).
+epoch (the share of its weight that survived consensus clipping); `measured_bpb` {hotkey: validators' bits per byte
+on all their windows} and `home_bpb` {hotkey: on its own subnet's windows}, both stake-weighted. Checks:
+`subnet_shares_match_contribution` (every |emission - contribution| ≤ 0.05, when the split follows contribution) and
+`stronger_miner_earns_more` (within each subnet, the miner with more training steps has the lower home bits per byte
+and earned more, down the whole order).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def market_summary(layout: RunLayout, subnets: dict[str, int], experts: list[dic
         logger.warning("market figures not read from %s: %s", layout.ledger, e)
         return {}
     contribution = _contribution_shares(results, subnets)
+    home = {e["hotkey"]: e.get("subnet") for e in experts}
     out_subnets = {}
     for name, netuid in subnets.items():
         out_subnets[name] = {
@@ -61,15 +64,17 @@ def market_summary(layout: RunLayout, subnets: dict[str, int], experts: list[dic
         "subnets": out_subnets,
         "validators": validators,
         "emission_split": chain["split"],
-        "measured_bpb": _measured_bpb(results),
+        "measured_bpb": _measured_bpb(results, lambda r, hk: (r.get("bpb") or {}).get(hk)),
+        "home_bpb": _measured_bpb(results, lambda r, hk: (r.get("domain_bpb") or {}).get(hk, {}).get(home[hk])),
     }
 
 
-def _measured_bpb(results: list[dict]) -> dict[str, float]:
-    """Hotkey → the stake-weighted mean of the bits per byte the validators measured for it at their last epoch."""
+def _measured_bpb(results: list[dict], figure) -> dict[str, float]:
+    """Hotkey → the stake-weighted mean over validators of `figure(result, hotkey)` from their last epoch."""
     acc: dict[str, list[float]] = {}
     for r in results:
-        for hk, v in (r.get("bpb") or {}).items():
+        for hk in r.get("bpb") or {}:
+            v = figure(r, hk)
             if isinstance(v, int | float):
                 a = acc.setdefault(hk, [0.0, 0.0])
                 a[0] += r["stake_tao"] * v
@@ -146,15 +151,17 @@ def market_checks(s: dict[str, Any]) -> dict[str, Any]:
     if s.get("emission_split") == "contribution" and gaps:
         out["subnet_share_gap"] = gaps
         out["subnet_shares_match_contribution"] = max(gaps.values()) <= MAX_SHARE_GAP
-    rewards, bpb = s.get("rewards") or {}, s.get("measured_bpb") or {}
+    rewards, bpb = s.get("rewards") or {}, s.get("home_bpb") or {}
+    steps = {e["hotkey"]: e.get("train_steps") or 0 for e in s.get("experts", [])}
     adversaries = {e["hotkey"] for e in s.get("experts", []) if e.get("adversary")}
     verdicts = {}
     for name, v in subnets.items():
         honest = [hk for hk in v["miners"] if hk in rewards and bpb.get(hk) is not None and hk not in adversaries]
         if len(honest) < 2:
             continue
-        by_quality = sorted(honest, key=lambda hk: bpb[hk])
-        verdicts[name] = all(rewards[a] > rewards[b] for a, b in zip(by_quality, by_quality[1:], strict=False))
+        by_compute = sorted(honest, key=lambda hk: (-steps.get(hk, 0), bpb[hk]))
+        pairs = list(zip(by_compute, by_compute[1:], strict=False))
+        verdicts[name] = all(rewards[a] > rewards[b] and bpb[a] < bpb[b] for a, b in pairs)
     if verdicts:
         out["stronger_miner_earns_more"] = verdicts
         out["stronger_miners_earn_more"] = all(verdicts.values())
@@ -168,7 +175,7 @@ def print_market(s: dict[str, Any], console) -> None:
     subnets = s.get("subnets") or {}
     if not subnets:
         return
-    rewards, bpb = s.get("rewards") or {}, s.get("measured_bpb") or {}
+    rewards, bpb = s.get("rewards") or {}, s.get("home_bpb") or s.get("measured_bpb") or {}
     miner = {e["hotkey"]: e.get("miner") or e["subnet"] for e in s.get("experts", [])}
     t = Table(title=f"subnets (emission split: {s.get('emission_split', '?')})")
     for col in (
@@ -176,7 +183,7 @@ def print_market(s: dict[str, Any], console) -> None:
         "netuid",
         "emission share",
         "contribution share",
-        "miners: TAO (validator bpb)",
+        "miners: TAO (validator bpb on its subnet)",
         "owner TAO",
     ):
         t.add_column(col)

@@ -1,11 +1,14 @@
 """The validation part of `summary.json`: what validators measured, what they weighed, and what the ledger paid.
 
-Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `weights` {validator hotkey: {expert
+Keys: `contribution` {hotkey: Shapley share, stake-weighted over validators}, `paid_share` {hotkey: the share of
+the miners' emission the validators' weights asked for: its subnet's share times its share within the subnet,
+stake-weighted}, `weights` {validator hotkey: {expert
 hotkey: u16 weight on the expert's subnet}}, `rewards` {hotkey: TAO earned by each expert (display float; the ledger
 holds rao)}, `ledger` {path, height, head_hash, total_issuance (rao), total_issuance_tao, verified}, `validators`
 {hotkey: {stake_tao, flags, eval_source}} (where its windows came from: `public`, `salted` or `private`, which decides
 how a memorising miner fares under its weights; see moe.poi.eval_source; moe.roles.market_summary adds what the
-ledger paid it). Checks: `rewards_rank_like_contributions` (Spearman ≥ 0.9 over honest experts) and
+ledger paid it). Checks: `rewards_rank_like_contributions` (Spearman ≥ 0.9 over honest experts, of rewards against
+`paid_share` where validators report it, else `contribution`) and
 `adversaries_emission_share` (< 1% of the miners' emission) with the figures behind them. A run without validators
 adds nothing.
 """
@@ -39,8 +42,15 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
     contribution = {
         hk: sum(r["stake_tao"] * r["contribution"].get(hk, 0.0) for r in results) / total_stake for hk in keys
     }
+    paying = [r for r in results if r.get("paid_share")]
+    paid_stake = sum(r["stake_tao"] for r in paying)
+    paid = {
+        hk: sum(r["stake_tao"] * r["paid_share"].get(hk, 0.0) for r in paying) / paid_stake
+        for hk in sorted({hk for r in paying for hk in r["paid_share"]})
+    }
     out: dict[str, Any] = {
         "contribution": contribution,
+        **({"paid_share": paid} if paid else {}),
         "weights": {r["hotkey"]: r["weights"] for r in results},
         "validators": {
             r["hotkey"]: {"stake_tao": r["stake_tao"], "flags": r["flags"], "eval_source": _source(r)} for r in results
@@ -110,7 +120,8 @@ def validation_checks(s: dict[str, Any]) -> dict[str, Any]:
         return {}
     honest = [e["hotkey"] for e in s["experts"] if not e.get("adversary")]
     adversaries = [e["hotkey"] for e in s["experts"] if e.get("adversary")]
-    rho = spearman([s["rewards"].get(hk, 0.0) for hk in honest], [s["contribution"].get(hk, 0.0) for hk in honest])
+    measured = s.get("paid_share") or s["contribution"]
+    rho = spearman([s["rewards"].get(hk, 0.0) for hk in honest], [measured.get(hk, 0.0) for hk in honest])
     miners = s["ledger"]["miner_emission_tao"]
     adv = sum(s["rewards"].get(hk, 0.0) for hk in adversaries)
     share = adv / miners if miners > 0 else math.nan

@@ -181,7 +181,7 @@ def _wait_for_fresh_epoch(dht, host: str, last_epoch: int, timeout: float, deadl
 
 def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) -> int:
     from moe.net.ledger_client import publish_commit, register_on_ledger
-    from moe.roles.validator_weights import WeightSetter, root_weights, subnet_weights
+    from moe.roles.validator_weights import WeightSetter, paid_shares, root_weights, subnet_weights
     from moe.routing.remote import Mixture
 
     vc, lc = cfg.validator, cfg.ledger
@@ -250,17 +250,21 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 seed=int.from_bytes(seed[:4], "big"),
                 groups=groups,
                 audit_flags=outside_flags,
+                markets=[r.netuid for r in records],
             )
             for impostor in mixture.impostors():
                 score.flags.setdefault(impostor, []).append("identity")
             weights: dict[int, dict[int, int]] = {}  # netuid -> uid -> u16, as sent
             weight_of: dict[str, int] = {}  # the same weights by hotkey
             root: dict[int, float] = {}
+            paid: dict[str, float] = {}
             if lc.enabled and head is not None:
                 # weights name the epoch they land in: scoring may outlast the epoch the windows were drawn in
                 head = _wait_for_fresh_epoch(dht, lc.host, last_weights_epoch, timeout, LATE_WEIGHTS_FRACTION)
                 root = root_weights(head, records, score.contribution)
-                weights = setter.set(head, subnet_weights(head, records, score.contribution), root)
+                per_subnet = subnet_weights(head, records, score.market_bits)
+                paid = paid_shares(head, records, per_subnet, root)
+                weights = setter.set(head, per_subnet, root)
                 last_weights_epoch = head.epoch
                 for r in records:
                     reg = head.uid_on(r.netuid, r.hotkey)
@@ -279,6 +283,8 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                     "windows": [[s, int(o)] for s, o in drawn],
                     "contribution": score.contribution,
                     "shapley_bits": score.shapley_bits,
+                    "market_bits": score.market_bits,
+                    "paid_share": paid,
                     "flags": score.flags,
                     "audit": {
                         hk: {"twins": int(audit.checked[i]), "violations": int(audit.violations[i])}
@@ -292,6 +298,7 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                         for hk in hotkeys
                     },
                     "bpb": score.bpb,
+                    "domain_bpb": {hk: {domains[d]: v for d, v in per.items()} for hk, per in score.group_bpb.items()},
                     "answered": score.answered,
                     "mixture_bpb": score.mixture_bpb,
                     "weights": weight_of,
@@ -381,9 +388,12 @@ def _registration(records: list[ExpertRecord], head) -> list[tuple[float, int]]:
 
 
 def _result(hotkey: Hotkey, uid: dict[str, int] | None, vc: ValidatorConfig, epochs: list[dict]) -> dict:
-    """The validator's result: every epoch, and the contribution averaged over epochs (what the summary reports)."""
+    """The validator's result: every epoch, and the contribution and the share its weights asked to pay averaged over
+    epochs (what the summary reports)."""
     keys = sorted({hk for e in epochs for hk in e["contribution"]})
     mean = {hk: float(np.mean([e["contribution"].get(hk, 0.0) for e in epochs])) for hk in keys}
+    paying = [e["paid_share"] for e in epochs if e.get("paid_share")]
+    paid = {hk: float(np.mean([p.get(hk, 0.0) for p in paying])) for hk in sorted({h for p in paying for h in p})}
     flagged = sorted({hk for e in epochs for hk in e["flags"]})  # impostors are flagged without being scored
     flags = {hk: sorted({f for e in epochs for f in e["flags"].get(hk, [])}) for hk in flagged}
     return {
@@ -393,7 +403,9 @@ def _result(hotkey: Hotkey, uid: dict[str, int] | None, vc: ValidatorConfig, epo
         "eval_source": vc.source,
         "epochs": epochs,
         "contribution": mean,
+        "paid_share": paid,
         "flags": {hk: f for hk, f in flags.items() if f},
         "weights": epochs[-1]["weights"] if epochs else {},
         "bpb": epochs[-1]["bpb"] if epochs else {},
+        "domain_bpb": epochs[-1].get("domain_bpb", {}) if epochs else {},
     }

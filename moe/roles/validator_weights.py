@@ -1,7 +1,8 @@
 """How a validator's scores reach the ledger: weights per subnet (committed, then revealed) and root weights.
 
 Each domain is its own ledger subnet, so a validator weighs the miners of each subnet among themselves: one weight
-vector per netuid over the uids registered there, from the experts' Shapley contributions. On a subnet with
+vector per netuid over the uids registered there, from each miner's credit among its own subnet's competitors
+(moe.poi.market_credit). On a subnet with
 commit-reveal (the default, as on subtensor) it first posts only a salted hash of that vector and reveals the vector
 `reveal_period_epochs` later, so a validator that copies others' weights sees them only when they are already old.
 On the root subnet (netuid 0, never commit-revealed) it reports each subnet's share of the mixture's loss
@@ -30,8 +31,9 @@ ROOT_NETUID = 0
 def subnet_weights(
     head: LedgerHead, records: list[ExpertRecord], contribution: dict[str, float]
 ) -> dict[int, tuple[list[int], list[float]]]:
-    """Netuid → (uids, contributions) of the scored experts registered on the subnet their record names; subnets
-    where nobody contributed are left out (an all-zero vector carries no information)."""
+    """Netuid → (uids, credits) of the scored experts registered on the subnet their record names, from any
+    non-negative credit by hotkey; subnets where nobody contributed are left out (an all-zero vector carries no
+    information)."""
     out: dict[int, tuple[list[int], list[float]]] = {}
     for r in records:
         reg = head.uid_on(r.netuid, r.hotkey)
@@ -49,6 +51,27 @@ def root_weights(head: LedgerHead, records: list[ExpertRecord], contribution: di
     for r in records:
         if r.netuid in out and head.uid_on(r.netuid, r.hotkey) is not None:
             out[r.netuid] += max(0.0, float(contribution.get(r.hotkey, 0.0)))
+    return out
+
+
+def paid_shares(
+    head: LedgerHead,
+    records: list[ExpertRecord],
+    per_subnet: dict[int, tuple[list[int], list[float]]],
+    root: dict[int, float],
+) -> dict[str, float]:
+    """Hotkey → the share of the miners' emission these weights ask for: its subnet's root share times its share of
+    the subnet's weight (what the rewards should rank like)."""
+    total = sum(max(0.0, v) for v in root.values())
+    out: dict[str, float] = {}
+    for r in records:
+        reg = head.uid_on(r.netuid, r.hotkey)
+        uids, ws = per_subnet.get(r.netuid, ([], []))
+        if reg is None or total <= 0 or reg[0] not in uids:
+            out[r.hotkey] = 0.0
+            continue
+        within = ws[uids.index(reg[0])] / sum(ws)
+        out[r.hotkey] = max(0.0, root.get(r.netuid, 0.0)) / total * within
     return out
 
 

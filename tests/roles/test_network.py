@@ -179,7 +179,8 @@ def test_each_student_exports_to_transformers(network_run, tmp_path, kind):
 
 def test_subnets_are_markets_on_their_own_ledger_subnets(network_run):
     """Each domain is its own ledger subnet (the expert's netuid is its subnet's, its uid one of that subnet's), the
-    English market holds both its miners and the one trained three times longer earned more, each subnet's emission
+    English market holds both its miners and the one trained three times longer, lower in bits per byte on English
+    windows, earned more, each subnet's emission
     share follows the contribution the validators reported, and every validator shows stake, dividends and trust."""
     _ok(network_run)
     s = network_run.summary
@@ -190,6 +191,8 @@ def test_subnets_are_markets_on_their_own_ledger_subnets(network_run):
     english = {e["miner"]: e["hotkey"] for e in s["experts"] if e["subnet"] == "english"}
     assert sorted(s["subnets"]["english"]["miners"]) == sorted(english.values())
     assert s["rewards"][english["english"]] > s["rewards"][english["english-2"]]
+    assert s["home_bpb"][english["english"]] < s["home_bpb"][english["english-2"]]
+    assert s["checks"]["stronger_miners_earn_more"] and s["paid_share"][english["english"]] > 0
     assert s["emission_split"] == "contribution" and s["checks"]["subnet_shares_match_contribution"]
     assert sum(v["emission_share"] for v in s["subnets"].values()) == pytest.approx(1.0, abs=1e-6)
     assert all(v["owner"] and v["owner_tao"] > 0 for v in s["subnets"].values())

@@ -52,9 +52,15 @@ def expert(subnet: str, hk: Hotkey, uid: int, adversary: str | None = None) -> d
     return {**out, "train_steps": 1, "train_flops": 1.0, **({"adversary": adversary} if adversary else {})}
 
 
-def write_run(tmp_path: Path, contributions: list[dict[str, float]], ledger_weights: list[float] | None):
+def write_run(
+    tmp_path: Path,
+    contributions: list[dict[str, float]],
+    ledger_weights: list[float] | None,
+    paid: list[dict[str, float]] | None = None,
+):
     """A run directory with three honest experts and a noise adversary, one validator result per contribution map
-    (stakes 1000 and 300 TAO), and a ledger paid by `ledger_weights` (none if None)."""
+    (stakes 1000 and 300 TAO) with the paid shares `paid` if given, and a ledger paid by `ledger_weights` (none if
+    None)."""
     cfg = RunConfig(subnets=["english", "code", "math"], run_id="r")
     layout = RunLayout.create(tmp_path, "r")
     for i, subnet in enumerate(cfg.subnets):
@@ -68,6 +74,7 @@ def write_run(tmp_path: Path, contributions: list[dict[str, float]], ledger_weig
             "contribution": contribution,
             "weights": {"2": 100 * (i + 1), "5": 0},
             "flags": {MINERS[3].address: ["noise"]},
+            **({"paid_share": paid[i]} if paid else {}),
         }
         write_json(layout.validator(f"validator-{i}") / RESULT, result)
     if ledger_weights is not None:
@@ -91,6 +98,20 @@ def test_contribution_is_stake_weighted(tmp_path):
     assert [v["stake_tao"] for v in out["validators"].values()] == [1000.0, 300.0]
     assert out["validators"][VALIDATORS[0].address]["flags"] == {adv: ["noise"]}
     assert "rewards" not in out and "ledger" not in out  # no ledger file, no ledger figures
+
+
+def test_rewards_rank_against_the_paid_shares_when_validators_report_them(tmp_path):
+    """Validators that report the share their weights ask for (subnet share times share within the subnet) are
+    judged on it: rewards following those shares pass though the network-wide Shapley shares rank the other way;
+    without the paid shares the same ledger fails the check."""
+    backwards = dict(zip(HONEST, [0.6, 0.3, 0.1], strict=True))
+    asked = dict(zip(HONEST, [0.1, 0.3, 0.6], strict=True))
+    cfg, layout = write_run(tmp_path / "a", [backwards], ledger_weights=[1.0, 2.0, 3.0, 0.0], paid=[asked])
+    s = build_summary(cfg, layout, 0.0)
+    assert s["paid_share"] == pytest.approx({**asked})
+    assert s["checks"]["rewards_spearman_honest"] == 1.0
+    cfg, layout = write_run(tmp_path / "b", [backwards], ledger_weights=[1.0, 2.0, 3.0, 0.0])
+    assert build_summary(cfg, layout, 0.0)["checks"]["rewards_rank_like_contributions"] is False
 
 
 def test_no_validators_adds_nothing(tmp_path):

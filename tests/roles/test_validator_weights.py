@@ -11,7 +11,7 @@ from moe.ledger.records import reveal_record
 from moe.net.expert_record import ExpertRecord
 from moe.net.ledger_client import LedgerHead, SubnetHead, read_head, register_on_ledger, submit_records
 from moe.net.ledger_host import LedgerHost, LedgerHostConfig, local_genesis
-from moe.roles.validator_weights import WeightSetter, root_weights, subnet_weights
+from moe.roles.validator_weights import WeightSetter, paid_shares, root_weights, subnet_weights
 
 ENGLISH, CODE = 1, 2
 
@@ -31,6 +31,18 @@ def test_weights_are_per_subnet_over_the_uids_registered_there():
     contribution = {a: 0.5, b: 0.2, c: 0.0, stranger: 0.3}
     assert subnet_weights(head, records, contribution) == {ENGLISH: ([3, 5], [0.5, 0.2])}
     assert root_weights(head, records, contribution) == {ENGLISH: pytest.approx(0.7), CODE: 0.0}
+
+
+def test_paid_shares_are_the_subnet_share_times_the_share_within_it():
+    """A miner asks for its subnet's root share times its part of the subnet's weights; an unregistered or unweighted
+    miner asks for nothing, and the shares sum to 1 over the weighted miners."""
+    a, b, c, stranger = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    head = LedgerHead(host="f" * 64, height=1, head_hash="ab" * 32, epoch=0, tempo=10, block_interval=0.1)
+    head.subnets = {ENGLISH: SubnetHead(1, uids={a: (3, 1), b: (5, 1)}), CODE: SubnetHead(1, uids={c: (3, 1)})}
+    records = [record(a, ENGLISH), record(b, ENGLISH), record(c, CODE), record(stranger, CODE)]
+    per_subnet = {ENGLISH: ([3, 5], [3.0, 1.0]), CODE: ([3], [2.0])}
+    paid = paid_shares(head, records, per_subnet, {ENGLISH: 0.6, CODE: 0.2})
+    assert paid == pytest.approx({a: 0.75 * 0.75, b: 0.75 * 0.25, c: 0.25, stranger: 0.0})
 
 
 @pytest.fixture
