@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         report = verify_ledger(args.path, genesis_hash=args.genesis_hash)
         if report.ok:
             console.print(f"{report} ({report.seconds:.2f} s{_replayed_counts(args.path)})")
+            console.print(
+                f"reconciled to the rao: {report.emitted / RAO_PER_TAO:,.9f} TAO emitted to accounts, "
+                f"{report.payments / RAO_PER_TAO:,.9f} TAO paid by consumers to experts"
+            )
             return 0
         console.print(f"[red]FAILED[/red] {report}")
         return 1

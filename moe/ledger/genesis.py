@@ -50,6 +50,7 @@ INT_LIMITS = {
     "adjustment_interval": 1,
     "registration_window": 1,
     "weights_rate_limit": 0,
+    "escrow_unlock_blocks": 0,
 }
 """Smallest value of each integer LedgerConfig field (all are at most I64_MAX; max_uids at most MAX_UIDS)."""
 MAX_REVEAL_PERIOD = 100
@@ -86,6 +87,7 @@ LATER_FIELDS = (
     "subnet_owners",
     "emission_split",
     "subnet_params",
+    "escrow_unlock_blocks",
 )
 """Fields written into the genesis record only when not at their default (older chains keep their hash)."""
 
@@ -182,6 +184,9 @@ class LedgerConfig:
     0); "root": the Yuma incentive of those root weights. Recomputed at every epoch end."""
     subnet_params: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Netuid -> overrides of any of SUBNET_PARAMS for that subnet."""
+    escrow_unlock_blocks: int = 100
+    """Blocks between announcing an escrow withdrawal and completing it; settlements still draw on the escrow in
+    between (moe.ledger.escrow), so experts have that long to settle the tickets they hold."""
 
     def __post_init__(self) -> None:
         """Raise ValueError (a RecordError) naming the first field of the wrong type or out of range."""

@@ -1,11 +1,11 @@
 """Ledger record kinds as plain JSON dicts, their canonical bytes, and signing.
 
-Signed records (register, stake, transfer, weights, distill, commit, reveal) come from peers and carry an Ed25519
-signature by the hotkey that acts; derived records (genesis, emission, epoch, split) are written by the ledger itself
-and re-derived by every replica and by `verify`. A record is a dict with a "kind" key; canonical bytes are sorted-key
-compact JSON, so the same record hashes and signs identically everywhere. A malformed or forged record is rejected,
-never repaired: `check_signed` refuses any signed record whose fields are not exactly `SIGNED_FIELDS` with their exact
-JSON types before its signature or the state is looked at.
+Signed records (register, stake, transfer, weights, distill, commit, reveal, escrow, withdraw, settle) come from
+peers and carry an Ed25519 signature by the hotkey that acts; derived records (genesis, emission, epoch, split) are
+written by the ledger itself and re-derived by every replica and by `verify`. A record is a dict with a "kind" key;
+canonical bytes are sorted-key compact JSON, so the same record hashes and signs identically everywhere. A malformed
+or forged record is rejected, never repaired: `check_signed` refuses any signed record whose fields are not exactly
+`SIGNED_FIELDS` with their exact JSON types before its signature or the state is looked at.
 
 A commit carries only `commit_hash` of a validator's weights; the matching reveal, `reveal_period_epochs` later,
 carries the weights and the salt (see state.py for the rules).
@@ -21,6 +21,7 @@ from typing import Any
 
 from moe.identity import Hotkey, verify_signature
 from moe.ledger.emission import MAX_SUPPLY_RAO
+from moe.ledger.escrow import MAX_CLAIMS
 from moe.ledger.fields import (
     U64_MAX,
     FieldCheck,
@@ -38,12 +39,24 @@ from moe.ledger.fields import (
     u64,
 )
 from moe.ledger.registration import registration_prefix, solve_pow
+from moe.ledger.ticket import TICKET_BYTES
 from moe.ledger.weights import WEIGHTS_FIELDS, WeightSubmission, canonical_json
 
 logger = logging.getLogger(__name__)
 
 RECORD_DOMAIN = "hivemoe/ledger/v1"
-SIGNED_KINDS = ("register", "stake", "transfer", "weights", "distill", "commit", "reveal")
+SIGNED_KINDS = (
+    "register",
+    "stake",
+    "transfer",
+    "weights",
+    "distill",
+    "commit",
+    "reveal",
+    "escrow",
+    "withdraw",
+    "settle",
+)
 DERIVED_KINDS = ("genesis", "emission", "epoch", "split")
 COMMIT_DOMAIN = "hivemoe/commit/v1"
 SALT_BYTES = (16, 64)
@@ -84,6 +97,20 @@ def _credits(value: object, where: str) -> list:
     return value
 
 
+def _claims(value: object, where: str) -> list:
+    """[[ticket hex, bytes, amount], ...], 1..MAX_CLAIMS long, each ticket the right length of lowercase hex (the
+    ticket itself, its signature and its limits are checked against the state: moe.ledger.escrow)."""
+    if type(value) is not list or not 1 <= len(value) <= MAX_CLAIMS:
+        raise RecordError(f"{where} must be a list of 1..{MAX_CLAIMS} claims, got {describe(value)}")
+    for i, item in enumerate(value):
+        if type(item) is not list or len(item) != 3:
+            raise RecordError(f"{where} item {i} must be [ticket, bytes, amount], got {describe(item)}")
+        hex_str(item[0], f"{where} item {i} ticket", 2 * TICKET_BYTES)
+        u64(item[1], f"{where} item {i} bytes")
+        u64(item[2], f"{where} item {i} amount")
+    return value
+
+
 def _salt(value: object, where: str) -> str:
     """A commit's salt: lowercase hex of SALT_BYTES[0]..SALT_BYTES[1] bytes."""
     lo, hi = SALT_BYTES
@@ -103,6 +130,9 @@ SIGNED_FIELDS: dict[str, dict[str, FieldCheck]] = {
     "weights": {"kind": _kind, **WEIGHTS_FIELDS},
     "distill": {"kind": _kind, "hotkey": address, "epoch": u64, "credits": _credits, "signature": signature},
     "commit": {"kind": _kind, "hotkey": address, "netuid": u16, "epoch": u64, "hash": _hash, "signature": signature},
+    "escrow": {"kind": _kind, "hotkey": address, "amount": rao, "nonce": u64, "signature": signature},
+    "withdraw": {"kind": _kind, "hotkey": address, "nonce": u64, "signature": signature},
+    "settle": {"kind": _kind, "hotkey": address, "claims": _claims, "signature": signature},
     "reveal": {
         "kind": _kind,
         "hotkey": address,
@@ -149,6 +179,9 @@ SIGNER_FIELD = {
     "distill": "hotkey",
     "commit": "hotkey",
     "reveal": "hotkey",
+    "escrow": "hotkey",
+    "withdraw": "hotkey",
+    "settle": "hotkey",
 }
 """The field of each signed kind that names the hotkey whose signature it needs."""
 
@@ -225,6 +258,22 @@ def transfer_record(hotkey: Hotkey, dst: str, amount: int, nonce: int) -> Record
     """A signed transfer of `amount` rao from the hotkey's balance to address `dst`."""
     rec = {"kind": "transfer", "src": hotkey.address, "dst": dst, "amount": int(amount), "nonce": int(nonce)}
     return _sign(hotkey, rec)
+
+
+def escrow_record(hotkey: Hotkey, amount: int, nonce: int) -> Record:
+    """A signed escrow deposit of `amount` rao (negative: announce a withdrawal of that much; moe.ledger.escrow)."""
+    return _sign(hotkey, {"kind": "escrow", "hotkey": hotkey.address, "amount": int(amount), "nonce": int(nonce)})
+
+
+def withdraw_record(hotkey: Hotkey, nonce: int) -> Record:
+    """A signed completion of the hotkey's announced escrow withdrawal."""
+    return _sign(hotkey, {"kind": "withdraw", "hotkey": hotkey.address, "nonce": int(nonce)})
+
+
+def settle_record(hotkey: Hotkey, claims: Sequence[tuple[bytes, int, int]]) -> Record:
+    """An expert's signed claims, one per consumer: (ticket bytes, bytes, amount in rao), ordered by ticket."""
+    rows = sorted([t.hex(), int(b), int(a)] for t, b, a in claims)
+    return _sign(hotkey, {"kind": "settle", "hotkey": hotkey.address, "claims": rows})
 
 
 def distill_record(hotkey: Hotkey, epoch: int, positions: dict[str, int], credit: dict[str, float]) -> Record:

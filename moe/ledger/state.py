@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from moe.ledger.emission import block_emission, split_between_subnets, split_by_weights, split_emission
+from moe.ledger.escrow import apply_escrow, apply_settle, apply_withdraw
 from moe.ledger.fields import describe, exactly_equal
 from moe.ledger.genesis import ROOT_NETUID, GenesisConfig, LedgerConfig, SubnetParams
 from moe.ledger.records import (
@@ -112,13 +113,21 @@ class LedgerState:
     nonces: dict[str, int] = field(default_factory=dict)
     """Next expected nonce of stake/transfer records per address (replay protection)."""
     total_issuance: int = 0
-    """Rao in existence: balances + stakes + pending emission; minting adds, burn registration removes."""
+    """Rao in existence: balances + stakes + escrows + pending emission; minting adds, burn registration removes."""
     burned: int = 0
     """Rao recycled by burn registrations."""
     subnets: dict[int, SubnetState] = field(default_factory=dict)
     distill: dict[str, tuple[int, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     """Distiller hotkey -> (epoch, {expert: (positions served, gate-weighted credit in thousandths)}): each
     distiller's latest signed totals of who taught its student (records.distill_record)."""
+    escrow: dict[str, int] = field(default_factory=dict)
+    """Consumer -> rao held in escrow for paying experts (moe.ledger.escrow)."""
+    unlocking: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Consumer -> (rao, unlock height) of its announced escrow withdrawal."""
+    settled: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    """(consumer, expert) -> (ticket counter, bytes, rao) of the latest settled claim: each ticket settles once."""
+    paid: dict[str, int] = field(default_factory=dict)
+    """Expert -> rao received from settlements in total."""
     root_weights: dict[str, tuple[int, dict[int, int]]] = field(default_factory=dict)
     """Validator -> (height set, {netuid: u16 weight}) on the root netuid (non-static emission_split only)."""
     root_last_set: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -542,6 +551,9 @@ _HANDLERS = {
     "weights": _apply_weights,
     "commit": _apply_commit,
     "reveal": _apply_reveal,
+    "escrow": apply_escrow,
+    "withdraw": apply_withdraw,
+    "settle": apply_settle,
 }
 
 

@@ -3,10 +3,11 @@
 Opens the file read-only and replays it from genesis with the same transition code the producer uses; the first
 block that fails (hash, link, height gap, signature, invalid record, or derived record that differs from replay)
 is named with its height and a one-line reason, also for crafted content (NaN, huge or deeply nested values, wrong
-types), never an exception. The accounts table must also agree with the replayed balances. A file cannot vouch
-for its own genesis: pass the expected `genesis` config or `genesis_hash` to catch a rewritten, re-hashed chain.
-On a long ledger the signatures are checked by worker processes ahead of the replay (`moe.ledger.sigcheck`); the
-report is the same as a sequential check's.
+types), never an exception. The accounts table must also agree with the replayed balances, and every address's
+holdings with a double-entry tally of the records (moe.ledger.reconcile: emissions + payments = balance changes).
+A file cannot vouch for its own genesis: pass the expected `genesis` config or `genesis_hash` to catch a rewritten,
+re-hashed chain. On a long ledger the signatures are checked by worker processes ahead of the replay
+(`moe.ledger.sigcheck`); the report is the same as a sequential check's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from moe.ledger.chain import GENESIS_PREV_HASH, LedgerError, check_block, genesis_mismatch, read_blocks
 from moe.ledger.fields import describe
 from moe.ledger.genesis import GenesisConfig
+from moe.ledger.reconcile import Tally
 from moe.ledger.sigcheck import ParallelSignatures, default_workers
 from moe.ledger.state import LedgerState
 
@@ -45,6 +47,10 @@ class VerifyReport:
     """Wall time of the check."""
     state: LedgerState | None = None
     """Replayed state after the last good block."""
+    emitted: int = 0
+    """Rao the epochs paid out, by the tally."""
+    payments: int = 0
+    """Rao settlements moved from consumers' escrows to experts, by the tally."""
 
     def __str__(self) -> str:
         if self.ok:
@@ -75,6 +81,7 @@ def verify_ledger(
     state: LedgerState | None = None
     prev, last_ts, n = GENESIS_PREV_HASH, float("-inf"), 0
     sigs: ParallelSignatures | None = None
+    tally = Tally()
 
     def bad(height: int, reason: str) -> VerifyReport:
         logger.warning("ledger %s: bad block %d: %s", path, height, reason)
@@ -95,9 +102,11 @@ def verify_ledger(
                 if mismatch:
                     return bad(0, mismatch)
                 state, prev, last_ts, n = result, blk.hash, blk.timestamp, n + 1
+                for rec in blk.records:
+                    tally.record(rec)
             if state is None:
                 return bad(0, "ledger holds no blocks")
-            mismatch = _accounts_mismatch(conn, state)
+            mismatch = _accounts_mismatch(conn, state) or tally.mismatch(state)
             if mismatch:
                 return bad(state.height, mismatch)
         except (LedgerError, sqlite3.DatabaseError) as e:
@@ -106,7 +115,9 @@ def verify_ledger(
         if sigs is not None:
             sigs.close()
         conn.close()
-    return VerifyReport(True, n, prev, None, "", time.perf_counter() - t0, state)
+    return VerifyReport(
+        True, n, prev, None, "", time.perf_counter() - t0, state, emitted=tally.emitted, payments=tally.payments
+    )
 
 
 def _start_workers(

@@ -59,11 +59,19 @@ def wide_console(monkeypatch):
 
 
 def test_verify_returns_0_and_names_the_head(ledger_path, capsys):
-    """`hivemoe ledger verify` on a clean ledger returns 0 and reports its block count and head hash."""
+    """`hivemoe ledger verify` on a clean ledger returns 0 and reports its block count, head hash and the rao its
+    epochs paid out, reconciled with the accounts."""
     with Ledger.open(ledger_path) as led:
         head, height = led.head_hash, led.height
+        emitted = sum(
+            sum(r["miner_payouts"]) + sum(r["validator_payouts"]) + r.get("owner_payout", 0)
+            for b in led.blocks()
+            for r in b.records
+            if r["kind"] == "epoch"
+        )
     rc, out = run(capsys, "verify", str(ledger_path))
     assert rc == 0 and f"ok: {height + 1} blocks, head {head}" in out
+    assert f"reconciled to the rao: {emitted / 1e9:,.9f} TAO emitted" in out
 
 
 @pytest.mark.parametrize(
