@@ -10,7 +10,7 @@ from rich.text import Text
 from moe.net.network_view import ExpertRow, LedgerView, NetworkView, ValidatorRow
 
 DASH = "-"
-"""What a cell shows when nobody published the value (or it is reserved, like the price)."""
+"""What a cell shows when nobody published the value."""
 
 
 def _num(v: float | None, fmt: str) -> str:

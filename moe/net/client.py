@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from google.protobuf.message import DecodeError
@@ -34,8 +34,10 @@ from moe.model.tokenizer import VOCAB_SIZE
 from moe.net.direct import KEY_BYTES, DirectConnection, DirectError, OversizedReply, RemoteError
 from moe.net.identity_proof import new_nonce, verify_identities
 from moe.net.loop import LoopThread, replicate_p2p
+from moe.net.payer import Payer
 from moe.net.receipt import RECEIPT_OVERHEAD, Receipt, ReceiptError, caller_digest, unframe_reply
 from moe.net.server import BUSY_REPLY, forward_handle, info_handle, session_handle
+from moe.net.ticket_desk import PAYMENT_REFUSED, PaymentRefused, paid_request
 from moe.net.wire import (
     ACT_FORMATS,
     VOCAB,
@@ -46,6 +48,7 @@ from moe.net.wire import (
     decode_request,
     encode_request,
     reply_nbytes,
+    request_positions,
     validate_reply,
 )
 
@@ -172,6 +175,10 @@ class ExpertClient:
         """Called with (peer, request bytes, checked receipt or None) for every reply (a router samples its traffic
         and drops experts that send none)."""
         self._no_direct: set[PeerID] = set()
+        self.payer: Payer | None = None
+        """Signs a ticket for each call to a priced expert (moe.net.payer); None makes only free calls."""
+        self.prices: dict[PeerID, tuple[str, int]] = {}
+        """Peer -> (expert hotkey address, price in rao per million bytes) of the experts `payer` pays."""
 
     async def call(
         self,
@@ -212,6 +219,27 @@ class ExpertClient:
         raw = encode_request(inputs, wire_format, cfg.topk)
         return Request(raw, wire_format, reply_shape, cfg.topk, reply_bytes)
 
+    async def close_accounts(self, timeout: float | None = None) -> int:
+        """Send each priced expert the payer's closing ticket, acknowledging the calls answered since the last
+        ticket (otherwise never paid); returns how many experts took theirs. An expert that is gone keeps only what
+        earlier tickets acknowledged."""
+        if self.payer is None:
+            return 0
+        peers = {expert: peer for peer, (expert, _) in self.prices.items()}
+        closing = [(peers[e], t) for e, t in self.payer.closing_tickets().items() if e in peers]
+        timeout = self.config.forward_timeout_seconds if timeout is None else timeout
+
+        async def close(peer: PeerID, ticket) -> bool:
+            try:
+                raw = paid_request(ticket, b"")
+                await asyncio.wait_for(self.send_raw(peer, raw, RECEIPT_OVERHEAD, forward_handle(self.uid)), timeout)
+                return True
+            except Exception as e:  # noqa: BLE001 - a gone expert is logged, not raised: closing is best effort
+                logger.warning("closing ticket not taken by %s: %s", peer, e)
+                return False
+
+        return sum(await asyncio.gather(*(close(p, t) for p, t in closing)))
+
     async def replay(self, peer_id: PeerID, raw: bytes, timeout: float | None = None) -> tuple[bytes, Receipt | None]:
         """Send the exact bytes of a recorded distribution request again → (reply payload, receipt or None), checked
         like any reply (a validator re-asking what a router was answered: moe.poi.traffic_check). Raises ValueError
@@ -229,6 +257,12 @@ class ExpertClient:
             raise PeerUnavailable(
                 f"peer {peer_id} backed off for {self.health.banned_until(peer_id) - time.monotonic():.1f} s"
             )
+        ticket, positions = None, 0
+        expert, price = self.prices.get(peer_id, ("", 0))
+        if self.payer is not None and price > 0:
+            positions = request_positions(request.raw)
+            ticket = self.payer.ticket(expert, price)
+            request = replace(request, raw=paid_request(ticket, request.raw))
         try:
             reply, receipt = await self._exchange(peer_id, request, timeout)
             out = self._decode(request, reply) if decode else (reply, receipt)
@@ -241,12 +275,16 @@ class ExpertClient:
         except P2PHandlerError as e:
             if BUSY_REPLY in str(e):
                 raise ExpertBusy(f"expert {peer_id} is busy") from None
+            if PAYMENT_REFUSED in str(e):  # the consumer's own account, not the peer's fault: no back-off
+                raise PaymentRefused(f"expert {peer_id}: {str(e).split(PAYMENT_REFUSED, 1)[1].strip(': ')}") from None
             self.health.record_failure(peer_id)
             raise
         except BaseException:
             self.health.record_failure(peer_id)
             raise
         self.health.record_success(peer_id)
+        if ticket is not None:
+            self.payer.answered(ticket, positions)  # only a valid reply is ever acknowledged, so paid for
         return out
 
     async def _exchange(
@@ -551,6 +589,10 @@ class SyncExpertClient:
     def call_many(self, peer_ids: Sequence[PeerID], inputs, **kwargs) -> dict[PeerID, torch.Tensor]:
         """Blocking `ExpertClient.call_many` (same arguments)."""
         return self._loop.run(self.client.call_many(peer_ids, inputs, **kwargs))
+
+    def close_accounts(self, **kwargs) -> int:
+        """`ExpertClient.close_accounts`, blocking."""
+        return self._loop.submit(self.client.close_accounts(**kwargs)).result()
 
     def replay(self, peer_id: PeerID, raw: bytes, **kwargs) -> tuple[bytes, Receipt | None]:
         """Blocking `ExpertClient.replay` (same arguments and errors)."""

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moe.identity import Hotkey
+from moe.ledger.emission import RAO_PER_TAO
 from moe.net.signed import (
     MalformedRecord,
     check_address,
@@ -20,6 +21,8 @@ from moe.net.signed import (
 
 EXPERT_CONTEXT = "expert-record"
 RECORD_VERSION = 1
+MAX_PRICE_TAO_PER_MBYTE = 1e6
+"""Highest price a record may announce (a bound on what a ticket can be asked to pay)."""
 MAX_CENTROID = 256
 """Most floats in an expert's domain signature centroid."""
 _MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "params")
@@ -59,6 +62,9 @@ class ExpertRecord:
     """Block number or time when the miner registered."""
     expiration: float = 0.0
     """DHT time after which the record is stale and must be ignored."""
+    price_tao_per_mbyte: float = 0.0
+    """What a call costs, in TAO per million bytes whose distribution it serves (0: free); a new record with a new
+    price applies to calls made after it (moe.net.ticket_desk)."""
 
     def payload(self) -> dict:
         d = asdict(self)
@@ -69,6 +75,11 @@ class ExpertRecord:
     def to_dht_value(self, hotkey: Hotkey) -> bytes:
         """Validate then sign; raises MalformedRecord if this record would be rejected by readers."""
         return sign_record(hotkey, self.payload(), EXPERT_CONTEXT, self.hotkey, validate_expert_payload)
+
+    @property
+    def price_rao_per_mbyte(self) -> int:
+        """The price as tickets carry it: whole rao per million bytes."""
+        return round(self.price_tao_per_mbyte * RAO_PER_TAO)
 
     @classmethod
     def from_dht_value(cls, raw: Any) -> ExpertRecord:
@@ -105,4 +116,5 @@ def validate_expert_payload(d: Any) -> ExpertRecord:
         signature_centroid=centroid,
         registered_at=check_float("registered_at", d["registered_at"], 0.0, 1e13),
         expiration=check_float("expiration", d["expiration"], 0.0, 1e13),
+        price_tao_per_mbyte=check_float("price_tao_per_mbyte", d["price_tao_per_mbyte"], 0.0, MAX_PRICE_TAO_PER_MBYTE),
     )

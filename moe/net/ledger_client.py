@@ -130,6 +130,10 @@ class LedgerHead:
     """Hex sha256 of the network's seed, the only seed a node may load; None until the host has learned it."""
     total_issuance: int = 0
     """Rao issued by the chain so far (what `hivemoe status` shows as issuance)."""
+    chain: str = ""
+    """Hex chain digest (moe.ledger.ticket.chain_digest) every ticket on this ledger names."""
+    escrow: dict[str, int] = field(default_factory=dict)
+    """Consumer -> rao of its escrow an expert may count on (not being withdrawn; moe.ledger.escrow)."""
 
     def epoch_progress(self) -> float:
         """Fraction of the current epoch's blocks already produced, in [0, 1)."""
@@ -170,6 +174,8 @@ class LedgerHead:
                 stakes=_by_hotkey("stakes", d["stakes"], lambda name, v: check_int(name, v, 0, U64_MAX)),
                 seed_sha256=None if d["seed_sha256"] is None else check_address("seed_sha256", d["seed_sha256"]),
                 total_issuance=check_int("total_issuance", d["total_issuance"], 0, U64_MAX),
+                chain=check_address("chain", d["chain"]),
+                escrow=_by_hotkey("escrow", d["escrow"], lambda name, v: check_int(name, v, 0, U64_MAX)),
             )
         except (MalformedRecord, AttributeError, TypeError) as e:  # AttributeError, TypeError: `d` is no dict
             raise MalformedRecord(f"malformed ledger head: {e}") from None

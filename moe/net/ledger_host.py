@@ -21,12 +21,24 @@ from pathlib import Path
 from moe.config_checks import require_at_least, require_positive
 from moe.identity import Hotkey
 from moe.ledger import GenesisConfig, Ledger, WeightSubmission
+from moe.ledger.escrow import coverable
+from moe.ledger.ticket import chain_digest
 from moe.ledger.weights import canonical_json
 from moe.net.dht_records import publish_signed, read_signed
 from moe.net.ledger_client import HEAD_CONTEXT, HEAD_KEY, INBOX_CONTEXT, INBOX_KEY, WEIGHTS_CONTEXT, WEIGHTS_KEY
 from moe.net.seed_transfer import find_seed_records
 
 logger = logging.getLogger(__name__)
+
+MAX_HEAD_ESCROWS = 256
+"""Consumers whose escrow the head lists (the largest; a head must fit one DHT value)."""
+
+
+def _largest_escrows(st) -> dict[str, int]:
+    """Consumer -> coverable escrow of the MAX_HEAD_ESCROWS largest, by address."""
+    have = {c: coverable(st, c) for c in st.escrow}
+    top = sorted((c for c in have if have[c] > 0), key=lambda c: (-have[c], c))[:MAX_HEAD_ESCROWS]
+    return {c: have[c] for c in sorted(top)}
 
 
 @dataclass
@@ -213,6 +225,8 @@ class LedgerHost:
             "stakes": {hk: st.stakes[hk] for hk in sorted(staked) if st.stakes.get(hk, 0) > 0},
             "seed_sha256": self.seed_sha256,
             "total_issuance": self.ledger.total_issuance,
+            "chain": chain_digest(st.chain_id).hex(),
+            "escrow": _largest_escrows(st),
         }
         publish_signed(self.dht, HEAD_KEY, self.hotkey, payload, HEAD_CONTEXT, self.head_ttl)
 

@@ -66,7 +66,7 @@ class ExpertRow:
     """Median reply latency in milliseconds as measured by the reader (moe.net.latency_probe); None until probed or
     when the expert never answered: no record carries it."""
     price: float | None
-    """Reserved for the marketplace's price per megabyte; always None."""
+    """The price its signed record announces, TAO per million bytes served (0: free)."""
     stake_tao: float | None
     """Stake on the pinned ledger; None without a pinned head."""
     incentive: float | None
@@ -338,7 +338,7 @@ def _expert_row(
         claimed_bpb=r.claimed_eval_bpb,
         measured_bpb=statistics.median(measured) if measured else None,
         latency_p50_ms=None,
-        price=None,
+        price=r.price_tao_per_mbyte,
         stake_tao=None if head is None else _tao(head.stakes.get(r.hotkey, 0)),
         incentive=None if head is None else head.subnets.get(r.netuid, SubnetHead(1)).incentive.get(r.hotkey, 0.0),
         expires_in_seconds=expires_in,

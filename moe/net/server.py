@@ -53,6 +53,7 @@ from moe.net.inference_session import SessionConfig, SessionTable, serve_session
 from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.receipt import caller_digest, frame_reply, sign_receipt
 from moe.net.session_wire import is_session_message
+from moe.net.ticket_desk import TicketDesk, split_paid
 from moe.net.wire import (
     ACT_FORMATS,
     DIST_FORMATS,
@@ -304,6 +305,8 @@ class ExpertServer:
         """Open inference sessions (only a ByteLM `lm` expert serves them)."""
         self.served, self.rejected, self.busy, self.version = 0, 0, 0, 0
         self._identities: list[Hotkey] = []
+        self.ticket_desk: TicketDesk | None = None
+        """Checks the ticket of each paid call (moe.net.ticket_desk); None serves every call for free."""
 
     @staticmethod
     def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -459,16 +462,27 @@ class ExpertServer:
     def _serve(self, raw: bytes, remote: Hashable) -> bytes:
         """The reply payload: the computed reply behind the serving hotkey's receipt for it (moe.net.receipt), or a
         plain reply while no hotkey is proven."""
-        if is_session_message(raw):
+        ticket_bytes, inner = split_paid(raw)
+        if ticket_bytes is not None and not inner:  # a consumer's closing ticket: no call comes with it
+            if self.ticket_desk is None:
+                raise WireError("this expert takes no payments")
+            self.ticket_desk.close(ticket_bytes)
+            return frame_reply(b"", None)
+        if is_session_message(inner):
             if not self.serves_sessions:
                 raise WireError(f"this {self.config.kind} expert serves no inference sessions")
-            reply, positions = serve_session_message(self.sessions, raw, remote, self._lease)
+            reply, positions = serve_session_message(self.sessions, inner, remote, self._lease)
+        elif self.ticket_desk is not None:
+            positions = request_positions(inner)
+            ticket = self.ticket_desk.admit(ticket_bytes, positions)  # PaymentRefused before any compute
+            reply = self._process(inner)
+            self.ticket_desk.answered(ticket, positions)
         else:
-            reply, positions = self._process(raw), None
+            reply, positions = self._process(inner), None
         if not self._identities:
             return frame_reply(reply, None)
         caller = remote.to_bytes() if isinstance(remote, PeerID) else str(remote).encode()
-        positions = request_positions(raw) if positions is None else positions
+        positions = request_positions(inner) if positions is None else positions
         receipt = sign_receipt(
             self._identities[0], caller_digest(caller), int(get_dht_time() * 1000), positions, raw, reply
         )

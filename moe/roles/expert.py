@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moe.config_checks import require_at_least, require_between
+from moe.config_checks import require_at_least, require_between, require_positive
 from moe.corpus.batches import batches_at_step, blended_batches_at_step
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
 from moe.model.transformer import ByteLM, config_dict
+from moe.net.expert_record import MAX_PRICE_TAO_PER_MBYTE
 from moe.net.join import join_network
 from moe.roles.layout import SERVING, RunLayout
 from moe.roles.lm_job import run_lm_job
@@ -56,9 +57,18 @@ class ExpertConfig:
     but the switching mixture, whose generalist already covers off-domain bytes, gets worse (2.198 vs 2.166 in
     distribution, 3.422 vs 3.200 shifted): so 0."""
 
+    price_tao_per_mbyte: float = 0.0
+    """What a call costs consumers, TAO per million bytes served (announced in the signed record; 0: free). A
+    priced expert needs a ledger: it checks each call's ticket against the consumers' escrows and settles what it
+    answered (moe.roles.settlement)."""
+    settle_interval_seconds: float = 10.0
+    """Seconds between a priced expert's settlements."""
+
     def __post_init__(self):
         require_at_least(self, 1, ["weights_refresh_steps"])
         require_between(self, "replay_fraction", 0.0, 1.0)
+        require_between(self, "price_tao_per_mbyte", 0.0, MAX_PRICE_TAO_PER_MBYTE)
+        require_positive(self, ["settle_interval_seconds"])
 
 
 def claimed_score(bpb: float | None) -> float | None:
@@ -120,7 +130,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     train = cfg.expert_train if miner.steps is None else dataclasses.replace(cfg.expert_train, steps=miner.steps)
     centroid = subnet_centroid(train_tokens, train.seq_len, cfg.seed)
 
-    dht = server = heartbeat = None
+    dht = server = heartbeat = settler = None
     if cfg.initial_peers:
         status.update(phase="joining")
         dht = join_network(cfg.initial_peers, cfg.network)
@@ -143,7 +153,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
     }
 
     def init_and_serve(model: ByteLM) -> None:
-        nonlocal server, heartbeat
+        nonlocal server, heartbeat, settler
         init(model)
         if dht is None:
             return
@@ -151,9 +161,18 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
 
         server = ExpertServer(model, serving_config(cfg.network), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
+        price = cfg.expert.price_tao_per_mbyte
+        if price > 0 and cfg.ledger.enabled:
+            from moe.roles.settlement import start_paid_serving
+
+            timeout = cfg.ledger.register_timeout_seconds
+            interval = cfg.expert.settle_interval_seconds
+            settler = start_paid_serving(dht, server, hotkey, cfg.ledger.host, price, interval, timeout)
         identity = {"uid": uid, "subnet": subnet, "centroid": centroid, "registered_at": registered_at}
         beat = lambda: (progress["step"], progress["bpb"])
-        heartbeat = start_heartbeat(dht, server, hotkey, model_summary(model), cfg.network, beat, **identity)
+        heartbeat = start_heartbeat(
+            dht, server, hotkey, model_summary(model), cfg.network, beat, price_tao_per_mbyte=price, **identity
+        )
 
     def refresh(step: int, model) -> None:
         progress["step"] = step
@@ -181,5 +200,5 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             status.update(phase="serving")
             wait_for_stop()
     finally:
-        close_all(heartbeat, server, dht)
+        close_all(heartbeat, settler, server, dht)
     return 0

@@ -89,6 +89,7 @@ def start_heartbeat(
     centroid: list[float],
     registered_at: int,
     claimed_peer: str | None = None,
+    price_tao_per_mbyte: float = 0.0,
 ):
     """Announce a served expert in the DHT by heartbeat; `progress()` gives (train_step, claimed bpb) at each beat.
     The server answers identity challenges for `hotkey`, which is what makes the records count. The records name
@@ -114,6 +115,7 @@ def start_heartbeat(
             signature_centroid=centroid,
             registered_at=float(registered_at),
             expiration=get_dht_time() + network.announce_ttl_seconds,
+            price_tao_per_mbyte=price_tao_per_mbyte,
         )
 
     interval, ttl = network.heartbeat_interval_seconds, network.announce_ttl_seconds

@@ -73,7 +73,7 @@ def test_json_is_one_object_with_the_view_schema(capsys, network):
     (expert,) = view["experts"]
     assert set(expert) == {f.name for f in dataclasses.fields(ExpertRow)}
     assert (expert["hotkey"], expert["uid"], expert["train_step"], expert["claimed_bpb"]) == (honest, 3, 17, 2.5)
-    assert expert["price"] is None and expert["latency_p50_ms"] is None
+    assert expert["price"] == 0.0 and expert["latency_p50_ms"] is None
     assert view["rejected"] == {f"hivemoe/{NETUID}/experts": 1} and view["rejected_total"] == 1
     assert view["ledger"]["host"] is None and view["ledger"]["found"] is False
 

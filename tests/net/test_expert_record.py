@@ -45,6 +45,12 @@ def test_record_round_trip():
     assert ExpertRecord.from_dht_value(record.to_dht_value(A)) == record
 
 
+def test_a_priced_record_round_trips_and_gives_the_price_in_rao():
+    """The announced price survives signing and reading, and tickets get it as whole rao per million bytes."""
+    rec = ExpertRecord.from_dht_value(make_record(price_tao_per_mbyte=0.25).to_dht_value(A))
+    assert rec.price_tao_per_mbyte == 0.25 and rec.price_rao_per_mbyte == 250_000_000
+
+
 def test_flipped_byte_breaks_signature():
     """Changing any byte of the payload makes the signature check fail."""
     raw = bytearray(make_record().to_dht_value(A))
@@ -122,6 +128,9 @@ def test_oversized_value_rejected_before_parsing():
         ("model", [1, 2], "model must be"),
         ("registered_at", -1.0, "registered_at"),
         ("expiration", None, "expiration"),
+        ("price_tao_per_mbyte", -0.5, "price_tao_per_mbyte"),
+        ("price_tao_per_mbyte", 1e9, "price_tao_per_mbyte"),
+        ("price_tao_per_mbyte", "5", "price_tao_per_mbyte"),
         ("v", 2, "version"),
         ("extra", 1, "unknown keys"),
     ],

@@ -53,6 +53,8 @@ def head_payload(height: int = 12, **overrides) -> dict:
         "stakes": {MINER.address: 1000},
         "seed_sha256": "cd" * 32,
         "total_issuance": 5_000_000_000,
+        "chain": "ef" * 32,
+        "escrow": {MINER.address: 7},
     }
     return payload | {k: v for k, v in overrides.items() if k not in SUBNET_FIELDS}
 
@@ -80,6 +82,8 @@ def test_from_payload_reads_every_field():
         stakes={MINER.address: 1000},
         seed_sha256="cd" * 32,
         total_issuance=5_000_000_000,
+        chain="ef" * 32,
+        escrow={MINER.address: 7},
     )
     assert LedgerHead.from_payload(HOST.address, head_payload(seed_sha256=None)).seed_sha256 is None  # not learned
 
@@ -114,6 +118,9 @@ def test_from_payload_refuses_a_missing_field(field):
         dict(incentive=[0.5]),
         dict(total_issuance=-1),
         dict(total_issuance=1.5),
+        dict(chain="not-a-digest"),
+        dict(escrow={MINER.address: -1}),
+        dict(escrow={"someone": 5}),
         dict(subnets=[]),  # not a mapping
         dict(subnets={"01": {}}),  # a padded netuid
         dict(subnets={"70000": {}}),  # beyond u16

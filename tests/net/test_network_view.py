@@ -73,6 +73,8 @@ def head_payload(uids: dict[str, int], stakes: dict[str, int], incentive: dict[s
         "stakes": stakes,
         "seed_sha256": None,
         "total_issuance": 2_500_000_000,
+        "chain": "00" * 32,
+        "escrow": {},
     }
 
 
@@ -103,7 +105,7 @@ def test_view_joins_expert_validator_and_pinned_head(fresh_dht_pair):
     (e,) = view.experts
     assert (e.hotkey, e.uid, e.ledger_uid, e.train_step, e.claimed_bpb) == (expert.address, 9, 4, 120, 2.25)
     assert (e.stake_tao, e.incentive, e.flags) == (0.0, 0.75, {"noncausal": 1})
-    assert (e.measured_bpb, e.latency_p50_ms, e.price) == (3.0, None, None)
+    assert (e.measured_bpb, e.latency_p50_ms, e.price) == (3.0, None, 0.0)
     assert 0.0 <= e.heartbeat_age_seconds <= TTL and 0.0 < e.expires_in_seconds <= TTL
     v, m = sorted(view.validators, key=lambda r: r.hotkey != validator.address)
     assert (m.hotkey, m.ledger_uid, m.weights_epoch, m.revealed) == (measurer.address, None, None, True)

@@ -203,6 +203,8 @@ def test_a_joining_expert_loads_only_the_seed_the_ledger_host_pins(tmp_path):
         "stakes": {},
         "seed_sha256": hashlib.sha256(honest).hexdigest(),
         "total_issuance": 0,
+        "chain": "00" * 32,
+        "escrow": {},
     }
     layout = RunLayout.create(cfg.out_dir, cfg.run_id)
     expert = start_bootstrap_dht()  # the joining expert's peer; the seed publishers each have their own
