@@ -56,15 +56,18 @@ class TinyRun:
     procs: object
 
 
-TINY_MINERS = "english,english@10,code,math,persian"
-"""The tiny run's miners: English is a market of two, the second trained 10 steps against the others' 30."""
+TINY_MINERS = "english:2,english@10:0.5,code,math,persian"
+"""The tiny run's miners: English is a market of two, the second trained 10 steps against the others' 30, and
+charging 0.5 TAO per million bytes against the first's 2 (the rest charge `expert.price_tao_per_mbyte`)."""
+TINY_MARKET = ["expert.price_tao_per_mbyte=1.0", "expert.settle_interval_seconds=1.0", "router.escrow_tao=10"]
+"""The tiny run's experts charge 1 TAO per million bytes; the router and each distiller pay from a 10 TAO escrow."""
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Iterator[TinyRun]:
-    """The tiny local network run once per test session (seed, five experts: two competing on English, one trained a
-    third as long; router, validators, ledger, students, wandb offline; no baselines), as real OS processes over
-    loopback; tests only read its directory."""
+    """The tiny local network run once per test session (seed, five priced experts: two competing on English, one
+    trained a third as long; router and distillers paying from escrow, validators, ledger, students, wandb offline;
+    no baselines), as real OS processes over loopback; tests only read its directory."""
     from roles.conftest import Procs
 
     out = tmp_path_factory.mktemp("tiny-run")
@@ -72,6 +75,7 @@ def tiny_run(tmp_path_factory) -> Iterator[TinyRun]:
     try:
         args = [f"out_dir={out}", "run_id=t", "baselines=false", "wandb.enabled=true", "wandb.mode=offline"]
         args.append(f"miners={TINY_MINERS}")
+        args += TINY_MARKET
         result = procs.run(args, timeout=TINY_RUN_TIMEOUT)
         leftovers = procs.wait_gone(timeout=15.0)  # the network must stop all its nodes and daemons itself
         summary_path = out / "t" / "summary.json"

@@ -37,7 +37,7 @@ from moe.net.loop import LoopThread, replicate_p2p
 from moe.net.payer import Payer
 from moe.net.receipt import RECEIPT_OVERHEAD, Receipt, ReceiptError, caller_digest, unframe_reply
 from moe.net.server import BUSY_REPLY, forward_handle, info_handle, session_handle
-from moe.net.ticket_desk import PAYMENT_REFUSED, PaymentRefused, paid_request
+from moe.net.ticket_desk import PAYMENT_REFUSED, PaymentRefused, paid_request, split_paid
 from moe.net.wire import (
     ACT_FORMATS,
     VOCAB,
@@ -244,6 +244,7 @@ class ExpertClient:
         """Send the exact bytes of a recorded distribution request again → (reply payload, receipt or None), checked
         like any reply (a validator re-asking what a router was answered: moe.poi.traffic_check). Raises ValueError
         if `raw` is not a valid distribution request, else fails like `call`."""
+        raw = split_paid(raw)[1]  # a recorded paid call: the caller's ticket is spent, this call brings its own
         x, wire_format, topk = decode_request(raw, max_bytes=self.config.max_reply_bytes)
         if wire_format in ACT_FORMATS:
             raise ValueError("only distribution requests can be replayed")
@@ -259,9 +260,9 @@ class ExpertClient:
             )
         ticket, positions = None, 0
         expert, price = self.prices.get(peer_id, ("", 0))
-        if self.payer is not None and price > 0:
+        if self.payer is not None and expert and (price > 0 or self.payer.free):
             positions = request_positions(request.raw)
-            ticket = self.payer.ticket(expert, price)
+            ticket = self.payer.ticket(expert, 0 if self.payer.free else price)
             request = replace(request, raw=paid_request(ticket, request.raw))
         try:
             reply, receipt = await self._exchange(peer_id, request, timeout)

@@ -31,6 +31,8 @@ class Payer:
 
     hotkey: Hotkey
     chain: bytes
+    free: bool = False
+    """Sign every call's ticket at price 0: a staked validator's pass, which priced experts serve for nothing."""
     accounts: dict[str, ExpertAccount] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -70,6 +70,9 @@ class TicketDesk:
     """Consumer address -> rao of its escrow an expert may count on (from the latest ledger head)."""
     credit_rao: int = 10**7
     """Most rao of answered calls a consumer may leave unacknowledged (calls in flight at once); 0.01 TAO."""
+    is_validator: Callable[[str], bool] = lambda consumer: False
+    """Whether a hotkey is a staked validator, whose tickets at price 0 are served free (validators evaluate
+    experts for nothing, as on Bittensor; they still sign, so nobody else can pass as one)."""
     accounts: dict[str, ConsumerAccount] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,7 +91,8 @@ class TicketDesk:
         with self._lock:
             acct = self.accounts.setdefault(t.consumer_address, ConsumerAccount())
             self._check_new(t, acct)
-            if t.price < self.price_rao_per_mbyte:
+            free = t.price == 0 and self.is_validator(t.consumer_address)
+            if t.price < self.price_rao_per_mbyte and not free:
                 raise PaymentRefused(
                     f"{PAYMENT_REFUSED}: price is now {self.price_rao_per_mbyte} rao per million bytes, "
                     f"ticket offers {t.price}"

@@ -99,6 +99,11 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
         student = build_student(cfg, subnets, layout, seed)
         model_config = dataclasses.asdict(student.config)
         hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key(name))
+        if rc.escrow_tao > 0 and cfg.ledger.enabled:
+            from moe.roles.settlement import pay_as_consumer
+
+            status.update(phase="funding escrow")
+            pay_as_consumer(mixture, hotkey, cfg.ledger.host, rc.escrow_tao, cfg.ledger.register_timeout_seconds)
         traffic = DistillTraffic()
         cache = TeacherCache(dc.cache_dir or layout.teacher_cache, dc.wire_format, dc.wire_topk)
         teacher = CachedTeacher(mixture.mix, cache, traffic)
@@ -162,6 +167,7 @@ def run_distiller(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
                 "distill_credit": dict(sorted(traffic.credit.items())),
                 "distiller": hotkey.address,
                 "distill_epoch": traffic.epoch,
+                "spent_rao": mixture.spent(),
                 **scores,
             },
         )

@@ -112,6 +112,11 @@ def _branch_from_seed(cfg: RunConfig, layout: RunLayout, dht) -> tuple[Callable[
     return (lambda model: None), "scratch"
 
 
+def miner_price(cfg: RunConfig, miner: MinerSpec) -> float:
+    """TAO per million bytes this miner charges: its own `:price` in `miners`, else `expert.price_tao_per_mbyte`."""
+    return cfg.expert.price_tao_per_mbyte if miner.price is None else miner.price
+
+
 def this_miner(cfg: RunConfig) -> MinerSpec:
     """Which of the run's miners this node is (`miner=`, else the first on `subnet=`)."""
     miners = parse_miners(cfg.miners, cfg.subnets) if cfg.subnet in cfg.subnets else []
@@ -150,6 +155,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         "peer_id": None,
         "branched_from": origin,
         "signature_centroid": centroid,
+        "price_tao_per_mbyte": miner_price(cfg, miner),
     }
 
     def init_and_serve(model: ByteLM) -> None:
@@ -161,7 +167,7 @@ def run_expert(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
 
         server = ExpertServer(model, serving_config(cfg.network), dht=dht).start()
         extra["peer_id"] = str(server.peer_id)
-        price = cfg.expert.price_tao_per_mbyte
+        price = miner_price(cfg, miner)
         if price > 0 and cfg.ledger.enabled:
             from moe.roles.settlement import start_paid_serving
 

@@ -65,6 +65,11 @@ class RunLayout:
         return self.root / "ledger.sqlite"
 
     @property
+    def ledger_rejections(self) -> Path:
+        """What the ledger host refused over the run: [[kind, signer, reason], ...]."""
+        return self.root / "ledger_rejections.json"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

@@ -33,7 +33,7 @@ from moe.corpus import SourceUnavailable
 from moe.corpus.tokens import subnet_folder
 from moe.fileio import write_json
 from moe.roles.layout import GATE, PUBLISHED, RESULT, SERVING, TRAFFIC, RunLayout
-from moe.roles.miners import parse_miners
+from moe.roles.miners import entry_subnet, parse_miners
 from moe.roles.node import PARENT_PID_VAR, StatusBoard, wait_for_stop
 from moe.roles.summary import build_summary, print_summary
 
@@ -180,7 +180,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
 
     console = Console(stderr=True)
     cfg.subnets = available_subnets(cfg, subnets)
-    cfg.miners = [m for m in cfg.miners if m.partition("@")[0].strip() in cfg.subnets]
+    cfg.miners = [m for m in cfg.miners if entry_subnet(m) in cfg.subnets]
     if len(cfg.subnets) < 2:
         console.print("[red]error:[/red] a mixture needs at least two subnets with data")
         return 2
@@ -238,6 +238,7 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
         nodes.wait_for(list(students), student_done, tm.students_seconds, display)
         if students and host is not None:
             _wait_for_distill_credits(layout, host, list(students.values()), tm.payout_seconds)
+            _wait_for_settlements(layout, host, list(students.values()), tm.payout_seconds)
     except NodeFailed as e:
         display.stop()
         console.print(f"[red]error:[/red] {e}")
@@ -250,6 +251,8 @@ def run_network(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout, e
     finally:
         display.stop()
         _stop_network(nodes, host, dht, tm, interrupted)
+        if host is not None:
+            write_json(layout.ledger_rejections, [list(r) for r in host.rejected])
     summary = build_summary(cfg, layout, wall_seconds=time.time() - t0)
     write_json(layout.summary, summary)
     _write_report_and_wandb(cfg, layout, summary)
@@ -280,6 +283,23 @@ def _wait_for_distill_credits(layout: RunLayout, host, kinds: list[str], timeout
 
     if not host.wait(recorded, timeout):
         logger.warning("the ledger did not record every distiller's last credits within %.0f s", timeout)
+
+
+def _wait_for_settlements(layout: RunLayout, host, kinds: list[str], timeout: float) -> None:
+    """Wait until the ledger has settled what each paying distiller owes each expert (its result names the amounts:
+    the experts' settlers claim them once the distillers' closing tickets arrive)."""
+    owed = {}
+    for k in kinds:
+        r = json.loads((layout.student(k) / RESULT).read_text())
+        owed.update({(r["distiller"], e): a for e, a in (r.get("spent_rao") or {}).items() if a > 0})
+    if not owed:
+        return
+
+    def settled(h) -> bool:
+        return h.ledger is not None and all(h.ledger.state.settled.get(p, (0, 0, 0))[2] >= a for p, a in owed.items())
+
+    if not host.wait(settled, timeout):
+        logger.warning("the ledger did not settle every distiller's payments within %.0f s", timeout)
 
 
 def _write_report_and_wandb(cfg: RunConfig, layout: RunLayout, summary: dict) -> None:
@@ -331,6 +351,9 @@ def _start_ledger(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout,
         key = layout.key(f"validator-{k}")
         balances[Hotkey.load_or_create(key).address] = int(round(stake * RAO_PER_TAO))
         validators[f"validator-{k}"] = (key, stake)
+    if cfg.router.escrow_tao > 0:  # the mixture's consumers start with what they deposit in escrow
+        for name in ["router", *(f"distiller-{kind}" for kind in cfg.students)]:
+            balances[Hotkey.load_or_create(layout.key(name)).address] = int(round(cfg.router.escrow_tao * RAO_PER_TAO))
     hotkey = Hotkey.load_or_create(layout.key("ledger"))
     owners = {subnets[s].netuid: Hotkey.load_or_create(layout.key(f"owner-{s}")).address for s in cfg.subnets}
     genesis = local_genesis(lh, sorted(owners), balances, owners)

@@ -7,8 +7,10 @@ would reach them. The final gate, its expert slots and the mixture's bits per by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from moe.corpus.batches import blended_batches_at_step, eval_windows
 from moe.corpus.tokens import subnet_tokens
 from moe.fileio import write_json
 from moe.identity import Hotkey
+from moe.ledger.emission import RAO_PER_TAO
 from moe.metrics import score_sets
 from moe.model.transformer import ByteLM, config_dict
 from moe.roles.layout import RESULT, ROUTING, TRAFFIC, RunLayout
@@ -53,6 +56,8 @@ class MixtureScores:
     """Remote expert distributions requested per byte scored."""
     routing: dict[str, dict[str, float]]
     """Input subnet → {expert hotkey: share of the gate's top-k selections} (moe.routing.usage)."""
+    positions: int = 0
+    """Bytes scored."""
 
 
 def evaluate_mixture(mixture: Mixture, windows_by_subnet) -> MixtureScores:
@@ -72,7 +77,29 @@ def evaluate_mixture(mixture: Mixture, windows_by_subnet) -> MixtureScores:
     bpb, worst = score_sets(predict, tally.track(windows_by_subnet))
     logger.info("chosen experts that answered: %d of %d", answered, wanted)
     calls_per_byte = calls / max(1, positions)
-    return MixtureScores(bpb=bpb, worst_window_bpb=worst, calls_per_byte=calls_per_byte, routing=tally.shares())
+    return MixtureScores(
+        bpb=bpb, worst_window_bpb=worst, calls_per_byte=calls_per_byte, routing=tally.shares(), positions=positions
+    )
+
+
+def price_trade(mixture: Mixture, windows: Callable[[], object], weights: list[float]) -> list[dict[str, float]]:
+    """The quality/cost trade of price-aware routing: the mixture's bits per byte and the TAO it paid per million
+    bytes scored, on the same windows (`windows()` gives them afresh), routing at each `router.price_weight` in
+    `weights`; [] for a mixture that pays nobody."""
+    if mixture.client.client.payer is None:
+        return []
+    base, out = mixture.rc, []
+    try:
+        for w in weights:
+            mixture.rc = dataclasses.replace(base, price_weight=w)
+            before = sum(mixture.spent().values())
+            scores = evaluate_mixture(mixture, windows())
+            tao = (sum(mixture.spent().values()) - before) / RAO_PER_TAO
+            per_mbyte = tao / (scores.positions / 1e6) if scores.positions else 0.0
+            out.append({"price_weight": w, "bpb": scores.bpb["all"], "tao_per_mbyte": per_mbyte})
+    finally:
+        mixture.rc = base
+    return out
 
 
 def load_generalist(cfg: RunConfig, dht) -> ByteLM:
@@ -99,6 +126,12 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         mixture.wait_for_experts(
             len(parse_miners(cfg.miners, cfg.subnets)), timeout=cfg.network.discovery_timeout_seconds
         )
+        hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key("router"))
+        if rc.escrow_tao > 0 and cfg.ledger.enabled:
+            from moe.roles.settlement import pay_as_consumer
+
+            status.update(phase="funding escrow")
+            pay_as_consumer(mixture, hotkey, cfg.ledger.host, rc.escrow_tao, cfg.ledger.register_timeout_seconds)
         if rc.generalist:
             mixture.set_generalist(load_generalist(cfg, mixture.dht))
         if rc.follow_validators and cfg.ledger.enabled:
@@ -111,7 +144,6 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
             audit = blended_batches_at_step(route_tokens, seq_len, rc.batch_size, cfg.seed + Stream.ROUTER_AUDIT)(0)
             (x, _), (donors, _) = next(audit), next(audit)
             mixture.audit_causality(x, donors, seed=cfg.seed + Stream.ROUTER_AUDIT)
-        hotkey = Hotkey.load_or_create(cfg.hotkey_path or layout.key("router"))
 
         def publish(wait: bool = False) -> bool:
             return publish_traffic(mixture.dht, hotkey, mixture.traffic.records(), TRAFFIC_TTL_SECONDS, wait=wait)
@@ -156,6 +188,10 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
         tracker.summary({f"shifted/bpb/{k}": v for k, v in shifted.bpb.items()})
         tracker.summary({"router/calls_per_byte": in_dist.calls_per_byte, "router/train_seconds": train_seconds})
         tracker.finish()
+        w = rc.price_weight or 1.0
+        trade = price_trade(
+            mixture, lambda: eval_windows(val, t.seq_len, t.batch_size, t.eval_batches), [0.0, w, 10 * w]
+        )
         write_json(layout.router / ROUTING, {"eval": in_dist.routing, "shifted": shifted.routing})
         write_json(
             layout.router / RESULT,
@@ -178,6 +214,7 @@ def run_router(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout) ->
                 "unreceipted": sorted(mixture.unreceipted),
                 "traffic_samples": len(mixture.traffic.records()),
                 "wire_format": rc.client.wire_format,
+                "price_trade": trade,
             },
         )
         status.update(phase="done", eval_bpb=eval_bpb["all"])

@@ -15,12 +15,14 @@ import time
 
 from moe.identity import Hotkey
 from moe.ledger.emission import RAO_PER_TAO
-from moe.ledger.records import settle_record
-from moe.net.ledger_client import read_head, submit_records
+from moe.ledger.records import escrow_record, settle_record
+from moe.net.ledger_client import LedgerHead, read_head, submit_records
 from moe.net.ticket_desk import TicketDesk
 
 logger = logging.getLogger(__name__)
 
+REFRESH_SECONDS = 0.5
+"""Least time between two head reads a call for an unknown consumer may trigger."""
 CLAIMS_PER_RECORD = 32
 """Claims per settle record (a record must fit one DHT value with room to spare: ~500 bytes a claim)."""
 
@@ -31,6 +33,8 @@ class Settler:
     def __init__(self, dht, hotkey: Hotkey, host: str, desk: TicketDesk, interval: float):
         self.dht, self.hotkey, self.host, self.desk, self.interval = dht, hotkey, host, desk, interval
         self.escrow: dict[str, int] = {}
+        self.stakes: dict[str, int] = {}
+        self._refreshed = 0.0
         self.posted = 0
         """Settle records posted so far."""
         self._stop = threading.Event()
@@ -42,13 +46,28 @@ class Settler:
         return self
 
     def coverable(self, consumer: str) -> int:
+        """The consumer's escrow as the head shows it (read again, at most every REFRESH_SECONDS, for a consumer the
+        last read did not know: it may have funded its escrow since)."""
+        if consumer not in self.escrow:
+            self._refresh_if_stale()
         return self.escrow.get(consumer, 0)
 
+    def is_validator(self, hotkey: str) -> bool:
+        """Whether the hotkey has stake on the ledger (a validator's free pass is honoured)."""
+        if hotkey not in self.stakes:
+            self._refresh_if_stale()
+        return self.stakes.get(hotkey, 0) > 0
+
+    def _refresh_if_stale(self) -> None:
+        if time.monotonic() - self._refreshed > REFRESH_SECONDS:
+            self.refresh()
+
     def refresh(self) -> None:
-        """Read the consumers' escrows from the latest head (kept as they were when no head is found)."""
+        """Read the consumers' escrows and the stakes from the latest head (kept as they were when none is found)."""
+        self._refreshed = time.monotonic()
         head = read_head(self.dht, self.host)
         if head is not None:
-            self.escrow = dict(head.escrow)
+            self.escrow, self.stakes = dict(head.escrow), dict(head.stakes)
 
     def settle(self) -> int:
         """Post the desk's new claims; returns how many settle records went out."""
@@ -93,6 +112,49 @@ def start_paid_serving(
         time.sleep(0.2)
     price = round(price_tao_per_mbyte * RAO_PER_TAO)
     settler = Settler(dht, hotkey, host, None, interval)  # the desk reads escrows through the settler
-    settler.desk = TicketDesk(hotkey.address, bytes.fromhex(head.chain), price, settler.coverable)
+    settler.desk = TicketDesk(
+        hotkey.address, bytes.fromhex(head.chain), price, settler.coverable, is_validator=settler.is_validator
+    )
     server.ticket_desk = settler.desk
     return settler.start()
+
+
+def fund_escrow(dht, hotkey: Hotkey, host: str, amount_tao: float, timeout: float) -> LedgerHead:
+    """Deposit `amount_tao` of the consumer's balance in escrow (once: a consumer whose escrow already holds it, as
+    after a restart, deposits nothing) and wait until the head shows it; returns that head. Raises TimeoutError
+    (one line) when the deposit does not show within `timeout` seconds (e.g. the balance cannot cover it)."""
+    amount = round(amount_tao * RAO_PER_TAO)
+    deadline = time.monotonic() + timeout
+    posted = False
+    while True:
+        head = read_head(dht, host)
+        if head is not None and head.escrow.get(hotkey.address, 0) >= amount:
+            return head
+        if head is not None and not posted:
+            submit_records(dht, hotkey, [escrow_record(hotkey, amount, 0)])  # a fresh consumer key: nonce 0
+            posted = True
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"escrow of {amount_tao} TAO for {hotkey.address[:16]} not on the ledger after {timeout:.0f}s"
+            )
+        time.sleep(0.2)
+
+
+def pay_as_consumer(mixture, hotkey: Hotkey, host: str, escrow_tao: float, timeout: float) -> None:
+    """Fund the node's escrow with `escrow_tao` and make `mixture` pay priced experts from it (moe.net.payer)."""
+    from moe.net.payer import Payer
+
+    head = fund_escrow(mixture.dht, hotkey, host, escrow_tao, timeout)
+    mixture.pay_with(Payer(hotkey, bytes.fromhex(head.chain)))
+
+
+def pass_as_validator(mixture, hotkey: Hotkey, host: str, timeout: float) -> None:
+    """Make a staked validator's `mixture` sign a price-0 ticket for every call, which priced experts serve free."""
+    from moe.net.payer import Payer
+
+    deadline = time.monotonic() + timeout
+    while (head := read_head(mixture.dht, host)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no ledger head from {host[:16]} within {timeout:.0f}s")
+        time.sleep(0.2)
+    mixture.pay_with(Payer(hotkey, bytes.fromhex(head.chain), free=True))

@@ -21,6 +21,7 @@ from moe.config_loader import to_dict
 from moe.roles.layout import RESULT, ROUTING, RunLayout
 from moe.roles.market_summary import market_checks, market_summary, print_market
 from moe.roles.miners import parse_miners
+from moe.roles.payments_summary import payments_summary
 from moe.roles.students_summary import students_checks, students_summary
 from moe.roles.validation_summary import validation_checks, validation_summary
 
@@ -54,6 +55,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
                 "eval_bpb": r["eval_bpb"],
                 **_generalisation(r),
                 "adversary": r.get("adversary"),
+                "price_tao_per_mbyte": r.get("price_tao_per_mbyte"),
             }
         )
     adversaries = (_read(p) for p in layout.adversaries.glob(f"*/{RESULT}"))
@@ -107,6 +109,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
         )
     summary.update(validation_summary(layout, experts))
     summary.update(market_summary(layout, _netuids(cfg, experts), experts))
+    summary.update(payments_summary(layout, experts, summary.get("rewards") or {}))
     summary.update(students_summary(layout, cfg.students, summary))
     for e in experts:
         e["flags"] = summary.get("flags", {}).get(e["hotkey"], [])

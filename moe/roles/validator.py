@@ -60,6 +60,7 @@ from moe.poi.eval_source import (
 from moe.poi.memorisation import MEMORISED, MemorisationConfig, flag_memorised, public_windows, window_bpb
 from moe.poi.traffic_check import TWOFACED, Replay, TrafficCheckConfig, choose_calls, flag_two_faced
 from moe.roles.layout import RESULT, RunLayout
+from moe.roles.miners import any_priced
 from moe.roles.node import StatusBoard
 from moe.routing.traffic import fetch_request, read_traffic
 from moe.routing.window_query import query_windows
@@ -208,6 +209,10 @@ def run_validator(cfg: RunConfig, subnets: dict[str, Subnet], layout: RunLayout)
             )
             my_uid = {str(n): uid for n, (uid, _) in mine.items()}
             setter = WeightSetter(dht, hotkey, lc.host)
+            if any_priced(cfg.miners, cfg.subnets, cfg.expert.price_tao_per_mbyte):  # they serve its pass free
+                from moe.roles.settlement import pass_as_validator
+
+                pass_as_validator(mixture, hotkey, lc.host, lc.register_timeout_seconds)
         status.update(phase="discovering")
         mixture.wait_for_experts(1, timeout=cfg.network.discovery_timeout_seconds)
         last_epoch = last_weights_epoch = -1

@@ -47,6 +47,14 @@ class ExpertEntry:
     subnet: str = ""
     log_trust: float = 0.0
     """Log of the validators' consensus share for it relative to the mean scored expert (0: not scored yet)."""
+    price: float = 0.0
+    """What calling it costs, TAO per million bytes (its signed record's price)."""
+
+
+def price_penalty(experts: list[ExpertEntry], price_weight: float) -> torch.Tensor:
+    """(J,) what each expert's price takes off its gate score when the top-k are chosen: `price_weight` gate-logit
+    units per TAO per million bytes (0: price is ignored)."""
+    return price_weight * torch.tensor([e.price for e in experts], dtype=torch.float32)
 
 
 @dataclass
@@ -128,6 +136,7 @@ def route_and_mix(
     shortlist: int = 0,
     shortlist_prefix: int = 8,
     profiles: ExpertProfiles | None = None,
+    price_weight: float = 0.0,
 ) -> MixOutput:
     """Mixture log-probs for x (B, T). `call_all` sends every expert the whole batch (gate training wants the
     full counterfactual); the mixing itself is identical either way.
@@ -142,7 +151,8 @@ def route_and_mix(
     weights restart from the recent bytes' likelihood: the candidate set is refreshed where the loss jumps.
     With 0 < `shortlist` < the number of experts (and not `call_all`), each sequence probes only that many, ranked
     without a call (moe.routing.shortlist.route_shortlisted: same steps, bounded calls). `profiles` learns what each
-    expert predicts from the probes' replies; the shortlist ranks subnets by it.
+    expert predicts from the probes' replies; the shortlist ranks subnets by it. `price_weight` > 0 trades the gate's
+    score against each expert's price when the top-k are chosen (`price_penalty`); the probes are not affected.
     """
     if 0 < shortlist < len(experts) and not call_all:
         from moe.routing.shortlist import route_shortlisted  # note: a layer over this module, imported on use
@@ -163,6 +173,7 @@ def route_and_mix(
             generalist_share=generalist_share,
             escalate_bits=escalate_bits,
             escalate_window=escalate_window,
+            price_weight=price_weight,
         )
     B, T = x.shape
     J = len(experts)
@@ -189,7 +200,8 @@ def route_and_mix(
     with torch.no_grad():
         probe_lik = prefix_loglik(_next_byte_logp(logp[:, :P], x[:, :P]))
         probe_scores = gate(x[:, :P], slots, centroids, probe_lik, trust).logits
-    decision = probe_scores[:, -1].masked_fill(~answered[:, P - 1], float("-inf"))  # (B, J)
+    decision = probe_scores[:, -1] - price_penalty(experts, price_weight)  # (B, J)
+    decision = decision.masked_fill(~answered[:, P - 1], float("-inf"))
     k = min(k_best, J)
     top = decision.topk(k, dim=-1).indices  # (B, k)
     chosen = torch.zeros(B, J, dtype=torch.bool).scatter_(1, top, True) & torch.isfinite(decision)

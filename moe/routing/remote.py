@@ -34,6 +34,7 @@ from moe.net.discovery import ExpertDirectory
 from moe.net.expert_record import ExpertRecord
 from moe.net.identity_proof import ProvenIdentities
 from moe.net.join import NetworkConfig
+from moe.net.payer import Payer
 from moe.net.receipt import Receipt
 from moe.poi.causality import NONCAUSAL, AuditConfig, audited_query
 from moe.routing.gate import Gate
@@ -115,11 +116,19 @@ class RouterConfig:
     weight the gate learns."""
     client: ClientConfig = field(default_factory=ClientConfig)
     """How the experts are called: timeouts, k_min, wire format, back-off."""
+    price_weight: float = 0.0
+    """Price-aware routing: gate-logit units one TAO per million bytes of an expert's price takes off its score when
+    the top-k are chosen, trading expected quality against cost (0: price is ignored). The summary's `market.trade`
+    shows bits per byte and TAO spent per million bytes at 0, this and ten times this."""
+    escrow_tao: float = 0.0
+    """TAO a node using this mixture (the router, each distiller) deposits in escrow on the ledger to pay priced
+    experts (`expert.price_tao_per_mbyte`) for the calls they answer; the local network funds each such key with as
+    much. 0 pays nobody, and a priced expert refuses the calls."""
 
     def __post_init__(self):
         require_at_least(self, 1, ["k_best", "probe_len", "batch_size", "d_gate", "eval_batches", "escalate_window"])
         require_at_least(self, 0, ["steps", "balance_coef", "switch_alpha", "audit_twins", "escalate_bits"])
-        require_at_least(self, 0, ["traffic_per_expert", "traffic_batches", "shortlist"])
+        require_at_least(self, 0, ["traffic_per_expert", "traffic_batches", "shortlist", "escrow_tao", "price_weight"])
         require_at_least(self, 1, ["shortlist_prefix"])
         require_between(self, "switch_gate_weight", 0.0, 1.0)
         require_positive(self, ["generalist_share"])
@@ -156,6 +165,7 @@ def serve_mix(
         shortlist=rc.shortlist,
         shortlist_prefix=rc.shortlist_prefix,
         profiles=profiles,
+        price_weight=rc.price_weight,
     )
 
 
@@ -235,7 +245,18 @@ class Mixture:
         gate; a record naming a peer that serves another hotkey, or several, is left out."""
         found = [r for r in self.directory.experts() if len(r.signature_centroid) == SIGNATURE_DIM]
         owner = self.identities.hotkey_of({r.peer_id for r in found})
-        return [r for r in found if owner.get(r.peer_id) == r.hotkey]
+        proven = [r for r in found if owner.get(r.peer_id) == r.hotkey]
+        if self.client.client.payer is not None:  # each call pays the price the expert's latest record names
+            self.client.client.prices = {
+                PeerID.from_base58(r.peer_id): (r.hotkey, r.price_rao_per_mbyte) for r in proven
+            }
+        return proven
+
+    def pay_with(self, payer: Payer) -> None:
+        """Pay priced experts from `payer`'s account: every call to one carries a ticket (moe.net.payer) at the
+        price its latest record announces; `shutdown` sends the closing tickets."""
+        self.client.client.payer = payer
+        self.records()
 
     def impostors(self) -> set[str]:
         """Hotkeys of discovered records whose named peer proved other hotkeys (a hijack, or one peer serving
@@ -252,7 +273,8 @@ class Mixture:
         for r in records:
             slot = self.slots.assign(r.hotkey, active)
             if slot is not None:
-                entry = ExpertEntry(r.hotkey, slot, r.signature_centroid, r.subnet, log_trust.get(r.hotkey, 0.0))
+                trust = log_trust.get(r.hotkey, 0.0)
+                entry = ExpertEntry(r.hotkey, slot, r.signature_centroid, r.subnet, trust, r.price_tao_per_mbyte)
                 out.append(entry)
         return out
 
@@ -455,8 +477,15 @@ class Mixture:
             str(k): int(v) for k, v in json.loads((directory / "gate.json").read_text())["slots"].items()
         }
 
+    def spent(self) -> dict[str, int]:
+        """Expert -> rao this mixture's payer owes it for answered calls ({} when it pays nobody)."""
+        payer = self.client.client.payer
+        return payer.spent() if payer is not None else {}
+
     def shutdown(self) -> None:
         self.directory.stop()
+        if self.client.client.payer is not None:
+            self.client.close_accounts()
         self.client.shutdown()
         if self._own_dht:
             self.dht.shutdown()

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from moe.metrics import N_BYTES
 from moe.model.tokenizer import PAD
 from moe.routing.gate import mixture_log_probs, prefix_loglik
-from moe.routing.mixing import Caller, MixOutput, _next_byte_logp
+from moe.routing.mixing import Caller, MixOutput, _next_byte_logp, price_penalty
 from moe.routing.switching import first_loss_jump, gate_prior, switching_mixture
 
 if TYPE_CHECKING:
@@ -275,6 +275,7 @@ def route_shortlisted(
     escalate_bits: float = 0.0,
     escalate_window: int = 16,
     trust_weight: float = 1.0,
+    price_weight: float = 0.0,
 ) -> MixOutput:
     """route_and_mix (same arguments and output, no gradient) where each sequence probes only its shortlist of
     `size` experts, grown along its first `prefix_len` bytes; see the module docstring. MixOutput's columns are the
@@ -337,7 +338,8 @@ def route_shortlisted(
     answered[:, :P] = probed.unsqueeze(1) & (t[:P].view(1, P, 1) >= joined.unsqueeze(1))  # from the byte it joined
     # note: the decision sees the whole probe, so every member's probe bytes count for it, joined or not
     probe_lik = prefix_loglik(_next_byte_logp(logp[:, :P], x[:, :P]))  # (B, P, C)
-    decision = gate_logits(P, probe_lik)[:, -1].masked_fill(~answered[:, P - 1], float("-inf"))  # (B, C)
+    penalty = price_penalty(experts, price_weight)[cols.clamp(min=0)]  # (B, C)
+    decision = (gate_logits(P, probe_lik)[:, -1] - penalty).masked_fill(~answered[:, P - 1], float("-inf"))
     top = decision.topk(min(k_best, C), dim=-1).indices  # (B, k)
     chosen = torch.zeros(B, C, dtype=torch.bool).scatter_(1, top, True) & torch.isfinite(decision)
     if T > P:

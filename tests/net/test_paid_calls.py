@@ -83,3 +83,21 @@ def test_a_consumer_without_escrow_or_with_a_stale_price_is_refused_and_the_expe
     client.call(server.peer_id, X)
     assert payer.spent() == {EXPERT.address: call_cost(X.numel(), PRICE)}
     assert server.ticket_desk.accounts[BROKE.address].answered_rao == 0
+
+
+def test_a_validator_replays_a_paid_call_with_its_own_free_pass(market):
+    """A recorded paid request carries its consumer's spent ticket; a validator re-sending it swaps in its own price-0
+    pass, is served free, and gets exactly the reply bytes the expert signed for the consumer."""
+    from moe.net.receipt import digest
+
+    led, chain, server, (consumer, validator) = market
+    pay_as(consumer, CONSUMER, chain, server)
+    seen = []
+    consumer.client.on_receipt = lambda peer, raw, receipt: seen.append((raw, receipt))
+    consumer.call(server.peer_id, X)
+    raw, receipt = seen[-1]
+    server.ticket_desk.is_validator = lambda hotkey: hotkey == BROKE.address
+    validator.client.payer = Payer(BROKE, chain, free=True)
+    validator.client.prices = {server.peer_id: (EXPERT.address, PRICE)}
+    reply, again = validator.replay(server.peer_id, raw)
+    assert digest(reply) == receipt.reply and server.ticket_desk.accounts[BROKE.address].answered_rao == 0

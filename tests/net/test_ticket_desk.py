@@ -102,3 +102,16 @@ def test_free_experts_take_calls_without_tickets_and_paid_ones_do_not():
     assert TicketDesk(EXPERT.address, chain_digest("c"), 0, lambda c: 0).admit(None, 100) is None
     with pytest.raises(PaymentRefused, match=f"charges {PRICE} rao"):
         TicketDesk(EXPERT.address, chain_digest("c"), PRICE, lambda c: 0).admit(None, 100)
+
+
+def test_a_staked_validators_price_0_pass_is_served_free_and_nobody_elses(led):
+    """A price-0 ticket signed by a hotkey the ledger shows staked is admitted and owes nothing; the same from a
+    consumer without stake is refused as below the price, escrow or not."""
+    desk = desk_for(led)
+    desk.is_validator = lambda hotkey: hotkey == OTHER.address
+    validator = Payer(OTHER, chain_digest(led.state.chain_id), free=True)
+    for _ in range(3):
+        paid_call(validator, desk, 5000, price=0)
+    assert desk.accounts[OTHER.address].answered_rao == 0 and desk.claims() == []
+    with pytest.raises(PaymentRefused, match="price is now"):
+        desk.admit(Payer(CONSUMER, chain_digest(led.state.chain_id)).ticket(desk.expert, 0).to_bytes(), 1000)

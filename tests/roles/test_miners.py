@@ -57,3 +57,28 @@ def test_run_config_refuses_a_miner_name_the_run_does_not_start():
     )
     with pytest.raises(ValueError, match="miner 'english-3'"):
         RunConfig(role="expert", subnet="english", miner="english-3")
+
+
+def test_a_miner_may_name_its_price_and_a_bad_price_is_a_one_line_error():
+    """`subnet[@steps][:price]`: the price is kept per miner (None: the run's default); a price that is not a number
+    in range names the entry; `any_priced` sees a price from either source."""
+    from moe.roles.miners import any_priced, entry_subnet
+
+    miners = parse_miners(["english@400:2.5", "english:0", "code"], ["english", "code"])
+    assert [(m.name, m.steps, m.price) for m in miners] == [
+        ("english", 400, 2.5),
+        ("english-2", None, 0.0),
+        ("code", None, None),
+    ]
+    for bad in ("english:x", "english:-1", "english@4:1e9", "english:nan"):
+        with pytest.raises(ValueError, match="price after ':'"):
+            parse_miners([bad, "code"], ["english", "code"])
+    assert not any_priced(["english", "code"], ["english", "code"], 0.0)
+    assert any_priced(["english:1", "code"], ["english", "code"], 0.0)
+    assert any_priced([], ["english"], 0.5)
+    assert [entry_subnet(e) for e in ("english@400:2.5", "code:1", " math@3", "persian")] == [
+        "english",
+        "code",
+        "math",
+        "persian",
+    ]

@@ -194,8 +194,35 @@ def test_subnets_are_markets_on_their_own_ledger_subnets(network_run):
     assert s["home_bpb"][english["english"]] < s["home_bpb"][english["english-2"]]
     assert s["checks"]["stronger_miners_earn_more"] and s["paid_share"][english["english"]] > 0
     assert s["emission_split"] == "contribution" and s["checks"]["subnet_shares_match_contribution"]
-    assert sum(v["emission_share"] for v in s["subnets"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert sum(v["emission_share"] for v in s["subnets"].values()) == pytest.approx(1.0, abs=1e-5)  # each 6 digits
     assert all(v["owner"] and v["owner_tao"] > 0 for v in s["subnets"].values())
     assert len(s["validators"]) == len(s["config"]["validator_stakes_tao"])
     for v in s["validators"].values():
         assert v["stake_tao"] > 0 and v["dividends_tao"] > 0 and 0 < v["vtrust"] <= 1
+
+
+def test_consumers_pay_the_experts_they_call_and_the_ledger_reconciles(network_run):
+    """Every honest expert charges (English 2 and 0.5 TAO per million bytes, the rest 1): the router and the
+    distillers paid from their escrows for the calls they were answered (experts paid = consumers spent, to the rao,
+    both positive, bytes served behind it), no settle record was refused, each expert's reward splits into emission
+    and payments, the ledger verifies with its double-entry reconciliation, and the price trade is reported at three
+    weights, never spending more per byte at a higher one."""
+    _ok(network_run)
+    s = network_run.summary
+    m = s["market"]
+    price = {e.get("miner"): m["price"][e["hotkey"]] for e in s["experts"] if not e.get("adversary")}
+    assert price == {"english": 2.0, "english-2": 0.5, "code": 1.0, "math": 1.0, "persian": 1.0}
+    honest = [e["hotkey"] for e in s["experts"] if not e.get("adversary")]
+    paid, spent = sum(m["paid"].values()), sum(m["spent"].values())
+    assert paid > 0 and paid == pytest.approx(spent, abs=1e-9)
+    assert len(m["spent"]) >= 2  # the router and at least one distiller
+    for hk in honest:
+        assert (m["paid"][hk] > 0) == (m["bytes_served"][hk] > 0)
+        assert m["emission"][hk] + m["paid"][hk] == pytest.approx(s["rewards"][hk], abs=1e-6)
+    assert m["rejected_receipts"] == 0
+    assert s["checks"]["ledger_verifies"]
+    assert [t["price_weight"] for t in m["trade"]] == [0.0, 1.0, 10.0]  # router.price_weight 0: the scale is 1
+    assert all(t["bpb"] > 0 and t["tao_per_mbyte"] > 0 for t in m["trade"])
+    # never more per byte at a higher price weight (the tiny run's untrained experts escalate to everyone, so its
+    # trade is flat; tests/routing shows the top-k moving off a pricey expert)
+    assert m["trade"][-1]["tao_per_mbyte"] <= m["trade"][0]["tao_per_mbyte"]

@@ -66,6 +66,8 @@ def test_a_priced_expert_is_paid_on_the_ledger_for_the_calls_it_answered(network
     assert client.close_accounts() == 1
     settler.stop()
     assert feed.wait(lambda f: ("settle", EXPERT.address) in f.accepted, 10)
+    height = feed.height
+    assert feed.wait(lambda f: f.height >= height + 2, 10)  # accepted records enter the next block
     feed.stop()
     cost = 3 * call_cost(X.numel(), round(PRICE_TAO * RAO_PER_TAO))
     report = verify_ledger(tmp_path / "ledger.sqlite", workers=0)

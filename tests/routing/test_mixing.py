@@ -392,3 +392,24 @@ def test_escalation_calls_the_left_out_experts_after_a_loss_jump(three, generali
     assert not torch.allclose(out.logp[:, jump + 1 :], plain.logp[:, jump + 1 :])
     torch.testing.assert_close(out.logp[:, : jump + 1], plain.logp[:, : jump + 1])  # nothing changes before it
     torch.testing.assert_close(out.logp.exp().sum(-1), torch.ones(B, T))
+
+
+def test_price_weight_moves_the_top_k_away_from_an_expensive_expert(three):
+    """With price ignored the gate's own top-1 is chosen; pricing that expert high enough (relative to
+    `price_weight`) routes every sequence elsewhere, and a price on an expert never chosen changes nothing."""
+    import dataclasses
+
+    models, gate, experts = three
+    x = bytes_batch(seed=4)
+    free = route_and_mix(gate, x, experts, Recorder(models), k_best=1, probe_len=P)
+    top = free.chosen.float().sum(0).argmax().item()
+    priced = [dataclasses.replace(e, price=1000.0 if j == top else 0.0) for j, e in enumerate(experts)]
+    ignored = route_and_mix(gate, x, priced, Recorder(models), k_best=1, probe_len=P)
+    assert torch.equal(ignored.chosen, free.chosen)
+    traded = route_and_mix(gate, x, priced, Recorder(models), k_best=1, probe_len=P, price_weight=1.0)
+    assert not traded.chosen[:, top].any() and (traded.chosen.sum(-1) == 1).all()
+    unused = [j for j in range(3) if not free.chosen[:, j].any()]
+    if unused:
+        cheap_top = [dataclasses.replace(e, price=1000.0 if j == unused[0] else 0.0) for j, e in enumerate(experts)]
+        same = route_and_mix(gate, x, cheap_top, Recorder(models), k_best=1, probe_len=P, price_weight=1.0)
+        assert torch.equal(same.chosen, free.chosen)

@@ -282,3 +282,22 @@ def test_router_config_shortlist_fields_are_checked():
         with pytest.raises(ValueError, match=field):
             RouterConfig(**{field: value})
     assert RouterConfig(shortlist=0).shortlist == 0
+
+
+def test_price_weight_applies_to_the_shortlisted_choice(domain_network):
+    """On the shortlisting path, the experts the gate chose for a sequence, priced high under a positive
+    `price_weight`, are passed over for the other shortlisted ones; with price_weight 0 their price changes nothing."""
+    import dataclasses
+
+    models, gate, experts = domain_network
+    x = domain_text(1, 3, 32, 21)
+    with torch.no_grad():
+        base = route_and_mix(gate, x, experts, local_caller(models), 2, P, shortlist=6)
+    picked = {base.keys[j] for j in base.chosen.nonzero()[:, 1].tolist()}
+    priced = [dataclasses.replace(e, price=1000.0 if e.key in picked else 0.0) for e in experts]
+    with torch.no_grad():
+        ignored = route_and_mix(gate, x, priced, local_caller(models), 2, P, shortlist=6)
+        traded = route_and_mix(gate, x, priced, local_caller(models), 2, P, shortlist=6, price_weight=1.0)
+    assert {ignored.keys[j] for j in ignored.chosen.nonzero()[:, 1].tolist()} == picked
+    chosen = {traded.keys[j] for j in traded.chosen.nonzero()[:, 1].tolist()}
+    assert chosen and not chosen & picked
