@@ -100,16 +100,23 @@ class Settler:
             logger.exception("final settlement failed")
 
 
+def await_head(dht, host: str, timeout: float, why: str) -> LedgerHead:
+    """The ledger head of `host` (which names the chain tickets are signed for); TimeoutError saying `why` it was
+    needed when none arrives within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (head := read_head(dht, host)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no ledger head from {host[:16]} within {timeout:.0f}s: {why}")
+        time.sleep(0.2)
+    return head
+
+
 def start_paid_serving(
     dht, server, hotkey: Hotkey, host: str, price_tao_per_mbyte: float, interval: float, timeout: float
 ) -> Settler:
     """Make `server` charge `price_tao_per_mbyte` and settle every `interval` seconds on the ledger hosted by `host`.
     Raises TimeoutError when no ledger head (which names the chain) arrives within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while (head := read_head(dht, host)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no ledger head from {host[:16]} within {timeout:.0f}s: cannot take payments")
-        time.sleep(0.2)
+    head = await_head(dht, host, timeout, "cannot take payments")
     price = round(price_tao_per_mbyte * RAO_PER_TAO)
     settler = Settler(dht, hotkey, host, None, interval)  # the desk reads escrows through the settler
     settler.desk = TicketDesk(
@@ -152,9 +159,5 @@ def pass_as_validator(mixture, hotkey: Hotkey, host: str, timeout: float) -> Non
     """Make a staked validator's `mixture` sign a price-0 ticket for every call, which priced experts serve free."""
     from moe.net.payer import Payer
 
-    deadline = time.monotonic() + timeout
-    while (head := read_head(mixture.dht, host)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no ledger head from {host[:16]} within {timeout:.0f}s")
-        time.sleep(0.2)
+    head = await_head(mixture.dht, host, timeout, "cannot sign a validator's pass")
     mixture.pay_with(Payer(hotkey, bytes.fromhex(head.chain), free=True))
