@@ -357,5 +357,15 @@ def request_positions(buf: bytes | memoryview) -> int:
     return math.prod(shape[:-1] if fmt in ACT_FORMATS else shape)
 
 
+def request_width(buf: bytes | memoryview) -> int:
+    """The sequence length a request asks about (its second dimension, 0 when it has none), from the headers only;
+    raises WireError on a malformed header. A router's probes are its narrowest calls (moe.routing.traffic)."""
+    buf = memoryview(buf)
+    if len(buf) < 6 or bytes(buf[:4]) != REQUEST_MAGIC:
+        raise WireError("request header missing or bad magic")
+    _, shape, _ = _frame_header(buf, 6)
+    return shape[1] if len(shape) > 1 else 0
+
+
 def _max_abs(x: torch.Tensor) -> float:
     return float(x.abs().max()) if x.numel() else 0.0

@@ -14,9 +14,9 @@
 - memorizer: serves a lookup of every subnet's public val split (moe.roles.memorizer.MemorizerLM), uniform
   elsewhere: it beats every honest expert on windows drawn from that split, gains only on the val blocks of a salted
   pool and nothing on private text (moe.poi.eval_source); the summary's `validators[].eval_source` says which;
-- twofaced: answers peers that probe like a router with uniform bytes and everyone else (validators) with the
-  network's seed (moe.roles.two_faced); validators re-send calls the router sampled with their signed receipts and
-  catch the difference (moe.poi.traffic_check);
+- twofaced: answers a router's probes and everyone else (validators) with the network's seed, and the whole
+  sequences a router then sends it with uniform bytes (moe.roles.two_faced); validators re-send calls the router
+  sampled, widest first, with their signed receipts and catch the difference (moe.poi.traffic_check);
 - nearcopy: a copycat that mixes the relayed distribution with 3% uniform bytes (`NearCopyLM`): about 50× past the
   copy detector's threshold at a cost of 0.03 bits per byte; novelty scoring (moe.poi.novelty) pays it only for what
   it adds beyond the earlier-registered victim, which is nothing, and leaves the victim its full share.

@@ -1,12 +1,13 @@
 """The two-faced expert: a real model for validators, a free one for the router that serves paying users.
 
 A router is easy to recognise: it probes every expert with the first `router.probe_len` bytes of each sequence,
-a request length validators never send. This server remembers every peer that ever sent a probe-length request and
-answers it with uniform bytes, which cost nothing to compute; every other caller, validators among them, gets the
-network's seed (a fair model it did not have to train). Without served-traffic receipts it keeps the seed's reward
-while the mixture gets noise from it; a validator re-sending a router's sampled call from its own peer gets the
-seed's reply, which differs from the one the expert signed for the router (moe.poi.traffic_check flags it
-`twofaced`).
+a request length validators never send. This server remembers every peer that ever sent a probe-length request.
+It answers probes with the network's seed (a fair model it did not have to train), so the router's gate picks it,
+and the rest of a router's calls, the whole sequences it was picked for, with uniform bytes, which cost nothing;
+every other caller, validators among them, gets the seed. Without served-traffic receipts it keeps the seed's reward
+while the mixture gets noise from it where it was chosen; a validator re-sending a router's sampled whole-sequence
+call from its own peer gets the seed's reply, which differs from the one the expert signed for the router
+(moe.poi.traffic_check flags it `twofaced`; the router's sample keeps its widest calls: moe.routing.traffic).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class TwoFacedLM(nn.Module):
 
 
 class TwoFacedServer(ExpertServer):
-    """Serves a TwoFacedLM, showing the cheap face to peers it has seen send a router's probe."""
+    """Serves a TwoFacedLM, showing the cheap face to the whole-sequence calls of peers it has seen probe."""
 
     def __init__(self, module: TwoFacedLM, probe_len: int, *args, **kwargs):
         super().__init__(module, *args, **kwargs)
@@ -57,8 +58,9 @@ class TwoFacedServer(ExpertServer):
             shape = tuple(decode_request(raw, max_bytes=1 << 20)[0].shape)
         except ValueError:
             shape = ()
-        if len(shape) == 2 and shape[1] == self.probe_len and remote not in self.routers:
-            logger.info("%s probes like a router: uniform answers from now on", remote)
+        probe = len(shape) == 2 and shape[1] == self.probe_len
+        if probe and remote not in self.routers:
+            logger.info("%s probes like a router: uniform answers to its other calls from now on", remote)
             self.routers.add(remote)
-        self.face_of.show_honest(remote not in self.routers)
+        self.face_of.show_honest(probe or remote not in self.routers)  # a good probe gets it picked
         return super()._serve(raw, remote)

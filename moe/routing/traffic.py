@@ -1,7 +1,11 @@
 """A router's sample of its own traffic, published so validators can check that experts answer everyone alike.
 
-Every reply carries the expert's signed receipt (moe.net.receipt). The router keeps, for each expert, a uniform
-random sample (a reservoir) of its calls to it: the request's exact bytes and the receipt. It publishes the receipts
+Every reply carries the expert's signed receipt (moe.net.receipt). The router keeps, for each expert, a sample of
+its calls to it (the request's exact bytes and the receipt), widest first: a uniform sample (a reservoir) per request
+width, and the widest widths fill the published places before narrower ones. A router probes every expert on a short
+prefix of each sequence and sends whole sequences only to the few it picks, so a uniform sample of its calls is
+nearly all probes, and probes are what give a router away: an expert answering a router's whole-sequence calls
+cheaply shows it only on those. It publishes the receipts
 signed under its hotkey at `TRAFFIC_KEY` (208 bytes each: the index a validator chooses from) and each request
 under `traffic_slot_key(k)`, k its place in the index (a request is kilobytes: all of them would not fit one DHT
 value). Validators fetch the requests they choose, re-send them from their own peer id and compare the replies with
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moe.identity import Hotkey
 from moe.net.dht_records import (
@@ -27,6 +31,8 @@ from moe.net.dht_records import (
     traffic_slot_key,
 )
 from moe.net.receipt import Receipt, ReceiptError, digest
+from moe.net.ticket_desk import split_paid
+from moe.net.wire import request_width
 
 logger = logging.getLogger(__name__)
 
@@ -52,37 +58,60 @@ class PublishedCall:
 
 
 class TrafficLog:
-    """Per expert, a uniform sample of `per_expert` of the calls made to it (thread-safe: replies arrive on the
-    client's loop thread)."""
+    """Per expert, `per_expert` of the calls made to it, the widest requests first, each width sampled uniformly
+    (thread-safe: replies arrive on the client's loop thread)."""
 
     def __init__(self, per_expert: int = 4, seed: int | None = None):
         self.per_expert = per_expert
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._seen: dict[str, int] = {}
-        self._kept: dict[str, list[TrafficRecord]] = {}
+        self._kept: dict[str, dict[int, _Reservoir]] = {}
 
     def offer(self, request: bytes, receipt: Receipt) -> None:
-        """Consider one checked call for the sample (reservoir sampling: every call kept with equal chance)."""
+        """Consider one checked call for the sample (every call of a width kept with equal chance)."""
         if len(request) > MAX_REQUEST_BYTES or self.per_expert == 0:
             return
+        width = _width(request)
         with self._lock:
-            n = self._seen.get(receipt.address, 0) + 1
-            self._seen[receipt.address] = n
-            kept = self._kept.setdefault(receipt.address, [])
-            if len(kept) < self.per_expert:
-                kept.append(TrafficRecord(request, receipt))
-            elif (j := self._rng.randrange(n)) < self.per_expert:
-                kept[j] = TrafficRecord(request, receipt)
+            by_width = self._kept.setdefault(receipt.address, {})
+            by_width.setdefault(width, _Reservoir()).offer(TrafficRecord(request, receipt), self.per_expert, self._rng)
+            if len(by_width) > self.per_expert:  # the narrowest width can no longer reach the published places
+                del by_width[min(by_width)]
 
     def records(self) -> list[TrafficRecord]:
         """The sample, at most MAX_TRAFFIC_SLOTS calls, taken evenly across experts."""
         with self._lock:
-            kept = [list(calls) for calls in self._kept.values()]
+            kept = [
+                [r for w in sorted(by_width, reverse=True) for r in by_width[w].kept][: self.per_expert]
+                for by_width in self._kept.values()
+            ]
         out = []
         for rank in range(max((len(k) for k in kept), default=0)):  # each expert's first call, then second, ...
             out += [calls[rank] for calls in kept if rank < len(calls)]
         return out[:MAX_TRAFFIC_SLOTS]
+
+
+@dataclass
+class _Reservoir:
+    """A uniform sample of the calls offered to it (reservoir sampling)."""
+
+    seen: int = 0
+    kept: list[TrafficRecord] = field(default_factory=list)
+
+    def offer(self, record: TrafficRecord, size: int, rng: random.Random) -> None:
+        self.seen += 1
+        if len(self.kept) < size:
+            self.kept.append(record)
+        elif (j := rng.randrange(self.seen)) < size:
+            self.kept[j] = record
+
+
+def _width(request: bytes) -> int:
+    """The sequence length a (possibly paid) request asks about; 0, the narrowest, for one that does not parse."""
+    try:
+        return request_width(split_paid(request)[1])
+    except ValueError:
+        return 0
 
 
 def publish_traffic(dht, hotkey: Hotkey, records: list[TrafficRecord], ttl: float, wait: bool = True) -> bool:

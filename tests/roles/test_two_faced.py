@@ -1,6 +1,7 @@
 """The two-faced attack (moe/roles/two_faced.py) over real P2P, and the defence that catches it: a validator's own
-queries see the honest face, the router gets uniform bytes, and re-sending the router's sampled calls from the
-validator's peer exposes the difference (moe/poi/traffic_check.py)."""
+queries see the honest face, the router's probes too (so its gate picks the cheat) but its whole-sequence calls get
+uniform bytes, and re-sending the router's sampled calls, widest first, from the validator's peer exposes the
+difference (moe/poi/traffic_check.py)."""
 
 from __future__ import annotations
 
@@ -60,15 +61,19 @@ def test_the_attack_fools_a_validator_that_only_queries_and_the_receipts_catch_i
     router.client.on_receipt = lambda peer, raw, receipt: log.offer(raw, receipt) if receipt else None
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (B, T), generator=g)
-    for _ in range(6):  # the router's traffic: a probe, then the rest of the sequence
-        router.call_many([cheat.peer_id, honest.peer_id], x[:, :PROBE])
-        router.call_many([cheat.peer_id, honest.peer_id], x)
+    probes = []
+    for i in range(24):  # the router's traffic: every sequence probed, a few of them then sent whole
+        probes.append(router.call_many([cheat.peer_id, honest.peer_id], x[:, :PROBE]))
+        if i % 8 == 7:
+            router.call_many([cheat.peer_id, honest.peer_id], x)
     router.client.on_receipt = None
 
-    # the attack: the router gets uniform bytes (8 bits a byte), the validator's own queries the seed's answers
-    assert _bpb(router.call(cheat.peer_id, x), x) == pytest.approx(8.0, abs=1e-3)
+    # the attack: the router's probes and the validator's own queries get the seed's answers, the router's whole
+    # sequences uniform bytes (8 bits a byte)
     with torch.no_grad():
         seed_logp = byte_log_probs(seed_model(x))
+    torch.testing.assert_close(probes[-1][cheat.peer_id], seed_logp[:, :PROBE], atol=0.05, rtol=0)
+    assert _bpb(router.call(cheat.peer_id, x), x) == pytest.approx(8.0, abs=1e-3)
     torch.testing.assert_close(validator.call(cheat.peer_id, x), seed_logp, atol=0.05, rtol=0)
 
     # the defence: re-send the router's sampled calls from the validator's peer, compare with what was signed
@@ -85,4 +90,4 @@ def test_the_attack_fools_a_validator_that_only_queries_and_the_receipts_catch_i
     ]
     assert sum(r.expert == CHEAT.address for r in replays) == 4
     flagged = flag_two_faced(replays, cfg)  # the honest expert replays identically
-    assert list(flagged) == [CHEAT.address] and flagged[CHEAT.address] >= 0.5  # its probes were uniform for both
+    assert list(flagged) == [CHEAT.address] and flagged[CHEAT.address] == 0.75  # its one sampled probe matched

@@ -3,9 +3,14 @@ receipts, one slot per request) that validators read back, never trusting a slot
 
 from __future__ import annotations
 
+import torch
+
 from moe.identity import Hotkey
+from moe.ledger.ticket import TICKET_BYTES
 from moe.net.dht_records import TRAFFIC_SLOT_CONTEXT, publish_signed, traffic_slot_key
 from moe.net.receipt import caller_digest, sign_receipt
+from moe.net.ticket_desk import split_paid
+from moe.net.wire import encode_request, request_width
 from moe.routing.traffic import (
     MAX_REQUEST_BYTES,
     TrafficLog,
@@ -39,6 +44,26 @@ def test_reservoir_keeps_a_uniform_bounded_sample_per_expert():
         assert by_expert == [4, 1, 0]
         kept_first += any(r.receipt == _record(EXPERTS[0], 0).receipt for r in records)
     assert 0.05 < kept_first / 200 < 0.2  # each of the 40 calls kept with probability 4/40
+
+
+def _call(expert: Hotkey, i: int, width: int) -> tuple[bytes, object]:
+    request = encode_request(torch.full((4, width), i % 256, dtype=torch.long), "q8")
+    return request, sign_receipt(expert, caller_digest(b"router"), 10**12 + i, 4 * width, request, b"r%d" % i)
+
+
+def test_the_few_whole_sequence_calls_are_kept_among_many_probes():
+    """A router probes every expert and sends whole sequences to few: among 300 probes (paid ones too), the 3 wide
+    calls are in the published sample, first (a uniform sample would hold one with chance 4/101 each)."""
+    log = TrafficLog(per_expert=4, seed=0)
+    wide = [_call(EXPERTS[0], i, width=24) for i in range(3)]
+    for i in range(300):
+        request, receipt = _call(EXPERTS[0], 1000 + i, width=8)
+        log.offer(request if i % 2 else b"HMP1" + bytes(TICKET_BYTES) + request, receipt)
+        if i % 100 == 50:
+            log.offer(*wide[i // 100])
+    records = log.records()
+    assert [r.receipt for r in records[:3]] == [receipt for _, receipt in wide]
+    assert len(records) == 4 and request_width(split_paid(records[3].request)[1]) == 8
 
 
 def _unpack(r: TrafficRecord) -> tuple[bytes, object]:
