@@ -275,14 +275,21 @@ def _start_distillers(cfg: RunConfig, nodes: Nodes, layout: RunLayout, display) 
 
 def _wait_for_distill_credits(layout: RunLayout, host, kinds: list[str], timeout: float) -> None:
     """Wait until the ledger holds each distiller's last signed credits (its result names their epoch)."""
-    results = [json.loads((layout.student(k) / RESULT).read_text()) for k in kinds]
-    last = {r["distiller"]: r["distill_epoch"] for r in results}
+    last = awaited_distill_epochs([json.loads((layout.student(k) / RESULT).read_text()) for k in kinds])
+    if not last:
+        return
 
     def recorded(h) -> bool:
         return h.ledger is not None and all(h.ledger.state.distill.get(k, (-1, {}))[0] >= e for k, e in last.items())
 
     if not host.wait(recorded, timeout):
         logger.warning("the ledger did not record every distiller's last credits within %.0f s", timeout)
+
+
+def awaited_distill_epochs(results: list[dict]) -> dict[str, int]:
+    """Distiller hotkey → the last epoch of credits it sent the ledger, for the distillers that sent any: one whose
+    teacher windows were all paid by another (a shared cache) credits nobody and sends no record."""
+    return {r["distiller"]: r["distill_epoch"] for r in results if r.get("distill_positions")}
 
 
 def _wait_for_settlements(layout: RunLayout, host, kinds: list[str], timeout: float) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from moe.config_loader import parse_args
 from moe.roles.layout import RunLayout
+from moe.roles.network import awaited_distill_epochs
 from moe.roles.run_config import RunConfig
 from moe.roles.summary import build_summary
 
@@ -139,13 +140,29 @@ def test_students_learn_from_the_live_mixture(network_run):
     assert sum(traffic.values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_the_network_waits_only_for_credits_a_distiller_sent():
+    """A distiller whose teacher windows another distiller paid for (the shared cache) credits nobody and sends the
+    ledger no record: waiting for its epoch would only run out the payout timeout (it did, 60 s, in a tiny run)."""
+    paid = {"distiller": "a" * 64, "distill_epoch": 3, "distill_positions": {"e" * 64: 4300}}
+    cached = {"distiller": "b" * 64, "distill_epoch": 3, "distill_positions": {}}
+    assert awaited_distill_epochs([paid, cached]) == {"a" * 64: 3}
+    assert awaited_distill_epochs([cached]) == {}
+
+
+def test_the_tiny_run_waited_for_no_credits_that_never_come(network_run):
+    _ok(network_run)
+    log = (network_run.run_dir / "logs" / "network.log").read_text()
+    assert "did not record every distiller's last credits" not in log
+
+
 def test_the_dense_student_seeds_the_next_round(network_run):
     """`seed_from=<run>/students/dense/checkpoint` starts a second network from the first round's student: its seed
     scores exactly as that student did (same weights, same windows), and the round runs to a mixture."""
     _ok(network_run)
     run_dir = network_run.run_dir
     student = run_dir / "students" / "dense" / "checkpoint"
-    args = [f"out_dir={run_dir.parent}", "run_id=t2", "baselines=false", "students=[]", f"seed_from={student}"]
+    args = [f"out_dir={run_dir.parent}", "run_id=t2", "baselines=false", "students=[]", "validator.epochs=1"]
+    args.append(f"seed_from={student}")
     r = network_run.procs.run(args, timeout=270.0)
     assert r.returncode == 0, r.stderr[-3000:]
     second = json.loads((run_dir.parent / "t2" / "summary.json").read_text())

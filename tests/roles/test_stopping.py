@@ -30,11 +30,13 @@ STOP_SECONDS = 10.0
 """Required: after Ctrl-C or SIGTERM of the parent, nothing of the run is left after this many seconds."""
 ORPHAN_SECONDS = 30.0
 """Required: after SIGKILL of the parent, its nodes notice and are gone (with their children) within this."""
+LIGHT_NETWORK = ["subnets=[english,code]", "seed_train.steps=2", "expert_train.steps=2"]
+"""Every kind of node, each started sooner: two subnets, a few training steps (how long it trained is not tested)."""
 
 
 def _start_serving_network(procs: Procs, out: Path) -> subprocess.Popen:
     """Start `python train.py configs/tiny.yaml` in its own session; return it once every expert serves."""
-    args = [f"out_dir={out}", "run_id=s", "baselines=false", "router.steps=1000000"]
+    args = [f"out_dir={out}", "run_id=s", "baselines=false", "router.steps=1000000", *LIGHT_NETWORK]
     parent = procs.start("network", args)
     layout = RunLayout(out / "s")
     procs.wait_for_file(layout.config, STARTUP_SECONDS, ("network",))

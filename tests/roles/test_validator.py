@@ -20,7 +20,7 @@ def test_tiny_network_with_adversaries(procs, tmp_path):
     under 1% of the miners' emission, the weights are signed on the ledger, the ledger file verifies, and the
     router, which reads the validators' consensus from the ledger, routes to the honest experts only."""
     adversaries = "adversaries=copycat,noise,peek,hijack,twofaced,memorizer"
-    args = [f"out_dir={tmp_path}", "run_id=v", "baselines=false", adversaries, "validator.epochs=2"]
+    args = [f"out_dir={tmp_path}", "run_id=v", "baselines=false", "students=[]", adversaries, "validator.epochs=2"]
     proc = procs.run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads((tmp_path / "v" / "summary.json").read_text())
