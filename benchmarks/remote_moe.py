@@ -7,8 +7,9 @@ served by its own process. One step = batch (16, 64, 64) -> gate (Linear on the 
 -> weighted sum of the chosen experts' (n, 64, 64) outputs -> backward into the gate (experts frozen for us;
 hivemind's step also runs its experts' backward, as RemoteMixtureOfExperts always does). Measured in one run:
 (i) hivemind's RemoteMixtureOfExperts + 4 hivemind Servers, (ii) our SyncExpertClient + 4 ExpertServers (act32 over
-the direct path), (iii) the same experts in-process. Then p50/p99 step latency of (ii) with one expert SIGKILLed
-mid-run, and with one expert answering 10x slower. The last line is one JSON object; `ratio_vs_hivemind` is
+the direct path), (iii) the same experts in-process, its steps taken alternately with (ii)'s so that drifting load
+on a shared machine weighs on both alike. Then p50/p99 step latency of (ii) with one expert SIGKILLed mid-run, and
+with one expert answering 10x slower. The last line is one JSON object; `ratio_vs_hivemind` is
 hivemind_ms / ours_ms.
 """
 
@@ -157,7 +158,8 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def bench_inprocess(x: torch.Tensor, steps: int) -> float:
+def inprocess_step(x: torch.Tensor):
+    """One step of the same experts called in this process (the baseline)."""
     experts = [make_expert(i).eval().requires_grad_(False) for i in range(N_EXPERTS)]
     gate = Gate()
 
@@ -165,10 +167,14 @@ def bench_inprocess(x: torch.Tensor, steps: int) -> float:
         with torch.no_grad():
             return {e: experts[e](xi) for e, xi in inputs.items()}
 
-    return statistics.median(run_steps(lambda: moe_step(gate, x, call), steps))
+    return lambda: moe_step(gate, x, call)
 
 
-def bench_ours(x: torch.Tensor, steps: int, slow: bool = False, kill: bool = False) -> list[float]:
+def bench_ours(
+    x: torch.Tensor, steps: int, slow: bool = False, kill: bool = False, baseline=None
+) -> list[float] | tuple[list[float], list[float]]:
+    """Step times over the remote experts; with `baseline` (a step function), its times too, taken alternately with
+    ours, step by step, so that load drifting on a shared machine weighs on both alike."""
     from hivemind.p2p import PeerID
 
     from moe.net.client import ClientConfig, SyncExpertClient
@@ -195,7 +201,11 @@ def bench_ours(x: torch.Tensor, steps: int, slow: bool = False, kill: bool = Fal
                 if kill and i == steps // 2:
                     os.kill(procs[0][0].pid, signal.SIGKILL)
 
-            return run_steps(lambda: moe_step(gate, x, call), steps, on_step=on_step)
+            ours = lambda: moe_step(gate, x, call)  # noqa: E731
+            if baseline is None:
+                return run_steps(ours, steps, on_step=on_step)
+            times = run_steps(lambda: (baseline(), ours()), steps, on_step=on_step)
+            return [b for b, _ in times], [o for _, o in times]
     finally:
         _stop(procs)
 
@@ -237,10 +247,9 @@ def main() -> None:
     torch.set_num_threads(1)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
 
-    inprocess_ms = bench_inprocess(x, args.steps)
+    inprocess, ours = bench_ours(x, args.steps, baseline=inprocess_step(x))
+    inprocess_ms, ours_ms = statistics.median(inprocess), statistics.median(ours)
     print(f"in-process: {inprocess_ms:.2f} ms/step", flush=True)
-    ours = bench_ours(x, args.steps)
-    ours_ms = statistics.median(ours)
     print(f"ours: {ours_ms:.2f} ms/step (p99 {pct(ours, 0.99):.2f})", flush=True)
     killed = bench_ours(x, args.steps, kill=True)
     print(f"ours, one expert killed mid-run: p50 {pct(killed, 0.5):.2f} p99 {pct(killed, 0.99):.2f} ms", flush=True)
@@ -252,6 +261,8 @@ def main() -> None:
         "hivemind_ms": round(hivemind_ms, 2),
         "ours_ms": round(ours_ms, 2),
         "inprocess_ms": round(inprocess_ms, 2),
+        "ours_minus_inprocess_ms": round(ours_ms - inprocess_ms, 2),
+        "ours_within_inprocess_plus_2ms": ours_ms <= inprocess_ms + 2,
         "p50_killed_ms": round(pct(killed, 0.5), 2),
         "p99_killed_ms": round(pct(killed, 0.99), 2),
         "p50_slow_ms": round(pct(slow, 0.5), 2),

@@ -334,8 +334,12 @@ class ExpertClient:
         `max_reply_bytes`, DirectError or P2PDaemonError when the transport fails. No timeout, no back-off."""
         conn = await self._direct_conn(peer_id) if self.config.direct and peer_id not in self._no_direct else None
         if conn is not None:
+            exchange = asyncio.ensure_future(conn.request(raw, max_reply_bytes=max_reply_bytes))
             try:
-                out = await conn.request(raw, max_reply_bytes=max_reply_bytes)
+                out = await asyncio.shield(exchange)
+            except asyncio.CancelledError:  # skipped or timed out: let it finish, and keep the connection
+                self._finish_abandoned(peer_id, conn, exchange)
+                raise
             except RemoteError as e:
                 self._idle.setdefault(peer_id, []).append(conn)
                 raise P2PHandlerError(f"expert {peer_id} refused: {e}") from None
@@ -346,7 +350,7 @@ class ExpertClient:
                 conn.close()
                 self._no_direct.add(peer_id)  # later calls go over P2P
                 raise
-            except BaseException:  # cancelled or timed out mid-request: the connection state is unknown
+            except BaseException:
                 conn.close()
                 raise
             self._idle.setdefault(peer_id, []).append(conn)
@@ -355,6 +359,21 @@ class ExpertClient:
             peer_id, handle, runtime_pb2.ExpertRequest(metadata=raw), runtime_pb2.ExpertResponse
         )
         return reply.metadata
+
+    def _finish_abandoned(self, peer_id: PeerID, conn: DirectConnection, exchange: asyncio.Future) -> None:
+        """A direct call its caller stopped waiting for (a straggler once k_min replied, or a timeout) runs on for
+        up to `forward_timeout_seconds`: its reply is dropped and the connection pooled again, where closing it would
+        cost the next call to this peer a new session over P2P (milliseconds). Past that, the connection closes."""
+        cutoff = asyncio.get_running_loop().call_later(self.config.forward_timeout_seconds, exchange.cancel)
+
+        def done(t: asyncio.Future) -> None:
+            cutoff.cancel()
+            if not t.cancelled() and t.exception() is None:
+                self._idle.setdefault(peer_id, []).append(conn)
+            else:
+                conn.close()
+
+        exchange.add_done_callback(done)
 
     async def _direct_conn(self, peer_id: PeerID) -> DirectConnection | None:
         """An idle direct connection to the peer, or a new one keyed over P2P; None if it offers none."""

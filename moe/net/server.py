@@ -26,6 +26,7 @@ import asyncio
 import copy
 import json
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from moe.identity import Hotkey
 from moe.model.tokenizer import VOCAB_SIZE
 from moe.model.transformer import ByteLM
 from moe.net.direct import DirectServer
+from moe.net.forward_cost import ForwardCost
 from moe.net.identity_proof import sign_identities
 from moe.net.inference_session import SessionConfig, SessionTable, serve_session_message
 from moe.net.loop import LoopThread, replicate_p2p
@@ -110,6 +112,11 @@ class ServerConfig:
     """Longest T accepted."""
     num_workers: int = 1
     """Threads running forwards; torch already parallelises inside one."""
+    inline_forward_ms: float = 5.0
+    """A forward expected to take at most this long (moe.net.forward_cost) runs on the event loop itself while no
+    other forward is running, saving the two thread hand-offs a worker costs (about 1 ms a call in all on a loaded 2-core
+    machine: benchmarks/remote_moe.py); the loop, which also reads other callers' requests, stalls no longer than
+    that, and with one worker they would wait for the forward anyway. 0 sends every forward to the workers."""
     host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     """Where a server without a DHT starts its own P2P daemon."""
     direct_host: str | None = "127.0.0.1"
@@ -135,6 +142,7 @@ class ServerConfig:
             raise ValueError("ServerConfig.d_in must be positive for a 'hidden' expert")
         require_at_least(self, 1, ["max_concurrent_requests_per_peer", "max_queued_requests"])
         require_positive(self, ["max_requests_per_second_per_peer"])
+        require_at_least(self, 0, ["inline_forward_ms"])
 
 
 class ServerBusy(RuntimeError):
@@ -285,6 +293,9 @@ class ExpertServer:
         self._active = 0
         self._buffer_versions = [0, 0]
         self._pool = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="expert-forward")
+        self._pool_jobs = 0
+        """Forwards handed to the pool and not yet back (read and written on the event loop only)."""
+        self.forward_cost = ForwardCost()
         self._loop: LoopThread | None = None
         self.p2p: P2P | None = None
         self.direct: DirectServer | None = None
@@ -431,10 +442,19 @@ class ExpertServer:
     async def _process_async(self, raw: bytes, remote: Hashable = "direct") -> bytes:
         """Validate and compute off the loop, in `remote`'s turn. Raises ServerBusy at once when `remote` or the server
         is over a cap, ValueError for a bad request (both sent back as error replies)."""
-        gate = self.session_gate if is_session_message(raw) else self.gate
+        session = is_session_message(raw)
+        gate = self.session_gate if session else self.gate
         try:
             async with gate.slot(remote):
-                payload = await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, raw, remote)
+                if not session and self._pool_jobs == 0 and self._short(raw):
+                    payload = self._timed_serve(raw, remote)  # nothing else computes: no lock to wait for
+                else:
+                    self._pool_jobs += 1
+                    try:
+                        loop = asyncio.get_running_loop()
+                        payload = await loop.run_in_executor(self._pool, self._timed_serve, raw, remote)
+                    finally:
+                        self._pool_jobs -= 1
         except ServerBusy as e:
             self.busy += 1
             logger.debug("busy for %s: %s", remote, e)
@@ -458,6 +478,24 @@ class ExpertServer:
         if request.uid:  # an identity challenge: its nonce
             info["identity"] = sign_identities(self._identities, request.uid, self.p2p.peer_id.to_bytes())
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
+
+    def _short(self, raw: bytes) -> bool:
+        """Whether the forward `raw` asks for is expected to take at most `inline_forward_ms`."""
+        try:
+            positions = request_positions(split_paid(raw)[1])
+        except (ValueError, IndexError, struct.error):
+            return False  # malformed: the worker thread refuses it as usual
+        return self.forward_cost.is_short(positions, self.config.inline_forward_ms / 1000)
+
+    def _timed_serve(self, raw: bytes, remote: Hashable) -> bytes:
+        """`_serve`, teaching `forward_cost` how long it took."""
+        t0 = time.perf_counter()
+        payload = self._serve(raw, remote)
+        try:
+            self.forward_cost.observe(request_positions(split_paid(raw)[1]), time.perf_counter() - t0)
+        except (ValueError, IndexError, struct.error):
+            pass
+        return payload
 
     def _serve(self, raw: bytes, remote: Hashable) -> bytes:
         """The reply payload: the computed reply behind the serving hotkey's receipt for it (moe.net.receipt), or a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import time
 
 import pytest
 import torch
@@ -77,6 +78,27 @@ def test_slow_expert_skipped_after_k_min_and_backoff(servers, clients):
     client.health._until[slow.peer_id] = 0.0  # let the back-off lapse without sleeping
     assert client.call(slow.peer_id, X).shape == (2, 8, 256)
     assert client.health.failures(slow.peer_id) == 0
+
+
+def test_a_skipped_direct_call_finishes_unseen_and_its_connection_serves_the_next_call(servers, clients):
+    """A straggler skipped once k_min replied is not cut off mid-reply: its call finishes in the background and its
+    direct connection goes back to the pool, so the next call to it opens no new session over P2P."""
+    good, slow = servers[0], servers[2]
+    client = clients[0]
+    client.call(slow.peer_id, X)  # at least one connection to the slow expert, pooled
+    pooled = set(client.client._idle[slow.peer_id])
+    slow.delay = 0.3
+    try:
+        out = client.call_many([good.peer_id, slow.peer_id], X, k_min=1, timeout_after_k_min=0.01)
+        assert set(out) == {good.peer_id}
+        deadline = time.monotonic() + 10
+        while len(client.client._idle.get(slow.peer_id, [])) < len(pooled) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(client.client._idle[slow.peer_id]) == pooled
+    finally:
+        slow.delay = 0.0
+    assert client.call(slow.peer_id, X).shape == (2, 8, 256)
+    assert set(client.client._idle[slow.peer_id]) == pooled and client.health.failures(slow.peer_id) == 0
 
 
 def test_config_k_min_zero_waits_for_every_peer_and_one_skips_the_slow(servers, clients):

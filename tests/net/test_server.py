@@ -7,6 +7,8 @@ import asyncio
 import json
 import math
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -200,6 +202,44 @@ def test_hidden_expert_serves_activations():
             assert client.info(srv.peer_id)["kind"] == "hidden"
 
 
+class _ThreadRecorder(nn.Module):
+    """An identity "hidden" expert that notes which thread ran each forward, sleeping `delay` seconds in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[str] = []
+        self.delay = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        return x.clone()
+
+    def __deepcopy__(self, memo: dict) -> _ThreadRecorder:
+        return self  # the server's two weight buffers: one recorder
+
+
+@pytest.mark.parametrize("inline_ms", [5.0, 0.0])
+def test_short_forwards_run_on_the_event_loop_and_long_ones_on_a_worker(inline_ms):
+    """The first forward (no estimate yet) and any expected to take longer than `inline_forward_ms` run on the
+    worker thread, the short ones on the server's event loop, with the same results; 0 turns it off."""
+    recorder = _ThreadRecorder()
+    x = torch.randn(2, 4, 8)
+    config = ServerConfig(kind="hidden", d_in=8, inline_forward_ms=inline_ms)
+    with ExpertServer(recorder, config) as srv:
+        with SyncExpertClient(ClientConfig(wire_format="act32"), initial_peers=srv.maddrs) as client:
+            for _ in range(20):  # the first forwards of a process may be slow: the estimate settles within a few
+                assert torch.equal(client.call(srv.peer_id, x), x)
+            recorder.delay = 0.05  # 10x the limit: once seen, the estimate is past it
+            client.call(srv.peer_id, x)
+            client.call(srv.peer_id, x)
+    ran_on = ["worker" if t.startswith("expert-forward") else "loop" for t in recorder.threads]
+    if inline_ms:
+        assert ran_on[0] == "worker" and ran_on[19] == "loop" and ran_on[-1] == "worker"
+    else:
+        assert ran_on == ["worker"] * 22
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
@@ -210,6 +250,7 @@ def test_hidden_expert_serves_activations():
         (dict(max_queued_requests=0), "max_queued_requests"),
         (dict(max_requests_per_second_per_peer=0.0), "max_requests_per_second_per_peer"),
         (dict(max_requests_per_second_per_peer=math.nan), "max_requests_per_second_per_peer"),
+        (dict(inline_forward_ms=-1.0), "inline_forward_ms"),
     ],
 )
 def test_bad_server_config_is_refused_naming_the_field(overrides, field):
