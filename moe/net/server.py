@@ -114,9 +114,9 @@ class ServerConfig:
     """Threads running forwards; torch already parallelises inside one."""
     inline_forward_ms: float = 5.0
     """A forward expected to take at most this long (moe.net.forward_cost) runs on the event loop itself while no
-    other forward is running, saving the two thread hand-offs a worker costs (about 1 ms a call in all on a loaded 2-core
-    machine: benchmarks/remote_moe.py); the loop, which also reads other callers' requests, stalls no longer than
-    that, and with one worker they would wait for the forward anyway. 0 sends every forward to the workers."""
+    other forward is running, saving the two thread hand-offs a worker costs (about 1 ms a call in all on a loaded
+    2-core machine: benchmarks/remote_moe.py); the loop, which also reads other callers' requests, stalls no longer
+    than that, and with one worker they would wait for the forward anyway. 0 sends every forward to the workers."""
     host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     """Where a server without a DHT starts its own P2P daemon."""
     direct_host: str | None = "127.0.0.1"
