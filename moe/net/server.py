@@ -145,6 +145,15 @@ class ServerConfig:
         require_at_least(self, 0, ["inline_forward_ms"])
 
 
+def _positions(raw: bytes) -> int | None:
+    """Positions a (possibly paid) forward request asks for, from its headers; None when they do not parse (the
+    worker refuses it as usual)."""
+    try:
+        return request_positions(split_paid(raw)[1])
+    except (ValueError, IndexError, struct.error):
+        return None
+
+
 class ServerBusy(RuntimeError):
     """A request refused at once because its peer, or the server as a whole, is over a cap of `RequestGate`."""
 
@@ -446,13 +455,14 @@ class ExpertServer:
         gate = self.session_gate if session else self.gate
         try:
             async with gate.slot(remote):
-                if not session and self._pool_jobs == 0 and self._short(raw):
-                    payload = self._timed_serve(raw, remote)  # nothing else computes: no lock to wait for
+                positions = None if session else _positions(raw)
+                if positions is not None and self._pool_jobs == 0 and self._short(positions):
+                    payload = self._timed_serve(raw, remote, positions)  # nothing else computes: no lock to wait for
                 else:
                     self._pool_jobs += 1
                     try:
                         loop = asyncio.get_running_loop()
-                        payload = await loop.run_in_executor(self._pool, self._timed_serve, raw, remote)
+                        payload = await loop.run_in_executor(self._pool, self._timed_serve, raw, remote, positions)
                     finally:
                         self._pool_jobs -= 1
         except ServerBusy as e:
@@ -479,22 +489,16 @@ class ExpertServer:
             info["identity"] = sign_identities(self._identities, request.uid, self.p2p.peer_id.to_bytes())
         return runtime_pb2.ExpertInfo(serialized_info=json.dumps(info).encode())
 
-    def _short(self, raw: bytes) -> bool:
-        """Whether the forward `raw` asks for is expected to take at most `inline_forward_ms`."""
-        try:
-            positions = request_positions(split_paid(raw)[1])
-        except (ValueError, IndexError, struct.error):
-            return False  # malformed: the worker thread refuses it as usual
+    def _short(self, positions: int) -> bool:
+        """Whether a forward over `positions` is expected to take at most `inline_forward_ms`."""
         return self.forward_cost.is_short(positions, self.config.inline_forward_ms / 1000)
 
-    def _timed_serve(self, raw: bytes, remote: Hashable) -> bytes:
-        """`_serve`, teaching `forward_cost` how long it took."""
+    def _timed_serve(self, raw: bytes, remote: Hashable, positions: int | None) -> bytes:
+        """`_serve`, teaching `forward_cost` how long a forward over `positions` took (None: not a forward)."""
         t0 = time.perf_counter()
         payload = self._serve(raw, remote)
-        try:
-            self.forward_cost.observe(request_positions(split_paid(raw)[1]), time.perf_counter() - t0)
-        except (ValueError, IndexError, struct.error):
-            pass
+        if positions is not None:
+            self.forward_cost.observe(positions, time.perf_counter() - t0)
         return payload
 
     def _serve(self, raw: bytes, remote: Hashable) -> bytes:
