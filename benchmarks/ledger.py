@@ -8,11 +8,12 @@ The chain has `--subnets` subnets (4) of 32 uids each. The 8 validators register
 every epoch (tempo 100), submit weights over that subnet's uids on each subnet; 64 miners are spread evenly across
 the subnets; a latecomer registers on one subnet every 1000 blocks (pruning once the subnet is full); transfers
 between miners arrive at `--transfers` per block on average (0.25: one every fourth block). Every signed record
-costs about 30 us to sign and 100 us to verify on this machine's cores, so the signed-record density bounds both
+costs about 30 us to sign and 60 us to verify on this machine's cores, so the signed-record density bounds both
 rates: `signed_records_per_block` is in the output. Append time includes the clients signing their records, as
-before. Verify checks signatures in one worker process per core; reopening replays the file without signature
-checks. The baseline is a bare SQLite insert of the same block bytes (no validation, no state, the ledger's SQLite
-settings) measured in the same run: ratio = ledger blocks/s / bare inserts/s. CPU microseconds per block (verify's
+before. Verify checks signatures in a worker process per core but the replay's (the replay checks the chunks it
+reaches before a worker does); reopening replays the file without signature checks. The baseline is a bare SQLite
+insert of the same block bytes (no validation, no state, the ledger's SQLite settings) measured in the same run:
+ratio = ledger blocks/s / bare inserts/s. CPU microseconds per block (verify's
 with its workers') are reported too, as wall rates swing with other load on a shared machine. The last line is one
 JSON object.
 """

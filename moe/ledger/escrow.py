@@ -38,19 +38,12 @@ def coverable(st: LedgerState, consumer: str) -> int:
     return max(0, st.escrow.get(consumer, 0) - unlocking)
 
 
-def _check_nonce(st: LedgerState, hotkey: str, rec: Record) -> None:
-    expected = st.nonces.get(hotkey, 0)
-    if rec["nonce"] != expected:
-        raise RecordError(f"nonce {rec['nonce']} of {hotkey[:16]} is not the expected {expected}")
-    st.put(st.nonces, hotkey, expected + 1)
-
-
 def apply_escrow(st: LedgerState, rec: Record, height: int) -> None:
     """Deposit into escrow (amount > 0) or announce a withdrawal (amount < 0)."""
     hotkey, amount = rec["hotkey"], rec["amount"]
     if amount == 0:
         raise RecordError("escrow amount must be non-zero")
-    _check_nonce(st, hotkey, rec)
+    st.consume_nonce(hotkey, rec)
     if amount > 0:
         if st.balances.get(hotkey, 0) < amount:
             raise RecordError(f"balance of {hotkey[:16]} cannot cover an escrow deposit of {amount} rao")
@@ -73,7 +66,7 @@ def apply_withdraw(st: LedgerState, rec: Record, height: int) -> None:
     amount, unlock_at = pending
     if height < unlock_at:
         raise RecordError(f"withdrawal of {hotkey[:16]} unlocks at block {unlock_at}, not {height}")
-    _check_nonce(st, hotkey, rec)
+    st.consume_nonce(hotkey, rec)
     paid_out = min(amount, st.escrow.get(hotkey, 0))
     st.put(st.escrow, hotkey, st.escrow.get(hotkey, 0) - paid_out)
     st.credit(hotkey, paid_out)

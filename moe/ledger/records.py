@@ -339,8 +339,16 @@ def reveal_record(
 
 
 def parse_weights(record: Record) -> WeightSubmission:
-    """The WeightSubmission inside a weights record; raises RecordError if malformed."""
-    return _weights(record)
+    """The WeightSubmission inside a weights record that `check_signed` accepted (its fields are not checked again:
+    `WEIGHTS_FIELDS` is part of that check)."""
+    return WeightSubmission(
+        netuid=record["netuid"],
+        epoch=record["epoch"],
+        validator=record["validator"],
+        uids=list(record["uids"]),
+        weights=list(record["weights"]),
+        signature=record["signature"],
+    )
 
 
 def require_int(record: Record, key: str, lo: int | None = None) -> int:

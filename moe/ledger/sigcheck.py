@@ -1,11 +1,14 @@
 """Signature checks of stored blocks in worker processes, so `verify_ledger` uses every core.
 
 Ed25519 verification is most of a replay's cost and needs no state: a record's signature is good or bad whatever
-came before it. Workers read ranges of blocks from the file themselves (read-only) and return, per block, the
-indices of signed records whose signature is bad; the replay consults those verdicts in block order, so the first
-bad block and its reason are exactly what a sequential check would report. A block no worker vouched for (the
-first chunk, which the replay checks itself while the workers start; a failed worker; a block appended after a
-worker read the file) is simply checked inline.
+came before it. The height range is cut into chunks; workers claim chunks in order from a shared counter, read
+them from the file themselves (read-only) and return, per block, the indices of signed records whose signature is
+bad. The replay consults those verdicts in block order, so the first bad block and its reason are exactly what a
+sequential check would report. When the replay reaches a chunk no worker has claimed yet, it claims it and checks
+those blocks inline: the replay never waits on a worker that has fallen behind, and the work balances itself
+between the replay and the workers whatever their relative speed. One worker per core but the replay's is the
+default, so the replay, the one sequential part, keeps a core to itself. A block no worker vouched for (the first
+chunk, a stolen chunk, a failed worker, a block appended after a worker read the file) is simply checked inline.
 
 Workers are forked when this process runs a single thread (nothing can hold a lock across the fork, and a fork
 costs milliseconds where a spawned worker spends a second importing numpy and the crypto libraries), spawned
@@ -19,16 +22,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Container
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from moe.ledger.fields import RecordError, strict_json
 from moe.ledger.records import SIGNED_KINDS, signature_ok
 
 logger = logging.getLogger(__name__)
+
+WAIT_SLICE_SECONDS = 0.5
+"""How often the replay, waiting for a chunk a worker claimed, checks that the worker is still alive."""
 
 
 def check_range(path: str, lo: int, hi: int) -> tuple[list[int], dict[int, list[int]]]:
@@ -60,31 +67,67 @@ def check_range(path: str, lo: int, hi: int) -> tuple[list[int], dict[int, list[
     return checked, bad
 
 
+def claim_chunks(
+    path: str, first: int, chunk: int, n_chunks: int, slot: int, counter: Any, claimed: Any, out: Any
+) -> None:
+    """A worker's loop: claim the next unclaimed chunk from `counter` (noting it in `claimed[slot]`), check it and
+    put (chunk, check_range's result, or None when the check failed) on `out`, until no chunk is left."""
+    while True:
+        with counter.get_lock():
+            c = counter.value
+            if c >= n_chunks:
+                return
+            counter.value = c + 1
+            claimed[slot] = c
+        lo = first + c * chunk
+        try:
+            result = check_range(path, lo, lo + chunk - 1)
+        except Exception as e:  # the replay checks this chunk itself
+            logger.warning("signature check of blocks %d to %d failed (%s)", lo, lo + chunk - 1, e)
+            result = None
+        out.put((c, result))
+
+
 def default_workers() -> int:
-    """Cores this process may run on."""
+    """Worker processes for the cores this process may run on: all but the replay's own."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(cores - 1, 1)
 
 
 class ParallelSignatures:
-    """Verdicts on every stored signature, computed ahead of the replay by `workers` processes in chunks."""
+    """Verdicts on every stored signature, computed ahead of the replay by `workers` processes in chunks.
+
+    Ask `bad_at` in increasing height order, as a replay does: reaching a chunk nobody claimed makes it the caller's.
+    """
 
     def __init__(self, path: str | os.PathLike, first: int, last: int, workers: int, chunk_blocks: int = 1000):
         self.first, self.chunk = first, max(1, chunk_blocks)
+        n_chunks = (last - first) // self.chunk + 1
         method = (
             "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
         )
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
-        self._futures: dict[int, Future] = {}
+        ctx = multiprocessing.get_context(method)
+        self._counter = ctx.Value("q", 1)  # chunk 0 is the replay's: it checks it while the workers start
+        self._claimed = ctx.Array("q", [-1] * workers, lock=False)
+        self._results: Any = ctx.Queue()
+        self._workers = [
+            ctx.Process(
+                target=claim_chunks,
+                args=(str(Path(path)), first, self.chunk, n_chunks, i, self._counter, self._claimed, self._results),
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
         try:
-            for c in range(1, (last - first) // self.chunk + 1):  # chunk 0 is checked inline while workers start
-                lo = first + c * self.chunk
-                self._futures[c] = self._pool.submit(check_range, str(Path(path)), lo, lo + self.chunk - 1)
+            for w in self._workers:
+                w.start()
         except BaseException:
             self.close()
             raise
+        self._done: dict[int, tuple[list[int], dict[int, list[int]]] | None] = {}
         self._current = -1
         self._checked: set[int] = set()
         self._bad: dict[int, list[int]] = {}
@@ -94,18 +137,47 @@ class ParallelSignatures:
         c = (height - self.first) // self.chunk
         if c != self._current:
             self._current, self._checked, self._bad = c, set(), {}
-            fut = self._futures.pop(c, None)
-            if fut is not None:
-                try:
-                    checked, self._bad = fut.result()
-                    self._checked = set(checked)
-                except Exception as e:  # a dead worker only costs speed: the replay checks these blocks itself
-                    logger.warning("signature worker failed on blocks from %d (%s); checking inline", height, e)
+            result = self._result_of(c)
+            if result is not None:
+                checked, self._bad = result
+                self._checked = set(checked)
         if height not in self._checked:
             return None
         return self._bad.get(height, ())
 
+    def _result_of(self, c: int) -> tuple[list[int], dict[int, list[int]]] | None:
+        """A worker's verdicts on chunk `c`, waiting for them if a live worker holds it; None when the replay
+        checks it itself (it claims the chunk when nobody has)."""
+        if c <= 0:  # before the range, or chunk 0, which the workers leave to the replay
+            return None
+        with self._counter.get_lock():
+            if self._counter.value <= c:
+                self._counter.value = c + 1  # nobody holds it (chunks are claimed in order): the replay's now
+                return None
+        while c not in self._done:
+            try:
+                got, result = self._results.get(timeout=WAIT_SLICE_SECONDS)
+            except queue.Empty:
+                held = zip(self._workers, self._claimed, strict=True)
+                if any(h == c and not w.is_alive() for w, h in held) or not any(w.is_alive() for w in self._workers):
+                    logger.warning("signature worker lost blocks from %d; checking inline", self._first_of(c))
+                    return None
+                continue
+            self._done[got] = result
+        result = self._done.pop(c)
+        if result is None:
+            logger.warning("signature worker failed on blocks from %d; checking inline", self._first_of(c))
+        return result
+
+    def _first_of(self, c: int) -> int:
+        return self.first + c * self.chunk
+
     def close(self) -> None:
-        for fut in self._futures.values():
-            fut.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers: they only read the file, so ending one mid-chunk loses nothing."""
+        for w in self._workers:
+            if w.pid is not None:
+                if w.is_alive():
+                    w.terminate()  # a worker blocked writing results nobody will read would never exit by itself
+                w.join()
+        self._results.close()
+        self._results.cancel_join_thread()

@@ -70,7 +70,8 @@ def verify_ledger(
 
     `genesis` (the expected record; the timestamp may differ) or `genesis_hash` (the expected block 0 hash) pin the
     chain: a block 0 that differs is reported bad. `workers` processes check signatures ahead of the replay,
-    `chunk_blocks` blocks at a time (None: one per core when the ledger spans more than two chunks; 0: all inline).
+    `chunk_blocks` blocks at a time (None: one per core but the replay's when the ledger spans more than two chunks;
+    0: all inline); the replay checks inline any chunk it reaches before a worker has claimed it.
     The report does not depend on either.
     """
     t0 = time.perf_counter()

@@ -16,27 +16,26 @@ and earned more, down the whole order).
 from __future__ import annotations
 
 import json
-import logging
-from pathlib import Path
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
-
-logger = logging.getLogger(__name__)
+from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
 
 MAX_SHARE_GAP = 0.05
 
 
-def market_summary(layout: RunLayout, subnets: dict[str, int], experts: list[dict]) -> dict[str, Any]:
-    """`subnets` and `validators` for a run whose subnets are {name: netuid}; {} without validators or ledger."""
+def market_summary(
+    layout: RunLayout, subnets: dict[str, int], experts: list[dict], facts: LedgerFacts | None = None
+) -> dict[str, Any]:
+    """`subnets` and `validators` for a run whose subnets are {name: netuid}; {} without validators, or without a
+    ledger that verifies. `facts` is the ledger's replay when the caller has read it (else read here)."""
     results = [json.loads(p.read_text()) for p in sorted(layout.validators.glob(f"*/{RESULT}"))]
     if not results or not layout.ledger.is_file():
         return {}
-    try:
-        chain = _ledger_market(layout.ledger)
-    except Exception as e:  # a ledger that does not open costs this section, never the summary
-        logger.warning("market figures not read from %s: %s", layout.ledger, e)
+    facts = facts or read_ledger_facts(layout.ledger)
+    if not facts.ok:  # a ledger that does not verify costs this section, never the summary
         return {}
+    chain = _ledger_market(facts)
     contribution = _contribution_shares(results, subnets)
     home = {e["hotkey"]: e.get("subnet") for e in experts}
     out_subnets = {}
@@ -99,41 +98,20 @@ def _contribution_shares(results: list[dict], subnets: dict[str, int]) -> dict[i
     return {n: v / total for n, v in acc.items()} if total > 0 else None
 
 
-def _ledger_market(path: Path) -> dict[str, Any]:
-    """From one read of the blocks: the last emission split, owner payouts, dividends and last validator trust."""
-    from moe.ledger import Ledger
-
-    shares: dict[int, float] = {}
-    owner_paid: dict[int, int] = {}
-    dividends: dict[str, int] = {}
-    last_trust: dict[int, dict[str, float]] = {}
-    with Ledger.open(path) as ledger:
-        cfg = ledger.config
-        for blk in ledger.blocks():
-            for rec in blk.records:
-                kind = rec.get("kind")
-                if kind == "emission" and rec["minted"] > 0:
-                    shares = {int(n): a / rec["minted"] for n, a in rec["subnets"].items()}
-                elif kind == "epoch":
-                    for hk, amt in zip(rec["validators"], rec["validator_payouts"], strict=True):
-                        dividends[hk] = dividends.get(hk, 0) + amt
-                    if rec.get("owner_payout"):
-                        owner_paid[rec["netuid"]] = owner_paid.get(rec["netuid"], 0) + rec["owner_payout"]
-        for netuid, sub in ledger.state.subnets.items():  # the replayed state keeps each subnet's last trust
-            last_trust[netuid] = dict(sub.validator_trust)
+def _ledger_market(facts: LedgerFacts) -> dict[str, Any]:
+    """The last emission split, owner payouts, dividends and each validator's last trust on every subnet."""
     vtrust: dict[str, list[float]] = {}
-    for per in last_trust.values():
-        for hk, t in per.items():
+    for sub in facts.state.subnets.values():  # the replayed state keeps each subnet's last trust
+        for hk, t in sub.validator_trust.items():
             vtrust.setdefault(hk, []).append(float(t))
-    owners = {int(n): a for n, a in cfg.subnet_owners.items()}
-    split = cfg.emission_split
+    cfg = facts.state.config
     return {
-        "shares": shares,
-        "owner_paid": owner_paid,
-        "dividends": dividends,
+        "shares": facts.shares,
+        "owner_paid": facts.owner_paid,
+        "dividends": facts.dividends,
         "vtrust": vtrust,
-        "owners": owners,
-        "split": split,
+        "owners": {int(n): a for n, a in cfg.subnet_owners.items()},
+        "split": cfg.emission_split,
     }
 
 

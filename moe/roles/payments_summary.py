@@ -10,32 +10,31 @@ records the ledger host refused over the run). Empty without a ledger or without
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
+from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
 
-logger = logging.getLogger(__name__)
 
-
-def payments_summary(layout: RunLayout, experts: list[dict], rewards: dict[str, float]) -> dict[str, Any]:
+def payments_summary(
+    layout: RunLayout, experts: list[dict], rewards: dict[str, float], facts: LedgerFacts | None = None
+) -> dict[str, Any]:
+    """The `market` part; `facts` is the ledger's replay when the caller has read it (else read here)."""
     price = {e["hotkey"]: float(e.get("price_tao_per_mbyte") or 0.0) for e in experts}
     if not layout.ledger.is_file() or not any(price.values()):
         return {}
-    from moe.ledger import RAO_PER_TAO, Ledger
+    from moe.ledger import RAO_PER_TAO
 
-    try:
-        with Ledger.open(layout.ledger) as ledger:
-            st = ledger.state
-            paid = {e: st.paid.get(e, 0) for e in price}
-            served: dict[str, int] = {}
-            spent: dict[str, int] = {}
-            for (consumer, expert), (_, n_bytes, amount) in st.settled.items():
-                served[expert] = served.get(expert, 0) + n_bytes
-                spent[consumer] = spent.get(consumer, 0) + amount
-    except Exception as e:  # a ledger that does not open costs this section, never the summary
-        logger.warning("market figures not read from %s: %s", layout.ledger, e)
+    facts = facts or read_ledger_facts(layout.ledger)
+    if not facts.ok:  # a ledger that does not verify costs this section, never the summary
         return {}
+    st = facts.state
+    paid = {e: st.paid.get(e, 0) for e in price}
+    served: dict[str, int] = {}
+    spent: dict[str, int] = {}
+    for (consumer, expert), (_, n_bytes, amount) in st.settled.items():
+        served[expert] = served.get(expert, 0) + n_bytes
+        spent[consumer] = spent.get(consumer, 0) + amount
     router = json.loads((layout.router / RESULT).read_text()) if (layout.router / RESULT).is_file() else {}
     rejected = 0
     if layout.ledger_rejections.is_file():

@@ -16,14 +16,12 @@ adds nothing.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
-
-logger = logging.getLogger(__name__)
+from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
 
 MIN_SPEARMAN = 0.9
 MARKET_VERDICTS = {"redundant"}
@@ -33,7 +31,8 @@ competitor of the same subnet."""
 MAX_ADVERSARY_SHARE = 0.01
 
 
-def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]:
+def validation_summary(layout: RunLayout, experts: list[dict], facts: LedgerFacts | None = None) -> dict[str, Any]:
+    """The validation part; `facts` is the ledger's replay when the caller has read it (else read here)."""
     results = [json.loads(p.read_text()) for p in sorted(layout.validators.glob(f"*/{RESULT}"))]
     if not results:
         return {}
@@ -42,11 +41,14 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
     contribution = {
         hk: sum(r["stake_tao"] * r["contribution"].get(hk, 0.0) for r in results) / total_stake for hk in keys
     }
-    paying = [r for r in results if r.get("paid_share")]
-    paid_stake = sum(r["stake_tao"] for r in paying)
+    if facts is None and layout.ledger.is_file():
+        facts = read_ledger_facts(layout.ledger)
+    end = _paid_epochs(facts)
+    paying = [(r["stake_tao"], _governed_paid_share(r, end)) for r in results if r.get("paid_share")]
+    paid_stake = sum(stake for stake, _ in paying)
     paid = {
-        hk: sum(r["stake_tao"] * r["paid_share"].get(hk, 0.0) for r in paying) / paid_stake
-        for hk in sorted({hk for r in paying for hk in r["paid_share"]})
+        hk: sum(stake * share.get(hk, 0.0) for stake, share in paying) / paid_stake
+        for hk in sorted({hk for _, share in paying for hk in share})
     }
     out: dict[str, Any] = {
         "contribution": contribution,
@@ -57,9 +59,39 @@ def validation_summary(layout: RunLayout, experts: list[dict]) -> dict[str, Any]
         },
         "flags": _flags_by_expert(results),
     }
-    if layout.ledger.is_file():
-        out.update(_ledger_figures(layout.ledger, [e["hotkey"] for e in experts]))
+    if facts is not None:
+        out.update(_ledger_figures(facts, layout.ledger, [e["hotkey"] for e in experts]))
     return out
+
+
+def _paid_epochs(facts: LedgerFacts | None) -> int | None:
+    """Epochs the ledger has paid out (numbered from 0), or None without a ledger that verifies."""
+    if facts is None or not facts.ok:
+        return None
+    return (facts.state.height + 1) // facts.state.config.tempo
+
+
+def _governed_paid_share(result: dict, paid_epochs: int | None) -> dict[str, float]:
+    """One validator's paid shares over its epochs, each weighted by the epochs of emission its weights were the
+    latest for: from the epoch they name until its next weights, the last ones until the ledger's last paid epoch.
+
+    Rewards accrue while weights stand, and a run's ledger goes on paying by the validators' last weights long after
+    they stop scoring, so an unweighted mean over epochs would judge rewards against a share that paid little. Falls
+    back to the validator's own mean without a ledger or without epochs that name their ledger epochs.
+    """
+    epochs = [e for e in result.get("epochs", []) if e.get("paid_share")]
+    named = [e.get("epoch") for e in epochs]
+    if paid_epochs is None or not epochs or any(type(n) is not int for n in named) or named != sorted(set(named)):
+        return result["paid_share"]
+    ends = [*named[1:], max(paid_epochs - 1, named[-1])]
+    spans = [b - a for a, b in zip(named, ends, strict=True)]
+    if sum(spans) <= 0:
+        return result["paid_share"]
+    keys = sorted({hk for e in epochs for hk in e["paid_share"]})
+    return {
+        hk: sum(w * e["paid_share"].get(hk, 0.0) for w, e in zip(spans, epochs, strict=True)) / sum(spans)
+        for hk in keys
+    }
 
 
 def _source(result: dict) -> str:
@@ -76,34 +108,27 @@ def _flags_by_expert(results: list[dict]) -> dict[str, list[str]]:
     return {hk: sorted(reasons) for hk, reasons in sorted(flags.items())}
 
 
-def _ledger_figures(path: Path, hotkeys: list[str]) -> dict[str, Any]:
-    """Experts' earnings and the chain's head, read from a replay of the file (and a full verification)."""
-    from moe.ledger import RAO_PER_TAO, Ledger, verify_ledger
+def _ledger_figures(facts: LedgerFacts, path: Path, hotkeys: list[str]) -> dict[str, Any]:
+    """Experts' earnings and the chain's head, from the verified replay."""
+    from moe.ledger import RAO_PER_TAO
     from moe.ledger.state import distill_shares
 
-    report = verify_ledger(path, workers=0)
-    if not report.ok:  # a ledger that does not replay cannot be opened; report it instead of losing the summary
-        logger.warning("ledger %s does not verify: %s", path, report)
-        return {"rewards": {}, "ledger": {"path": str(path), "verified": str(report), "miner_emission_tao": 0.0}}
-    with Ledger.open(path) as ledger:
-        miner_emission = 0
-        for blk in ledger.blocks():
-            for rec in blk.records:
-                if rec.get("kind") == "epoch":
-                    miner_emission += sum(rec["miner_payouts"])
-        return {
-            "rewards": {hk: ledger.balance(hk) / RAO_PER_TAO for hk in hotkeys},
-            "ledger": {
-                "path": str(path),
-                "height": ledger.height,
-                "head_hash": ledger.head_hash,
-                "total_issuance": ledger.total_issuance,
-                "total_issuance_tao": ledger.total_issuance / RAO_PER_TAO,
-                "miner_emission_tao": miner_emission / RAO_PER_TAO,
-                "distill_traffic": {k: round(v, 4) for k, v in distill_shares(ledger.state).items()},
-                "verified": str(report),
-            },
-        }
+    if not facts.ok:  # a ledger that does not replay has no earnings to show; report it instead of losing the summary
+        return {"rewards": {}, "ledger": {"path": str(path), "verified": str(facts.report), "miner_emission_tao": 0.0}}
+    st = facts.state
+    return {
+        "rewards": {hk: st.balances.get(hk, 0) / RAO_PER_TAO for hk in hotkeys},
+        "ledger": {
+            "path": str(path),
+            "height": st.height,
+            "head_hash": st.head_hash,
+            "total_issuance": st.total_issuance,
+            "total_issuance_tao": st.total_issuance / RAO_PER_TAO,
+            "miner_emission_tao": facts.miner_emission / RAO_PER_TAO,
+            "distill_traffic": {k: round(v, 4) for k, v in distill_shares(st).items()},
+            "verified": str(facts.report),
+        },
+    }
 
 
 def spearman(a: list[float], b: list[float]) -> float:

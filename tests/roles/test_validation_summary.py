@@ -114,6 +114,30 @@ def test_rewards_rank_against_the_paid_shares_when_validators_report_them(tmp_pa
     assert build_summary(cfg, layout, 0.0)["checks"]["rewards_rank_like_contributions"] is False
 
 
+def test_each_epochs_paid_share_counts_for_the_epochs_its_weights_stood(tmp_path):
+    """The ledger pays by a validator's latest weights until it sets new ones, and after its last epoch until the
+    run ends: weights named in epoch 1 stood for 1 epoch and those of epoch 2 for the 7 the ledger paid after, so the
+    summary's paid share weighs them 1 to 7; without a ledger both epochs count alike."""
+    first = dict(zip(HONEST, [0.6, 0.3, 0.1], strict=True))
+    last = dict(zip(HONEST, [0.1, 0.3, 0.6], strict=True))
+    mean = {hk: (first[hk] + last[hk]) / 2 for hk in HONEST}
+    for name, ledger in (("with", [1.0, 2.0, 3.0, 0.0]), ("without", None)):
+        cfg, layout = write_run(tmp_path / name, [mean], ledger_weights=ledger, paid=[mean])
+        result_path = layout.validator("validator-0") / RESULT
+        result = json.loads(result_path.read_text())
+        result["epochs"] = [
+            {"epoch": n, "paid_share": p, "contribution": mean, "flags": {}} for n, p in ((1, first), (2, last))
+        ]
+        write_json(result_path, result)
+        if ledger is not None:
+            with Ledger.open(layout.ledger) as led:
+                while led.height < 39:  # tempo 4: epochs 0 to 9 paid
+                    led.produce_block(led.last_timestamp + 1.0)
+        paid = validation_summary(layout, [])["paid_share"]
+        want = {hk: (first[hk] + 7 * last[hk]) / 8 for hk in HONEST} if ledger else mean
+        assert paid == pytest.approx(want)
+
+
 def test_no_validators_adds_nothing(tmp_path):
     """A run without validator results has no validation part and no validation checks in its summary."""
     cfg, layout = write_run(tmp_path, [], ledger_weights=None)
