@@ -141,11 +141,15 @@ class _Stream:
 
 
 def draw_windows(seed: bytes, split_sizes: Mapping[str, int], n_windows: int, seq_len: int) -> list[tuple[str, int]]:
-    """`n_windows` (subnet, byte offset) pairs from `seed`: each subnet equally likely, then a uniform offset.
+    """`n_windows` (subnet, byte offset) pairs from `seed`, stratified: every subnet gets n_windows // k of them and
+    n_windows % k subnets, chosen by the seed, one more; each offset is uniform over its split.
 
-    `split_sizes` maps subnet name → bytes in its evaluation split; a window covers [offset, offset + seq_len), so pass
-    seq_len + 1 if targets need one more byte. Subnets too small for one window are skipped (and logged); if none is
-    large enough, ValueError. The result depends only on the arguments (subnets are taken in sorted order).
+    Why stratified: drawn one by one, the subnets' counts vary a lot at a validator's few dozen windows (one epoch
+    of a tiny run put 13, 13, 5 and 1 of 32 windows on four subnets), and a specialist whose domain an epoch barely
+    samples looks like it adds nothing (its only math expert was judged redundant). `split_sizes` maps subnet name →
+    bytes in its evaluation split; a window covers [offset, offset + seq_len), so pass seq_len + 1 if targets need
+    one more byte. Subnets too small for one window are skipped (and logged); if none is large enough, ValueError.
+    The result depends only on the arguments (subnets are taken in sorted order, then shuffled by the seed).
     """
     if n_windows < 0 or seq_len <= 0:
         raise ValueError(f"need n_windows ≥ 0 and seq_len > 0, got {n_windows}, {seq_len}")
@@ -156,9 +160,12 @@ def draw_windows(seed: bytes, split_sizes: Mapping[str, int], n_windows: int, se
     if not names:
         raise ValueError(f"no subnet has at least {seq_len} evaluation bytes")
     rng = _Stream(seed)
+    for i in range(len(names) - 1, 0, -1):  # Fisher-Yates: which subnets get the extra windows, and the interleaving
+        j = rng.below(i + 1)
+        names[i], names[j] = names[j], names[i]
     out = []
-    for _ in range(n_windows):
-        name = names[rng.below(len(names))]
+    for i in range(n_windows):
+        name = names[i % len(names)]
         out.append((name, rng.below(int(split_sizes[name]) - seq_len + 1)))
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from moe.identity import Hotkey
@@ -67,13 +69,20 @@ def test_draw_is_deterministic_and_in_range():
         draw_windows(seed, {"tiny": 10}, 1, 64)
 
 
-def test_draw_is_roughly_uniform():
-    """Subnets are picked about equally and offsets cover the split (no obvious bias)."""
+def test_draw_gives_each_subnet_its_share_and_uniform_offsets():
+    """Every subnet gets n // k windows and the seed picks which get one more, whatever the split sizes; offsets
+    cover the split (no obvious bias)."""
     w = draw_windows(b"\x01" * 32, {"a": 1000, "b": 1_000_000}, 2000, 10)
-    n_a = sum(s == "a" for s, _ in w)
-    assert 850 < n_a < 1150
+    assert sum(s == "a" for s, _ in w) == 1000
     offs = [o for s, o in w if s == "a"]
     assert min(offs) < 50 and max(offs) > 940
+    four = {"code": 10_000, "english": 10_000, "math": 10_000, "persian": 10_000}
+    extra: set[str] = set()
+    for i in range(40):
+        counts = Counter(s for s, _ in draw_windows(bytes([i]) * 32, four, 30, 64))
+        assert sorted(counts.values()) == [7, 7, 8, 8]
+        extra |= {s for s, c in counts.items() if c == 8}
+    assert extra == set(four)  # the seed, not the names, decides who gets the extra windows
 
 
 def test_check_windows():
