@@ -27,27 +27,18 @@ CLAIMS_PER_RECORD = 32
 """Claims per settle record (a record must fit one DHT value with room to spare: ~500 bytes a claim)."""
 
 
-class Settler:
-    """Keeps a ticket desk's view of escrows fresh and settles its claims on the ledger; `stop()` settles once more."""
+class EscrowView:
+    """What a priced expert reads from the ledger head: the consumers' coverable escrows and the validators' stakes,
+    re-read at most every REFRESH_SECONDS when asked about a hotkey the last read did not know."""
 
-    def __init__(self, dht, hotkey: Hotkey, host: str, desk: TicketDesk, interval: float):
-        self.dht, self.hotkey, self.host, self.desk, self.interval = dht, hotkey, host, desk, interval
+    def __init__(self, dht, host: str):
+        self.dht, self.host = dht, host
         self.escrow: dict[str, int] = {}
         self.stakes: dict[str, int] = {}
         self._refreshed = 0.0
-        self.posted = 0
-        """Settle records posted so far."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
-
-    def start(self) -> Settler:
-        self.refresh()
-        self._thread.start()
-        return self
 
     def coverable(self, consumer: str) -> int:
-        """The consumer's escrow as the head shows it (read again, at most every REFRESH_SECONDS, for a consumer the
-        last read did not know: it may have funded its escrow since)."""
+        """The consumer's escrow as the head shows it (it may have funded its escrow since the last read)."""
         if consumer not in self.escrow:
             self._refresh_if_stale()
         return self.escrow.get(consumer, 0)
@@ -69,6 +60,22 @@ class Settler:
         if head is not None:
             self.escrow, self.stakes = dict(head.escrow), dict(head.stakes)
 
+
+class Settler:
+    """Keeps a ticket desk's view of escrows fresh and settles its claims on the ledger; `stop()` settles once more."""
+
+    def __init__(self, dht, hotkey: Hotkey, desk: TicketDesk, view: EscrowView, interval: float):
+        self.dht, self.hotkey, self.desk, self.view, self.interval = dht, hotkey, desk, view, interval
+        self.posted = 0
+        """Settle records posted so far."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
+
+    def start(self) -> Settler:
+        self.view.refresh()
+        self._thread.start()
+        return self
+
     def settle(self) -> int:
         """Post the desk's new claims; returns how many settle records went out."""
         claims = self.desk.claims()
@@ -85,7 +92,7 @@ class Settler:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.refresh()
+                self.view.refresh()
                 self.settle()
             except Exception:  # a DHT hiccup costs one round, never the expert
                 logger.exception("settlement round failed")
@@ -118,12 +125,10 @@ def start_paid_serving(
     Raises TimeoutError when no ledger head (which names the chain) arrives within `timeout` seconds."""
     head = await_head(dht, host, timeout, "cannot take payments")
     price = round(price_tao_per_mbyte * RAO_PER_TAO)
-    settler = Settler(dht, hotkey, host, None, interval)  # the desk reads escrows through the settler
-    settler.desk = TicketDesk(
-        hotkey.address, bytes.fromhex(head.chain), price, settler.coverable, is_validator=settler.is_validator
-    )
-    server.ticket_desk = settler.desk
-    return settler.start()
+    view = EscrowView(dht, host)
+    desk = TicketDesk(hotkey.address, bytes.fromhex(head.chain), price, view.coverable, is_validator=view.is_validator)
+    server.ticket_desk = desk
+    return Settler(dht, hotkey, desk, view, interval).start()
 
 
 def fund_escrow(dht, hotkey: Hotkey, host: str, amount_tao: float, timeout: float) -> LedgerHead:

@@ -60,7 +60,7 @@ def test_a_priced_expert_is_paid_on_the_ledger_for_the_calls_it_answered(network
         client.call(server.peer_id, X)
     submit_records(dht, CONSUMER, [escrow_record(CONSUMER, RAO_PER_TAO, 0)])
     assert feed.wait(lambda f: ("escrow", CONSUMER.address) in f.accepted, 10)
-    assert feed.wait(lambda f: settler.escrow.get(CONSUMER.address, 0) == RAO_PER_TAO, 10)
+    assert feed.wait(lambda f: settler.view.escrow.get(CONSUMER.address, 0) == RAO_PER_TAO, 10)
     for _ in range(3):
         client.call(server.peer_id, X)
     assert client.close_accounts() == 1
