@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe.identity import Hotkey
+from moe.ledger.block_end import end_block
 from moe.ledger.fields import describe, exactly_equal, is_hex, strict_json
 from moe.ledger.genesis import GenesisConfig, LedgerConfig
 from moe.ledger.records import (
@@ -46,7 +47,7 @@ from moe.ledger.records import (
     transfer_record,
     weights_record,
 )
-from moe.ledger.state import LedgerState, apply_signed, end_block, genesis_state
+from moe.ledger.state import LedgerState, apply_signed, genesis_state
 from moe.ledger.weights import WeightSubmission, canonical_json, to_u16
 
 logger = logging.getLogger(__name__)

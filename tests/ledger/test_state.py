@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moe.ledger.block_end import end_block
 from moe.ledger.emission import block_emission, split_between_subnets
 from moe.ledger.records import (
     RecordError,
@@ -14,7 +15,7 @@ from moe.ledger.records import (
     transfer_record,
     weights_record,
 )
-from moe.ledger.state import LedgerState, apply_signed, end_block, genesis_state
+from moe.ledger.state import LedgerState, apply_signed, genesis_state
 from moe.ledger.weights import WeightSubmission
 
 TAO = 10**9

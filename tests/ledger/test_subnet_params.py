@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from moe.ledger import state as state_module
+from moe.ledger import block_end as block_end_module
 from moe.ledger.chain import Ledger, block_hash, genesis_block
 from moe.ledger.emission import split_emission
 from moe.ledger.genesis import GenesisConfig
@@ -182,7 +182,7 @@ def test_yuma_settings_reach_yuma_epoch(tmp_path, keys, genesis, monkeypatch):
         base = {k: kw[k] for k in ("kappa", "bond_alpha", "bond_penalty")}
         return yuma_epoch(W, S, B, **base)
 
-    monkeypatch.setattr(state_module, "yuma_epoch", recording)
+    monkeypatch.setattr(block_end_module, "yuma_epoch", recording)
     yuma3 = {"yuma_version": 3, "liquid_alpha": True, "alpha_low": 0.6, "alpha_high": 0.8}
     g = with_config(genesis, subnet_params={2: {"kappa": 0.7, "bond_alpha": 0.3, **yuma3}})
     led = Ledger.open(tmp_path / "p.db", g)
