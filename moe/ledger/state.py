@@ -133,10 +133,10 @@ class LedgerState:
     """Undo journal since the last `commit`: (function, args) calls that restore what changed, newest last."""
     _params: dict[int, SubnetParams] = field(default_factory=dict, repr=False, compare=False)
     """Cache of `params`: the config is fixed at genesis."""
-    _emission_seen: tuple[Record, dict[int, int], int, Record] | None = field(default=None, repr=False, compare=False)
-    """(recorded, split, minted, expected) of the last emission record a replay found equal to the mint it expected.
-    Replays share one parsed record between blocks with the same text (`read_blocks`), so the next block's record,
-    if it is that very object and the mint is the same, needs no second comparison. Never mutated, never undone."""
+    emission_checked: tuple[Record, dict[int, int], int] | None = field(default=None, repr=False, compare=False)
+    """(recorded, split, minted) of the last emission record a replay found equal to the mint it expected
+    (moe.ledger.block_end): the next block's record, if it is that very parsed object and the mint is the same,
+    needs no second comparison. A cache of a verdict that stays true, so never undone."""
 
     def copy(self) -> LedgerState:
         """A deep, independent snapshot (with an empty journal)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from moe.ledger.chain import read_blocks
 from moe.ledger.state import LedgerState
 from moe.ledger.verify import VerifyReport, verify_ledger
+from moe.roles.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -69,4 +70,11 @@ def read_ledger_facts(path: Path) -> LedgerFacts:
                         facts.owner_paid[n] = facts.owner_paid.get(n, 0) + rec["owner_payout"]
     finally:
         conn.close()
+    return facts
+
+
+def facts_for(layout: RunLayout, facts: LedgerFacts | None = None) -> LedgerFacts | None:
+    """`facts` when the caller has read them, else the run's ledger read here; None when the run has no ledger."""
+    if facts is None and layout.ledger.is_file():
+        return read_ledger_facts(layout.ledger)
     return facts

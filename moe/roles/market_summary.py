@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
-from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
+from moe.roles.ledger_facts import LedgerFacts, facts_for
 
 MAX_SHARE_GAP = 0.05
 
@@ -30,10 +30,8 @@ def market_summary(
     """`subnets` and `validators` for a run whose subnets are {name: netuid}; {} without validators, or without a
     ledger that verifies. `facts` is the ledger's replay when the caller has read it (else read here)."""
     results = [json.loads(p.read_text()) for p in sorted(layout.validators.glob(f"*/{RESULT}"))]
-    if not results or not layout.ledger.is_file():
-        return {}
-    facts = facts or read_ledger_facts(layout.ledger)
-    if not facts.ok:  # a ledger that does not verify costs this section, never the summary
+    facts = facts_for(layout, facts) if results else None
+    if facts is None or not facts.ok:  # a ledger that does not verify costs this section, never the summary
         return {}
     chain = _ledger_market(facts)
     contribution = _contribution_shares(results, subnets)

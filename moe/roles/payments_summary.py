@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
-from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
+from moe.roles.ledger_facts import LedgerFacts, facts_for
 
 
 def payments_summary(
@@ -21,12 +21,10 @@ def payments_summary(
 ) -> dict[str, Any]:
     """The `market` part; `facts` is the ledger's replay when the caller has read it (else read here)."""
     price = {e["hotkey"]: float(e.get("price_tao_per_mbyte") or 0.0) for e in experts}
-    if not layout.ledger.is_file() or not any(price.values()):
-        return {}
+    facts = facts_for(layout, facts) if any(price.values()) else None
     from moe.ledger import RAO_PER_TAO
 
-    facts = facts or read_ledger_facts(layout.ledger)
-    if not facts.ok:  # a ledger that does not verify costs this section, never the summary
+    if facts is None or not facts.ok:  # a ledger that does not verify costs this section, never the summary
         return {}
     st = facts.state
     paid = {e: st.paid.get(e, 0) for e in price}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from moe.config_loader import to_dict
 from moe.roles.layout import RESULT, ROUTING, RunLayout
-from moe.roles.ledger_facts import read_ledger_facts
+from moe.roles.ledger_facts import facts_for
 from moe.roles.market_summary import market_checks, market_summary, print_market
 from moe.roles.miners import parse_miners
 from moe.roles.payments_summary import payments_summary
@@ -108,7 +108,7 @@ def build_summary(cfg: RunConfig, layout: RunLayout, wall_seconds: float) -> dic
             if b
             else None
         )
-    facts = read_ledger_facts(layout.ledger) if layout.ledger.is_file() else None
+    facts = facts_for(layout)
     summary.update(validation_summary(layout, experts, facts))
     summary.update(market_summary(layout, _netuids(cfg, experts), experts, facts))
     summary.update(payments_summary(layout, experts, summary.get("rewards") or {}, facts))

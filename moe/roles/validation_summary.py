@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moe.roles.layout import RESULT, RunLayout
-from moe.roles.ledger_facts import LedgerFacts, read_ledger_facts
+from moe.roles.ledger_facts import LedgerFacts, facts_for
 
 MIN_SPEARMAN = 0.9
 MARKET_VERDICTS = {"redundant"}
@@ -41,8 +41,7 @@ def validation_summary(layout: RunLayout, experts: list[dict], facts: LedgerFact
     contribution = {
         hk: sum(r["stake_tao"] * r["contribution"].get(hk, 0.0) for r in results) / total_stake for hk in keys
     }
-    if facts is None and layout.ledger.is_file():
-        facts = read_ledger_facts(layout.ledger)
+    facts = facts_for(layout, facts)
     end = _paid_epochs(facts)
     paying = [(r["stake_tao"], _governed_paid_share(r, end)) for r in results if r.get("paid_share")]
     paid_stake = sum(stake for stake, _ in paying)

@@ -6,7 +6,7 @@ import sqlite3
 from contextlib import closing
 
 from moe.ledger import Ledger
-from moe.roles import summary as summary_module
+from moe.roles import ledger_facts as ledger_facts_module
 from moe.roles.ledger_facts import read_ledger_facts
 from moe.roles.summary import build_summary
 from tests.roles.test_validation_summary import HONEST, MINERS, VALIDATORS, write_ledger, write_run
@@ -34,7 +34,7 @@ def test_a_summary_replays_its_ledger_once_and_a_tampered_one_yields_no_totals(t
     rewards or market figures are reported from it, while the rest of the summary stays."""
     cfg, layout = write_run(tmp_path, [{h: 1 / 3 for h in HONEST}], ledger_weights=[1.0, 2.0, 3.0, 0.0])
     reads = []
-    monkeypatch.setattr(summary_module, "read_ledger_facts", lambda p: reads.append(p) or read_ledger_facts(p))
+    monkeypatch.setattr(ledger_facts_module, "read_ledger_facts", lambda p: reads.append(p) or read_ledger_facts(p))
     s = build_summary(cfg, layout, 0.0)
     assert reads == [layout.ledger] and s["checks"]["ledger_verifies"] is True and s["rewards"][HONEST[2]] > 0
     with closing(sqlite3.connect(layout.ledger)) as conn, conn:
